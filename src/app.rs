@@ -1,0 +1,189 @@
+//! Wiring: source → transform → batcher → sink, acknowledgements → committer → checkpoints.
+//!
+//! Shutdown runs in a fixed order under one deadline: stop reading → lanes flush what they
+//! hold → wait for their acknowledgements → commit checkpoints → stop the HTTP endpoint.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::{AckTracker, Committer};
+use crate::batch;
+use crate::checkpoint::CheckpointStore;
+use crate::config::Config;
+use crate::http::{self, Health};
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
+use crate::sink::BulkSink;
+use crate::source::coordinator::Coordinator;
+use crate::source::dynamodb_streams::{DynamoDbStreams, SetupError, StreamMeta};
+use crate::source::reader::{Decoder, ReaderContext};
+use crate::transform::{self, DocIdSpec};
+
+/// Runs sluice until `shutdown` resolves (SIGTERM/SIGINT in the binary; anything in tests).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let background = CancellationToken::new();
+    let http = http::serve(
+        config.http.listen,
+        metrics.clone(),
+        health.clone(),
+        background.clone(),
+    )
+    .await
+    .with_context(|| format!("failed to listen on http.listen = {}", config.http.listen))?;
+
+    let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)
+        .with_context(|| {
+            format!(
+                "failed to open checkpoint.path = {}",
+                config.checkpoint.path.display()
+            )
+        })?;
+    health.set_store_open(true);
+
+    tokio::pin!(shutdown);
+    let (api, meta) = tokio::select! {
+        r = connect(&config) => r?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let ids = DocIdSpec {
+        attributes: if config.sink.document_id.is_empty() {
+            meta.key_attributes.clone()
+        } else {
+            config.sink.document_id.clone()
+        },
+        separator: config.sink.document_id_separator.clone(),
+    };
+    tracing::info!(stream = %meta.arn, view_type = %meta.view_type, document_id = ?ids.attributes, index = %config.sink.index, "following stream");
+
+    let sink = Arc::new(BulkSink::new(
+        &config.sink,
+        store.clone(),
+        metrics.clone(),
+        health.clone(),
+    )?);
+    if !sink.probe().await {
+        tracing::warn!(url = %config.sink.url, "elasticsearch not reachable yet; writes will wait and retry");
+    }
+    tokio::spawn(probe_while_unreachable(
+        sink.clone(),
+        health.clone(),
+        background.clone(),
+    ));
+
+    let (router, mut lanes) = batch::start(&config.batch, sink.clone(), metrics.clone());
+    let tracker = AckTracker::default();
+    let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+    let committing = CancellationToken::new();
+    let committer = Committer {
+        tracker: tracker.clone(),
+        store: store.clone(),
+        stream: meta.arn.clone(),
+        metrics: metrics.clone(),
+        finished: finished_tx,
+    };
+    let committer = tokio::spawn(committer.run(committing.clone()));
+
+    let decode: Decoder<aws_sdk_dynamodbstreams::types::Record> =
+        Arc::new(move |r| transform::dynamodb_change(r, &ids).map(|c| vec![c]));
+    let ctx = Arc::new(ReaderContext {
+        stream: meta.arn.clone().into(),
+        index: config.sink.index.clone().into(),
+        decode,
+        router,
+        tracker: tracker.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        poll_interval: config.source.poll_interval,
+        records_per_call: config.source.records_per_call,
+        backoff: Backoff::AWS,
+    });
+    let reading = CancellationToken::new();
+    let coordinator = Coordinator {
+        api,
+        ctx,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        start_position: config.source.start_position,
+        discovery_interval: config.source.discovery_interval,
+        finished: finished_rx,
+    };
+    let mut coordinator = tokio::spawn(coordinator.run(reading.clone()));
+
+    tokio::select! {
+        _ = &mut shutdown => tracing::info!("shutdown requested: stop reading, flush, commit"),
+        r = &mut coordinator => anyhow::bail!("shard coordinator stopped unexpectedly: {r:?}"),
+    }
+    let deadline = tokio::time::Instant::now()
+        + config
+            .shutdown
+            .timeout
+            .saturating_sub(Duration::from_millis(500));
+    reading.cancel();
+    // Readers stop; when the last one is gone the router is dropped and each lane flushes
+    // what it holds, waits for Elasticsearch's answer, and ends.
+    let drained = tokio::time::timeout_at(deadline, async {
+        let _ = (&mut coordinator).await;
+        for lane in lanes.iter_mut() {
+            let _ = lane.await;
+        }
+    })
+    .await
+    .is_ok();
+    if !drained {
+        for lane in &lanes {
+            lane.abort();
+        }
+    }
+    committing.cancel();
+    let _ = committer.await;
+    let unacknowledged: usize = tracker.unacknowledged_records().values().sum();
+    if drained {
+        tracing::info!("shutdown complete: every acknowledged change is checkpointed");
+    } else {
+        tracing::warn!(unacknowledged, "shutdown deadline reached: acknowledged changes are checkpointed; the rest will be re-delivered on restart");
+    }
+    background.cancel();
+    let _ = http.await;
+    Ok(())
+}
+
+/// Finds the stream; AWS hiccups at start are retried, a wrong stream is not.
+async fn connect(config: &Config) -> anyhow::Result<(Arc<DynamoDbStreams>, StreamMeta)> {
+    let mut attempt = 0;
+    loop {
+        match DynamoDbStreams::connect(&config.source).await {
+            Ok(ok) => return Ok(ok),
+            Err(SetupError::Aws(e)) if attempt < 8 => {
+                attempt += 1;
+                let delay = Backoff::AWS.delay(attempt);
+                tracing::warn!(error = %e, attempt, "cannot reach the stream yet; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn probe_while_unreachable(
+    sink: Arc<BulkSink>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if health.not_ready().is_some_and(|w| w.contains("sink")) {
+            sink.probe().await;
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Checkpoints and dead letters in one SQLite file.
+//!
+//! One dedicated thread owns the connection: async workers send it commands and await the reply,
+//! so no SQLite call ever blocks a tokio worker. Every write is one transaction; a checkpoint is
+//! durable once `commit` returns.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::config::JournalMode;
+
+/// Where a shard's reading stands, as far as the sink has acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShardCheckpoint {
+    /// Last sequence number acknowledged (or dead-lettered). `None`: the shard was started but
+    /// nothing in it is acknowledged yet — it resumes from TRIM_HORIZON, never from LATEST, so a
+    /// restart cannot skip the records that arrived meanwhile.
+    pub sequence_number: Option<String>,
+    /// The version clock after that record (see `version.rs`).
+    pub clock: u64,
+    /// Read to its end and every record acknowledged: children may start.
+    pub finished: bool,
+}
+
+/// An operation Elasticsearch refused for good (or a record that could not be decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub stream: String,
+    pub shard_id: String,
+    pub sequence_number: String,
+    pub index: Option<String>,
+    pub doc_id: Option<String>,
+    pub version: Option<u64>,
+    /// "index", "delete" or "decode".
+    pub action: String,
+    /// The document source, or the raw record for decode failures.
+    pub payload: String,
+    pub error: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("checkpoint store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("checkpoint store thread has stopped")]
+    Stopped,
+}
+
+enum Command {
+    Load(
+        String,
+        oneshot::Sender<Result<HashMap<String, ShardCheckpoint>, StoreError>>,
+    ),
+    Commit(
+        String,
+        Vec<(String, ShardCheckpoint)>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
+    DeadLetter(Vec<DeadLetter>, oneshot::Sender<Result<(), StoreError>>),
+    DeadLetters(oneshot::Sender<Result<Vec<DeadLetter>, StoreError>>),
+}
+
+/// Handle to the store thread. Cheap to clone.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    tx: std_mpsc::Sender<Command>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS checkpoints (
+    stream          TEXT NOT NULL,
+    shard_id        TEXT NOT NULL,
+    sequence_number TEXT,
+    clock           INTEGER NOT NULL,
+    finished        INTEGER NOT NULL DEFAULT 0,
+    updated_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (stream, shard_id)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream          TEXT NOT NULL,
+    shard_id        TEXT NOT NULL,
+    sequence_number TEXT NOT NULL,
+    index_name      TEXT,
+    doc_id          TEXT,
+    version         INTEGER,
+    action          TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    error           TEXT NOT NULL,
+    created_at_ms   INTEGER NOT NULL
+);
+";
+
+impl CheckpointStore {
+    /// Opens (creating if needed) the file and starts the store thread.
+    pub fn open(path: &Path, journal: JournalMode) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        let mode = match journal {
+            JournalMode::Wal => "WAL",
+            JournalMode::Delete => "DELETE",
+        };
+        conn.pragma_update(None, "journal_mode", mode)?;
+        // FULL: a committed checkpoint survives power loss too, in either journal mode.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("sluice-sqlite".into())
+            .spawn(move || serve(conn, rx))
+            .expect("spawning a thread");
+        Ok(Self { tx })
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    pub async fn load(&self, stream: &str) -> Result<HashMap<String, ShardCheckpoint>, StoreError> {
+        self.ask(|r| Command::Load(stream.to_owned(), r)).await
+    }
+
+    /// Writes the checkpoints of several shards in one transaction.
+    pub async fn commit(
+        &self,
+        stream: &str,
+        updates: Vec<(String, ShardCheckpoint)>,
+    ) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.ask(|r| Command::Commit(stream.to_owned(), updates, r))
+            .await
+    }
+
+    pub async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        self.ask(|r| Command::DeadLetter(letters, r)).await
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.ask(Command::DeadLetters).await
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn serve(mut conn: Connection, rx: std_mpsc::Receiver<Command>) {
+    // Ends when every handle is dropped.
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Command::Load(stream, reply) => {
+                let _ = reply.send(load(&conn, &stream));
+            }
+            Command::Commit(stream, updates, reply) => {
+                let _ = reply.send(commit(&mut conn, &stream, &updates));
+            }
+            Command::DeadLetter(letters, reply) => {
+                let _ = reply.send(dead_letter(&mut conn, &letters));
+            }
+            Command::DeadLetters(reply) => {
+                let _ = reply.send(dead_letters(&conn));
+            }
+        }
+    }
+}
+
+fn load(conn: &Connection, stream: &str) -> Result<HashMap<String, ShardCheckpoint>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT shard_id, sequence_number, clock, finished FROM checkpoints WHERE stream = ?1",
+    )?;
+    let rows = stmt.query_map(params![stream], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            ShardCheckpoint {
+                sequence_number: r.get(1)?,
+                clock: r.get::<_, i64>(2)? as u64,
+                finished: r.get::<_, i64>(3)? != 0,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn commit(
+    conn: &mut Connection,
+    stream: &str,
+    updates: &[(String, ShardCheckpoint)],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        // A checkpoint never moves back to "unfinished": guard against a late duplicate update.
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO checkpoints (stream, shard_id, sequence_number, clock, finished, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (stream, shard_id) DO UPDATE SET
+               sequence_number = COALESCE(excluded.sequence_number, checkpoints.sequence_number),
+               clock = MAX(excluded.clock, checkpoints.clock),
+               finished = MAX(excluded.finished, checkpoints.finished),
+               updated_at_ms = excluded.updated_at_ms",
+        )?;
+        let now = now_ms();
+        for (shard, cp) in updates {
+            stmt.execute(params![
+                stream,
+                shard,
+                cp.sequence_number,
+                cp.clock as i64,
+                cp.finished as i64,
+                now
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn dead_letter(conn: &mut Connection, letters: &[DeadLetter]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO dead_letters (stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        let now = now_ms();
+        for d in letters {
+            stmt.execute(params![
+                d.stream,
+                d.shard_id,
+                d.sequence_number,
+                d.index,
+                d.doc_id,
+                d.version.map(|v| v as i64),
+                d.action,
+                d.payload,
+                d.error,
+                now
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error FROM dead_letters ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(DeadLetter {
+            stream: r.get(0)?,
+            shard_id: r.get(1)?,
+            sequence_number: r.get(2)?,
+            index: r.get(3)?,
+            doc_id: r.get(4)?,
+            version: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+            action: r.get(6)?,
+            payload: r.get(7)?,
+            error: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Reads the checkpoints of a file without starting a store (tests, tooling).
+pub fn read_checkpoints(
+    path: &Path,
+    stream: &str,
+) -> Result<HashMap<String, ShardCheckpoint>, StoreError> {
+    let conn = Connection::open(path)?;
+    let exists: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE name = 'checkpoints'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if exists.is_none() {
+        return Ok(HashMap::new());
+    }
+    load(&conn, stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn checkpoints_survive_reopening_and_never_regress() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [JournalMode::Wal, JournalMode::Delete] {
+            let path = dir.path().join(format!("{mode:?}.db"));
+            let store = CheckpointStore::open(&path, mode).unwrap();
+            let cp = |seq: &str, clock, finished| ShardCheckpoint {
+                sequence_number: Some(seq.into()),
+                clock,
+                finished,
+            };
+            store
+                .commit("s", vec![("shard-1".into(), cp("100", 7, false))])
+                .await
+                .unwrap();
+            store
+                .commit("s", vec![("shard-1".into(), cp("200", 9, true))])
+                .await
+                .unwrap();
+            // a stale update neither un-finishes the shard nor lowers its clock
+            store
+                .commit("s", vec![("shard-1".into(), cp("200", 8, false))])
+                .await
+                .unwrap();
+            drop(store);
+            let loaded = read_checkpoints(&path, "s").unwrap();
+            assert_eq!(loaded["shard-1"], cp("200", 9, true));
+            assert!(read_checkpoints(&path, "other").unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_the_operation_and_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(&dir.path().join("cp.db"), JournalMode::Wal).unwrap();
+        let letter = DeadLetter {
+            stream: "s".into(),
+            shard_id: "shard-1".into(),
+            sequence_number: "42".into(),
+            index: Some("posts".into()),
+            doc_id: Some("p1".into()),
+            version: Some(1_700_000_000_000_000),
+            action: "index".into(),
+            payload: "{\"n\":\"x\"}".into(),
+            error: "mapper_parsing_exception: failed to parse field [n]".into(),
+        };
+        store.dead_letter(vec![letter.clone()]).await.unwrap();
+        assert_eq!(store.dead_letters().await.unwrap(), vec![letter]);
+    }
+}

@@ -1,0 +1,566 @@
+//! The one TOML file, overridable from the environment as `SLUICE__<SECTION>__<KEY>`.
+//!
+//! Everything is validated before any I/O: an error names the key that is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A configuration error: which key, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceType {
+    DynamodbStreams,
+    Kinesis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPosition {
+    /// Oldest record still retained (24 h for DynamoDB Streams).
+    TrimHorizon,
+    /// Only changes made after sluice first starts.
+    Latest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Which AWS service to read.
+    #[serde(rename = "type")]
+    pub kind: SourceType,
+    /// DynamoDB table whose `LatestStreamArn` is followed.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Explicit stream ARN (instead of `table`).
+    #[serde(default)]
+    pub stream_arn: Option<String>,
+    /// AWS region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Emulator or VPC endpoint; absent → the AWS default endpoint.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Where shards without a checkpoint start. Child shards always start at TRIM_HORIZON.
+    #[serde(default = "default_start_position")]
+    pub start_position: StartPosition,
+    /// Longest wait between polls of an idle shard.
+    #[serde(default = "default_poll_interval", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// How often the shard list is re-read (shards also are re-read when one ends).
+    #[serde(default = "default_discovery_interval", deserialize_with = "duration")]
+    pub discovery_interval: Duration,
+    /// Records asked for per GetRecords call (DynamoDB Streams: at most 1000).
+    #[serde(default = "default_records_per_call")]
+    pub records_per_call: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Elasticsearch / OpenSearch base URL.
+    #[serde(default = "default_sink_url")]
+    pub url: String,
+    /// Target index.
+    #[serde(default = "default_index")]
+    pub index: String,
+    /// Key attributes that make the `_id`, in order. Empty → the table's hash key, then range key.
+    #[serde(default)]
+    pub document_id: Vec<String>,
+    /// Joins the parts of a composite `_id` ("hash|range"); `\` and the separator are escaped.
+    #[serde(default = "default_id_separator")]
+    pub document_id_separator: String,
+    /// One bulk request may take this long before it is abandoned and retried.
+    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// First retry delay; doubles per attempt, with jitter.
+    #[serde(default = "default_backoff_initial", deserialize_with = "duration")]
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    #[serde(default = "default_backoff_max", deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    /// Retries of one operation before it goes to the dead-letter table; 0 = retry forever.
+    #[serde(default)]
+    pub max_retries: u32,
+    /// Basic-auth user (optional).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Basic-auth password (optional; better given as SLUICE__SINK__PASSWORD).
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Flush when a bulk request holds this many documents.
+    #[serde(default = "default_max_documents")]
+    pub max_documents: usize,
+    /// Flush before a bulk request would exceed this size (a single larger document goes alone).
+    #[serde(default = "default_max_bytes", deserialize_with = "byte_size")]
+    pub max_bytes: u64,
+    /// Flush a non-empty batch at the latest after this long.
+    #[serde(default = "default_max_wait", deserialize_with = "duration")]
+    pub max_wait: Duration,
+    /// Bulk requests in flight at once (one per lane; one document always uses the same lane).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalMode {
+    /// Write-ahead log: for local disks.
+    Wal,
+    /// Rollback journal: for EFS / network file systems, where WAL does not work.
+    Delete,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// SQLite file holding checkpoints and dead letters.
+    #[serde(default = "default_checkpoint_path")]
+    pub path: PathBuf,
+    /// SQLite journal mode.
+    #[serde(default = "default_journal_mode")]
+    pub journal_mode: JournalMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of /metrics, /healthz and /readyz.
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// text | json
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// A tracing filter: "info", "sluice=debug,info", …
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Deadline for stop-reading → flush → wait for acks → commit. ECS kills 30 s after SIGTERM.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_start_position() -> StartPosition {
+    StartPosition::TrimHorizon
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_discovery_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_records_per_call() -> u32 {
+    1000
+}
+fn default_sink_url() -> String {
+    "http://127.0.0.1:9200".into()
+}
+fn default_index() -> String {
+    "sluice".into()
+}
+fn default_id_separator() -> String {
+    "|".into()
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_documents() -> usize {
+    1000
+}
+fn default_max_bytes() -> u64 {
+    5 * 1024 * 1024
+}
+fn default_max_wait() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_max_in_flight() -> usize {
+    2
+}
+fn default_checkpoint_path() -> PathBuf {
+    "sluice.db".into()
+}
+fn default_journal_mode() -> JournalMode {
+    JournalMode::Wal
+}
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:9464".parse().expect("valid literal")
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(25)
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            url: default_sink_url(),
+            index: default_index(),
+            document_id: Vec::new(),
+            document_id_separator: default_id_separator(),
+            request_timeout: default_request_timeout(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            max_retries: 0,
+            username: None,
+            password: None,
+        }
+    }
+}
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_documents: default_max_documents(),
+            max_bytes: default_max_bytes(),
+            max_wait: default_max_wait(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            path: default_checkpoint_path(),
+            journal_mode: default_journal_mode(),
+        }
+    }
+}
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+/// Values may come from TOML (typed) or from the environment (always strings): accept both.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StrOrInt {
+    Str(String),
+    Int(u64),
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match StrOrInt::deserialize(d)? {
+        StrOrInt::Int(n) => Ok(n),
+        StrOrInt::Str(s) => parse_byte_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!("`{text}` is not an address like 127.0.0.1:9464"))
+    })
+}
+
+/// "250ms", "25s", "1m 30s".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like \"250ms\" or \"25s\" ({e})"))
+}
+
+/// "5MiB", "512KiB", "10MB", "1048576".
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || format!("`{text}` is not a size like \"5MiB\", \"512KiB\" or \"1000000\"");
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(factor).ok_or_else(bad)
+}
+
+impl Config {
+    /// Reads the file, applies `SLUICE__…` environment overrides, and validates. No I/O besides
+    /// reading the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        let overrides: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SLUICE__"))
+            .collect();
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("SLUICE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .source(Some(overrides)),
+            )
+            .build()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let cfg: Config = built
+            .try_deserialize()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, what: &str| Err(ConfigError(format!("key `{key}`: {what}")));
+        let s = &self.source;
+        match s.kind {
+            SourceType::DynamodbStreams => match (&s.table, &s.stream_arn) {
+                (None, None) => {
+                    return err(
+                        "source.table",
+                        "missing: set `source.table` (or `source.stream_arn`)",
+                    )
+                }
+                (Some(_), Some(_)) => {
+                    return err(
+                        "source.table",
+                        "set either `source.table` or `source.stream_arn`, not both",
+                    )
+                }
+                (Some(t), None) if t.trim().is_empty() => return err("source.table", "is empty"),
+                (None, Some(a)) if !a.starts_with("arn:") => {
+                    return err(
+                        "source.stream_arn",
+                        "is not an ARN (arn:aws:dynamodb:…:table/…/stream/…)",
+                    )
+                }
+                _ => {}
+            },
+            SourceType::Kinesis => {
+                return err(
+                    "source.type",
+                    "\"kinesis\" is not supported yet; use \"dynamodb_streams\"",
+                )
+            }
+        }
+        if s.poll_interval.is_zero() {
+            return err("source.poll_interval", "must be greater than zero");
+        }
+        if !(1..=1000).contains(&s.records_per_call) {
+            return err("source.records_per_call", "must be between 1 and 1000");
+        }
+        if let Some(url) = &s.endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return err("source.endpoint_url", "must start with http:// or https://");
+            }
+        }
+        if !(self.sink.url.starts_with("http://") || self.sink.url.starts_with("https://")) {
+            return err("sink.url", "must start with http:// or https://");
+        }
+        if self.sink.index.is_empty()
+            || self.sink.index != self.sink.index.to_lowercase()
+            || self.sink.index.starts_with(['_', '-', '+'])
+        {
+            return err("sink.index", "must be a lowercase Elasticsearch index name");
+        }
+        if self.sink.document_id_separator.is_empty() {
+            return err("sink.document_id_separator", "must not be empty");
+        }
+        if self.sink.username.is_some() != self.sink.password.is_some() {
+            return err("sink.username", "username and password go together");
+        }
+        if self.sink.backoff_initial.is_zero() || self.sink.backoff_max < self.sink.backoff_initial
+        {
+            return err(
+                "sink.backoff_max",
+                "needs 0 < backoff_initial ≤ backoff_max",
+            );
+        }
+        if self.batch.max_documents == 0 {
+            return err("batch.max_documents", "must be at least 1");
+        }
+        if self.batch.max_bytes < 1024 {
+            return err("batch.max_bytes", "must be at least 1KiB");
+        }
+        if !(1..=64).contains(&self.batch.max_in_flight) {
+            return err("batch.max_in_flight", "must be between 1 and 64");
+        }
+        if self.checkpoint.path.as_os_str().is_empty() {
+            return err("checkpoint.path", "must not be empty");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return err(
+                "log.level",
+                &format!("`{}` is not a level or filter ({e})", self.log.level),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::load_with_env(
+            &path,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    const MINIMAL: &str = "[source]\ntype = \"dynamodb_streams\"\ntable = \"Posts\"\n";
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.source.poll_interval, Duration::from_millis(250));
+        assert_eq!(c.batch.max_bytes, 5 * 1024 * 1024);
+        assert_eq!(c.batch.max_in_flight, 2);
+        assert_eq!(c.shutdown.timeout, Duration::from_secs(25));
+        assert_eq!(c.checkpoint.journal_mode, JournalMode::Wal);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("SLUICE__SINK__URL", "http://127.0.0.1:9999"),
+                ("SLUICE__BATCH__MAX_DOCUMENTS", "7"),
+                ("SLUICE__BATCH__MAX_BYTES", "1MiB"),
+                ("SLUICE__SOURCE__POLL_INTERVAL", "1s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.sink.url, "http://127.0.0.1:9999");
+        assert_eq!(c.batch.max_documents, 7);
+        assert_eq!(c.batch.max_bytes, 1 << 20);
+        assert_eq!(c.source.poll_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let unknown = load(&format!("{MINIMAL}colour = \"red\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("colour"), "{unknown}");
+        let bad_duration = load(&format!("{MINIMAL}poll_interval = \"soon\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad_duration.contains("poll_interval") && bad_duration.contains("soon"),
+            "{bad_duration}"
+        );
+        let missing = load("[source]\ntype = \"dynamodb_streams\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("source.table"), "{missing}");
+        let bad_size = load(
+            &format!("{MINIMAL}[batch]\nmax_bytes = \"5 parsecs\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad_size.contains("max_bytes"), "{bad_size}");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("5MiB"), Ok(5 << 20));
+        assert_eq!(parse_byte_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_byte_size("123"), Ok(123));
+        assert!(parse_byte_size("MiB").is_err());
+        assert!(parse_byte_size("5XB").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! sluice: change data capture from DynamoDB Streams (and Kinesis) into Elasticsearch/OpenSearch.
+//!
+//! Data flows one way — [`source`] → [`transform`] → [`batch`] → [`sink`] — and acknowledgements
+//! flow back through [`ack`], the only component that commits [`checkpoint`]s.
+
+pub mod ack;
+pub mod app;
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod retry;
+pub mod sink;
+pub mod source;
+pub mod transform;
+pub mod version;

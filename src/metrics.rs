@@ -1,0 +1,178 @@
+//! Every metric sluice exports, declared in one place. Names start with `sluice_`, counters end in
+//! `_total`, times are seconds. Label values are bounded: shard ids (removed when a shard is
+//! finished), result and reason enums — never a document id.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub records_read: IntCounterVec,
+    pub documents: IntCounterVec,
+    pub decode_errors: IntCounter,
+    pub data_loss: IntCounterVec,
+    pub bulk_duration: Histogram,
+    pub bulk_requests: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub batch_documents: Histogram,
+    pub batch_bytes: Histogram,
+    pub iterator_age: prometheus::GaugeVec,
+    pub checkpoint_lag_records: IntGaugeVec,
+    pub checkpoint_commits: IntCounter,
+    pub checkpoint_errors: IntCounter,
+    pub shards_owned: IntGauge,
+    pub shards_finished: IntCounter,
+    pub pipeline_bytes: IntGauge,
+}
+
+/// Results of document operations (`sluice_documents_total{result}`).
+pub mod result {
+    pub const INDEXED: &str = "indexed";
+    pub const DELETED: &str = "deleted";
+    pub const STALE: &str = "stale";
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric definition");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric registered once");
+                m
+            }};
+        }
+        let records_read = reg!(IntCounterVec::new(
+            Opts::new(
+                "sluice_records_read_total",
+                "Change records read from the source"
+            ),
+            &["shard"]
+        ));
+        let documents = reg!(IntCounterVec::new(
+            Opts::new(
+                "sluice_documents_total",
+                "Document operations finished, by result: indexed, deleted, stale (the index already held a newer version), dead_lettered"
+            ),
+            &["result"]
+        ));
+        let decode_errors = reg!(IntCounter::new(
+            "sluice_decode_errors_total",
+            "Source records that could not be decoded (sent to the dead-letter table)"
+        ));
+        let data_loss = reg!(IntCounterVec::new(
+            Opts::new(
+                "sluice_data_loss_events_total",
+                "Times records were lost before sluice could read them (e.g. trimmed)"
+            ),
+            &["reason"]
+        ));
+        let bulk_duration = reg!(Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_bulk_request_duration_seconds",
+                "Latency of one _bulk HTTP request"
+            )
+            .buckets(exponential_buckets(0.005, 2.0, 14).expect("valid buckets"))
+        ));
+        let bulk_requests = reg!(IntCounterVec::new(
+            Opts::new(
+                "sluice_bulk_requests_total",
+                "_bulk requests sent, by outcome"
+            ),
+            &["outcome"]
+        ));
+        let retries = reg!(IntCounterVec::new(
+            Opts::new("sluice_retries_total", "Retries, by reason"),
+            &["reason"]
+        ));
+        let batch_documents = reg!(Histogram::with_opts(
+            HistogramOpts::new("sluice_batch_documents", "Documents per bulk request")
+                .buckets(exponential_buckets(1.0, 2.0, 14).expect("valid buckets"))
+        ));
+        let batch_bytes = reg!(Histogram::with_opts(
+            HistogramOpts::new("sluice_batch_bytes", "Bytes per bulk request body")
+                .buckets(exponential_buckets(1024.0, 2.0, 16).expect("valid buckets"))
+        ));
+        let iterator_age = reg!(prometheus::GaugeVec::new(
+            Opts::new(
+                "sluice_iterator_age_seconds",
+                "Now minus the ApproximateCreationDateTime of the last record read, per shard"
+            ),
+            &["shard"]
+        ));
+        let checkpoint_lag_records = reg!(IntGaugeVec::new(
+            Opts::new(
+                "sluice_checkpoint_lag_records",
+                "Records read but not yet acknowledged and checkpointed, per shard"
+            ),
+            &["shard"]
+        ));
+        let checkpoint_commits = reg!(IntCounter::new(
+            "sluice_checkpoint_commits_total",
+            "Checkpoint transactions committed"
+        ));
+        let checkpoint_errors = reg!(IntCounter::new(
+            "sluice_checkpoint_errors_total",
+            "Failed checkpoint transactions (retried)"
+        ));
+        let shards_owned = reg!(IntGauge::new(
+            "sluice_shards_owned",
+            "Shards this process is reading now"
+        ));
+        let shards_finished = reg!(IntCounter::new(
+            "sluice_shards_finished_total",
+            "Shards read to their end and fully acknowledged"
+        ));
+        let pipeline_bytes = reg!(IntGauge::new(
+            "sluice_pipeline_bytes",
+            "Encoded bytes of operations read and not yet acknowledged (bounded by the pipeline budget)"
+        ));
+        Self {
+            registry,
+            records_read,
+            documents,
+            decode_errors,
+            data_loss,
+            bulk_duration,
+            bulk_requests,
+            retries,
+            batch_documents,
+            batch_bytes,
+            iterator_age,
+            checkpoint_lag_records,
+            checkpoint_commits,
+            checkpoint_errors,
+            shards_owned,
+            shards_finished,
+            pipeline_bytes,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding metrics to memory");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+
+    /// Drops the per-shard series of a shard that is finished, so label values stay bounded.
+    pub fn forget_shard(&self, shard: &str) {
+        let _ = self.records_read.remove_label_values(&[shard]);
+        let _ = self.iterator_age.remove_label_values(&[shard]);
+        let _ = self.checkpoint_lag_records.remove_label_values(&[shard]);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

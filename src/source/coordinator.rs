@@ -1,0 +1,313 @@
+//! Which shards run, and from where: discovery, lineage and start positions.
+//!
+//! A shard starts only when each of its parents is finished — read to its end **and** every
+//! record acknowledged and checkpointed (the committer reports that). A parent that is no longer
+//! listed and was never seen unfinished is treated as done (it aged out of the stream).
+//!
+//! This is also the seam for shard leases: today one process owns every shard; a lease table
+//! would filter `eligible` down to the shards this process holds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::reader::{ReaderContext, ReaderExit, ShardReader};
+use super::{ShardApi, ShardInfo, StartAt};
+use crate::ack::ShardId;
+use crate::checkpoint::{CheckpointStore, ShardCheckpoint};
+use crate::config::StartPosition;
+use crate::http::Health;
+use crate::metrics::Metrics;
+
+/// How a shard without a checkpoint of its own starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Run from here with this clock.
+    Read(StartAt, u64),
+    /// Nothing to read (a closed shard when starting at LATEST): mark it finished.
+    SkipFinished(u64),
+    /// A parent is still being read or acknowledged.
+    Wait,
+}
+
+/// The start plan for `shard`, given what is listed and what is checkpointed. Pure.
+pub fn plan(
+    shard: &ShardInfo,
+    listed: &HashSet<ShardId>,
+    checkpoints: &HashMap<String, ShardCheckpoint>,
+    start_position: StartPosition,
+) -> Plan {
+    if let Some(cp) = checkpoints.get(&*shard.id) {
+        return match &cp.sequence_number {
+            Some(seq) => Plan::Read(StartAt::AfterSequence(seq.clone()), cp.clock),
+            // Started before but nothing acknowledged yet: TRIM_HORIZON, so nothing is skipped.
+            None => Plan::Read(StartAt::TrimHorizon, cp.clock),
+        };
+    }
+    let known_parents: Vec<&ShardId> = shard
+        .parents
+        .iter()
+        .filter(|p| listed.contains(*p) || checkpoints.contains_key(&***p))
+        .collect();
+    let lineage_started = known_parents
+        .iter()
+        .any(|p| checkpoints.contains_key(&***p));
+    if !lineage_started && start_position == StartPosition::Latest {
+        // First start at LATEST: nothing of this lineage was read, and nothing older is wanted.
+        return if shard.closed {
+            Plan::SkipFinished(0)
+        } else {
+            Plan::Read(StartAt::Latest, 0)
+        };
+    }
+    if known_parents
+        .iter()
+        .any(|p| !checkpoints.get(&***p).is_some_and(|cp| cp.finished))
+    {
+        return Plan::Wait;
+    }
+    // A child of a shard we read starts at its beginning, whatever start_position says, with a
+    // clock after every parent's.
+    let parents_clock = known_parents
+        .iter()
+        .filter_map(|p| checkpoints.get(&***p))
+        .map(|cp| cp.clock)
+        .max()
+        .unwrap_or(0);
+    Plan::Read(StartAt::TrimHorizon, parents_clock)
+}
+
+pub struct Coordinator<A: ShardApi> {
+    pub api: Arc<A>,
+    pub ctx: Arc<ReaderContext<A::Record>>,
+    pub store: CheckpointStore,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub start_position: StartPosition,
+    pub discovery_interval: Duration,
+    /// Shards the committer has finished (end reached, everything acknowledged).
+    pub finished: mpsc::UnboundedReceiver<ShardId>,
+}
+
+impl<A: ShardApi> Coordinator<A> {
+    /// Runs readers until `cancel`; returns once every reader has stopped.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut readers: JoinSet<(ShardId, ReaderExit)> = JoinSet::new();
+        let mut running: HashSet<ShardId> = HashSet::new();
+        let stream = self.ctx.stream.clone();
+        loop {
+            match self.discover(&mut readers, &mut running, &cancel).await {
+                Ok(()) => self.health.set_shards_discovered(true),
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "shard discovery failed; retrying later")
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(self.discovery_interval) => {}
+                Some(joined) = readers.join_next(), if !readers.is_empty() => {
+                    if let Ok((shard, exit)) = joined {
+                        running.remove(&shard);
+                        self.metrics.shards_owned.set(running.len() as i64);
+                        tracing::debug!(shard_id = %shard, ?exit, "reader stopped");
+                    }
+                }
+                Some(shard) = self.finished.recv() => {
+                    self.metrics.shards_finished.inc();
+                    self.metrics.forget_shard(&shard);
+                }
+            }
+        }
+        // Shutdown: readers see the same token; wait until each has stopped queueing.
+        while readers.join_next().await.is_some() {}
+        self.metrics.shards_owned.set(0);
+    }
+
+    async fn discover(
+        &mut self,
+        readers: &mut JoinSet<(ShardId, ReaderExit)>,
+        running: &mut HashSet<ShardId>,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let shards = self.api.list_shards().await?;
+        let checkpoints = self.store.load(&self.ctx.stream).await?;
+        let listed: HashSet<ShardId> = shards.iter().map(|s| s.id.clone()).collect();
+        for shard in &shards {
+            if running.contains(&shard.id)
+                || checkpoints.get(&*shard.id).is_some_and(|cp| cp.finished)
+            {
+                continue;
+            }
+            let (start, clock) = match plan(shard, &listed, &checkpoints, self.start_position) {
+                Plan::Wait => continue,
+                Plan::SkipFinished(clock) => {
+                    tracing::info!(shard_id = %shard.id, "closed shard skipped (start_position = latest)");
+                    let done = ShardCheckpoint {
+                        sequence_number: None,
+                        clock,
+                        finished: true,
+                    };
+                    self.store
+                        .commit(&self.ctx.stream, vec![(shard.id.to_string(), done)])
+                        .await?;
+                    continue;
+                }
+                Plan::Read(start, clock) => (start, clock),
+            };
+            if !checkpoints.contains_key(&*shard.id) {
+                // Remember the shard was started, with its clock, before reading anything.
+                let started = ShardCheckpoint {
+                    sequence_number: None,
+                    clock,
+                    finished: false,
+                };
+                self.store
+                    .commit(&self.ctx.stream, vec![(shard.id.to_string(), started)])
+                    .await?;
+            }
+            tracing::info!(shard_id = %shard.id, start = ?start, clock, parents = ?shard.parents, "starting shard reader");
+            let reader = ShardReader {
+                api: self.api.clone(),
+                shard: shard.id.clone(),
+                start,
+                clock: crate::version::VersionClock::resume(clock),
+                ctx: self.ctx.clone(),
+            };
+            let token = cancel.clone();
+            let id = shard.id.clone();
+            readers.spawn(async move { (id, reader.run(token).await) });
+            running.insert(shard.id.clone());
+        }
+        self.metrics.shards_owned.set(running.len() as i64);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: &str, parents: &[&str], closed: bool) -> ShardInfo {
+        ShardInfo {
+            id: id.into(),
+            parents: parents.iter().map(|p| (*p).into()).collect(),
+            closed,
+        }
+    }
+    fn listed(ids: &[&str]) -> HashSet<ShardId> {
+        ids.iter().map(|s| (*s).into()).collect()
+    }
+    fn cp(seq: Option<&str>, clock: u64, finished: bool) -> ShardCheckpoint {
+        ShardCheckpoint {
+            sequence_number: seq.map(str::to_owned),
+            clock,
+            finished,
+        }
+    }
+
+    #[test]
+    fn a_child_waits_until_its_parent_is_finished_then_starts_at_trim_horizon_after_its_clock() {
+        let child = shard("c", &["p"], false);
+        let l = listed(&["p", "c"]);
+        let reading: HashMap<_, _> = [("p".to_string(), cp(Some("10"), 500, false))].into();
+        assert_eq!(
+            plan(&child, &l, &reading, StartPosition::Latest),
+            Plan::Wait
+        );
+        let done: HashMap<_, _> = [("p".to_string(), cp(Some("20"), 900, true))].into();
+        assert_eq!(
+            plan(&child, &l, &done, StartPosition::Latest),
+            Plan::Read(StartAt::TrimHorizon, 900)
+        );
+    }
+
+    #[test]
+    fn a_merge_child_waits_for_both_parents_and_takes_the_larger_clock() {
+        let child = shard("c", &["p1", "p2"], false);
+        let l = listed(&["p1", "p2", "c"]);
+        let one: HashMap<_, _> = [("p1".to_string(), cp(Some("1"), 7, true))].into();
+        assert_eq!(
+            plan(&child, &l, &one, StartPosition::TrimHorizon),
+            Plan::Wait
+        );
+        let both: HashMap<_, _> = [
+            ("p1".to_string(), cp(Some("1"), 7, true)),
+            ("p2".to_string(), cp(Some("2"), 9, true)),
+        ]
+        .into();
+        assert_eq!(
+            plan(&child, &l, &both, StartPosition::TrimHorizon),
+            Plan::Read(StartAt::TrimHorizon, 9)
+        );
+    }
+
+    #[test]
+    fn a_parent_that_aged_out_of_the_stream_does_not_block() {
+        let child = shard("c", &["gone"], false);
+        assert_eq!(
+            plan(
+                &child,
+                &listed(&["c"]),
+                &HashMap::new(),
+                StartPosition::TrimHorizon
+            ),
+            Plan::Read(StartAt::TrimHorizon, 0)
+        );
+    }
+
+    #[test]
+    fn checkpoints_resume_after_the_sequence_number_and_started_shards_never_resume_at_latest() {
+        let s = shard("s", &[], false);
+        let l = listed(&["s"]);
+        let at: HashMap<_, _> = [("s".to_string(), cp(Some("42"), 5, false))].into();
+        assert_eq!(
+            plan(&s, &l, &at, StartPosition::Latest),
+            Plan::Read(StartAt::AfterSequence("42".into()), 5)
+        );
+        let started: HashMap<_, _> = [("s".to_string(), cp(None, 0, false))].into();
+        assert_eq!(
+            plan(&s, &l, &started, StartPosition::Latest),
+            Plan::Read(StartAt::TrimHorizon, 0)
+        );
+    }
+
+    #[test]
+    fn latest_skips_closed_roots_and_tails_open_ones_but_children_of_read_shards_start_at_the_beginning(
+    ) {
+        let l = listed(&["old", "new"]);
+        assert_eq!(
+            plan(
+                &shard("old", &[], true),
+                &l,
+                &HashMap::new(),
+                StartPosition::Latest
+            ),
+            Plan::SkipFinished(0)
+        );
+        assert_eq!(
+            plan(
+                &shard("new", &["old"], false),
+                &l,
+                &HashMap::new(),
+                StartPosition::Latest
+            ),
+            Plan::Read(StartAt::Latest, 0)
+        );
+        // later: "new" was read and has ended; its child must not skip anything
+        let read: HashMap<_, _> = [("new".to_string(), cp(Some("9"), 77, true))].into();
+        let l2 = listed(&["new", "newer"]);
+        assert_eq!(
+            plan(
+                &shard("newer", &["new"], false),
+                &l2,
+                &read,
+                StartPosition::Latest
+            ),
+            Plan::Read(StartAt::TrimHorizon, 77)
+        );
+    }
+}

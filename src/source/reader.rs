@@ -1,0 +1,330 @@
+//! One task per shard: poll GetRecords, give every record its version, hand the operations to
+//! the batcher, register each page with the acknowledgement tracker. Readers never write
+//! checkpoints.
+//!
+//! Recovery, each with its own metric:
+//! * expired iterator → a new one just after the last record read (or the start), no gap;
+//! * trimmed data → a loud error naming the shard and the lost range, then TRIM_HORIZON;
+//! * throttling → jittered exponential backoff;
+//! * other failures → backoff; after three in a row the iterator is renewed from the last
+//!   position, in case it is the iterator that is bad.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiError, ShardApi, SourceRecord, StartAt};
+use crate::ack::{AckTracker, ShardId};
+use crate::batch::Router;
+use crate::checkpoint::{CheckpointStore, DeadLetter, ShardCheckpoint};
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
+use crate::sink::{BulkOp, Origin};
+use crate::transform::{DecodeError, DocChange};
+use crate::version::VersionClock;
+
+/// Turns one source record into document operations (pure; see `transform.rs`).
+pub type Decoder<R> = Arc<dyn Fn(&R) -> Result<Vec<DocChange>, DecodeError> + Send + Sync>;
+
+/// What every reader of a pipeline shares.
+pub struct ReaderContext<R> {
+    pub stream: Arc<str>,
+    pub index: Arc<str>,
+    pub decode: Decoder<R>,
+    pub router: Router,
+    pub tracker: AckTracker,
+    pub store: CheckpointStore,
+    pub metrics: Metrics,
+    pub poll_interval: Duration,
+    pub records_per_call: u32,
+    pub backoff: Backoff,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderExit {
+    /// Read to its end; the end is registered and will be committed once acknowledged.
+    ShardEnded,
+    /// Asked to stop.
+    Cancelled,
+}
+
+pub struct ShardReader<A: ShardApi> {
+    pub api: Arc<A>,
+    pub shard: ShardId,
+    pub start: StartAt,
+    pub clock: VersionClock,
+    pub ctx: Arc<ReaderContext<A::Record>>,
+}
+
+/// Consecutive failures with one iterator before it is replaced.
+const RENEW_AFTER_FAILURES: u32 = 3;
+
+impl<A: ShardApi> ShardReader<A> {
+    pub async fn run(mut self, cancel: CancellationToken) -> ReaderExit {
+        let shard = self.shard.clone();
+        let mut last_read: Option<String> = match &self.start {
+            StartAt::AfterSequence(s) => Some(s.clone()),
+            _ => None,
+        };
+        let Some(mut iterator) = self.iterator_at(self.start.clone(), &cancel).await else {
+            return ReaderExit::Cancelled;
+        };
+        let mut failures: u32 = 0;
+        let mut empty_polls: u32 = 0;
+        loop {
+            let answer = tokio::select! {
+                a = self.api.get_records(&iterator, self.ctx.records_per_call) => a,
+                _ = cancel.cancelled() => return ReaderExit::Cancelled,
+            };
+            match answer {
+                Ok(page) => {
+                    failures = 0;
+                    let read = page.records.len();
+                    if let Some(last) = page.records.last() {
+                        last_read = Some(last.sequence_number().to_owned());
+                    }
+                    if read > 0 && !self.deliver(page.records, &cancel).await {
+                        return ReaderExit::Cancelled;
+                    }
+                    let Some(next) = page.next_iterator else {
+                        tracing::info!(shard_id = %shard, "shard read to its end");
+                        let end = ShardCheckpoint {
+                            sequence_number: last_read,
+                            clock: self.clock.last(),
+                            finished: true,
+                        };
+                        let _ = self.ctx.tracker.register(&shard, end, 0, 0);
+                        return ReaderExit::ShardEnded;
+                    };
+                    iterator = next;
+                    if read == 0 {
+                        // Idle shard: back off up to poll_interval. After a non-empty page the
+                        // next poll follows at once.
+                        empty_polls = (empty_polls + 1).min(8);
+                        let pause = (self.ctx.poll_interval / 4)
+                            .saturating_mul(1 << (empty_polls - 1))
+                            .min(self.ctx.poll_interval);
+                        if !sleep_or_cancel(pause, &cancel).await {
+                            return ReaderExit::Cancelled;
+                        }
+                    } else {
+                        empty_polls = 0;
+                    }
+                }
+                Err(err) => {
+                    self.ctx
+                        .metrics
+                        .retries
+                        .with_label_values(&[err.reason()])
+                        .inc();
+                    let resume = match &last_read {
+                        Some(seq) => StartAt::AfterSequence(seq.clone()),
+                        // Nothing read yet from this shard, so nothing written: re-reading from
+                        // the start position (or TRIM_HORIZON) cannot reorder any document.
+                        None if self.start == StartAt::Latest => StartAt::TrimHorizon,
+                        None => self.start.clone(),
+                    };
+                    match err {
+                        ApiError::ExpiredIterator => {
+                            tracing::info!(shard_id = %shard, resume = ?resume, "shard iterator expired; renewing");
+                        }
+                        ApiError::TrimmedData(detail) => {
+                            self.report_trimmed(last_read.as_deref(), &detail);
+                            iterator = match self.iterator_at(StartAt::TrimHorizon, &cancel).await {
+                                Some(it) => it,
+                                None => return ReaderExit::Cancelled,
+                            };
+                            continue;
+                        }
+                        ApiError::NotFound(detail) => {
+                            // The shard aged out of the stream: nothing more can be read from it.
+                            tracing::error!(shard_id = %shard, error = %detail, after_sequence_number = ?last_read, "shard no longer exists; treating it as ended (records after the last one read, if any, are lost)");
+                            self.ctx
+                                .metrics
+                                .data_loss
+                                .with_label_values(&["shard_gone"])
+                                .inc();
+                            let end = ShardCheckpoint {
+                                sequence_number: last_read,
+                                clock: self.clock.last(),
+                                finished: true,
+                            };
+                            let _ = self.ctx.tracker.register(&shard, end, 0, 0);
+                            return ReaderExit::ShardEnded;
+                        }
+                        ApiError::Throttled(_) | ApiError::Transient(_) => {
+                            failures += 1;
+                            let delay = self.ctx.backoff.delay(failures);
+                            tracing::warn!(shard_id = %shard, error = %err, attempt = failures, delay_ms = delay.as_millis() as u64, "GetRecords failed; backing off");
+                            if !sleep_or_cancel(delay, &cancel).await {
+                                return ReaderExit::Cancelled;
+                            }
+                            if failures < RENEW_AFTER_FAILURES
+                                || matches!(err, ApiError::Throttled(_))
+                            {
+                                continue;
+                            }
+                            tracing::warn!(shard_id = %shard, "renewing the shard iterator after repeated failures");
+                        }
+                    }
+                    failures = 0;
+                    iterator = match self.iterator_at(resume, &cancel).await {
+                        Some(it) => it,
+                        None => return ReaderExit::Cancelled,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Gets an iterator, retrying with backoff. `None` only when cancelled.
+    async fn iterator_at(&mut self, mut at: StartAt, cancel: &CancellationToken) -> Option<String> {
+        let mut attempt = 0;
+        loop {
+            let answer = tokio::select! {
+                a = self.api.shard_iterator(&self.shard, &at) => a,
+                _ = cancel.cancelled() => return None,
+            };
+            match answer {
+                Ok(it) => return Some(it),
+                Err(ApiError::TrimmedData(detail)) => {
+                    let from = match &at {
+                        StartAt::AfterSequence(s) => Some(s.clone()),
+                        _ => None,
+                    };
+                    self.report_trimmed(from.as_deref(), &detail);
+                    at = StartAt::TrimHorizon;
+                }
+                Err(err) => {
+                    attempt += 1;
+                    self.ctx
+                        .metrics
+                        .retries
+                        .with_label_values(&[err.reason()])
+                        .inc();
+                    let delay = self.ctx.backoff.delay(attempt);
+                    tracing::warn!(shard_id = %self.shard, error = %err, attempt, "GetShardIterator failed; backing off");
+                    if !sleep_or_cancel(delay, cancel).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn report_trimmed(&self, after: Option<&str>, detail: &str) {
+        tracing::error!(
+            shard_id = %self.shard,
+            lost_after_sequence_number = after.unwrap_or("(shard start)"),
+            lost_until = "the current trim horizon",
+            error = %detail,
+            "DATA LOSS: records were trimmed before sluice read them; continuing from TRIM_HORIZON"
+        );
+        self.ctx
+            .metrics
+            .data_loss
+            .with_label_values(&["trimmed"])
+            .inc();
+    }
+
+    /// Versions, decodes and queues one page; registers it as a segment. `false` if cancelled
+    /// before every operation was queued (the segment then never completes, so its checkpoint
+    /// is never committed).
+    async fn deliver(&mut self, records: Vec<A::Record>, cancel: &CancellationToken) -> bool {
+        let ctx = self.ctx.clone();
+        let shard_label: &str = &self.shard;
+        ctx.metrics
+            .records_read
+            .with_label_values(&[shard_label])
+            .inc_by(records.len() as u64);
+        let mut ops = Vec::with_capacity(records.len());
+        let mut dead = Vec::new();
+        for record in &records {
+            let version = self.clock.next(record.created_at_micros());
+            let origin = Origin {
+                stream: ctx.stream.clone(),
+                shard: self.shard.clone(),
+                sequence_number: record.sequence_number().to_owned(),
+            };
+            match (ctx.decode)(record) {
+                Ok(changes) => {
+                    for change in changes {
+                        ops.push(BulkOp::new(
+                            ctx.index.clone(),
+                            change.id,
+                            version,
+                            change.action,
+                            origin.clone(),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(shard_id = %self.shard, sequence_number = %origin.sequence_number, error = %e, "record cannot be decoded; dead-lettered");
+                    ctx.metrics.decode_errors.inc();
+                    ctx.metrics
+                        .documents
+                        .with_label_values(&[crate::metrics::result::DEAD_LETTERED])
+                        .inc();
+                    dead.push(DeadLetter {
+                        stream: ctx.stream.to_string(),
+                        shard_id: self.shard.to_string(),
+                        sequence_number: origin.sequence_number,
+                        index: None,
+                        doc_id: None,
+                        version: Some(version),
+                        action: "decode".into(),
+                        payload: record.describe(),
+                        error: e.0,
+                    });
+                }
+            }
+        }
+        if let Some(t) = records.last().and_then(|r| r.created_at_micros()) {
+            ctx.metrics
+                .iterator_age
+                .with_label_values(&[shard_label])
+                .set((now_micros().saturating_sub(t)) as f64 / 1e6);
+        }
+        // Dead letters are durable before the checkpoint can pass them.
+        let mut delay = Duration::from_millis(50);
+        while let Err(e) = ctx.store.dead_letter(dead.clone()).await {
+            tracing::error!(error = %e, "writing dead letters failed; retrying");
+            if !sleep_or_cancel(delay, cancel).await {
+                return false;
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        let last = records.last().expect("deliver is called with records");
+        let checkpoint = ShardCheckpoint {
+            sequence_number: Some(last.sequence_number().to_owned()),
+            clock: self.clock.last(),
+            finished: false,
+        };
+        let acks = ctx
+            .tracker
+            .register(&self.shard, checkpoint, records.len(), ops.len());
+        for (mut op, ack) in ops.into_iter().zip(acks) {
+            op.acks.push(ack);
+            tokio::select! {
+                sent = ctx.router.send(op) => if sent.is_err() { return false },
+                _ = cancel.cancelled() => return false,
+            }
+        }
+        true
+    }
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = cancel.cancelled() => false,
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,458 @@
+//! Pure functions: DynamoDB change records → document operations. No I/O, no async.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record};
+use base64::Engine;
+use serde_json::{Map, Number, Value};
+
+/// What one change does to one document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DocAction {
+    /// Replace the whole document with this source.
+    Index(Value),
+    Delete,
+}
+
+/// One document operation derived from one source record (before it gets its version).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocChange {
+    pub id: String,
+    pub action: DocAction,
+}
+
+/// Why a record could not be turned into a document operation. Goes to the dead-letter table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+/// How `_id` is built from the item's key attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocIdSpec {
+    /// Attribute names in order (hash key, then range key by default).
+    pub attributes: Vec<String>,
+    pub separator: String,
+}
+
+impl DocIdSpec {
+    /// `_id` from the key attributes: each part rendered as text (S as is, N as its exact
+    /// digits, B as base64), joined with the separator. `\` and the separator inside a part are
+    /// escaped with `\`, so two different keys can never produce the same `_id`.
+    pub fn render(&self, keys: &HashMap<String, AttributeValue>) -> Result<String, DecodeError> {
+        let mut id = String::new();
+        for (i, name) in self.attributes.iter().enumerate() {
+            let part = match keys.get(name) {
+                Some(AttributeValue::S(s)) => s.clone(),
+                Some(AttributeValue::N(n)) => n.clone(),
+                Some(AttributeValue::B(b)) => base64_text(b.as_ref()),
+                Some(other) => {
+                    return Err(DecodeError(format!(
+                        "key attribute `{name}` has type {}, not S, N or B",
+                        type_name(other)
+                    )))
+                }
+                None => {
+                    return Err(DecodeError(format!(
+                        "key attribute `{name}` is missing from the record's Keys"
+                    )))
+                }
+            };
+            if i > 0 {
+                id.push_str(&self.separator);
+            }
+            if self.attributes.len() == 1 {
+                id.push_str(&part);
+            } else {
+                id.push_str(
+                    &part
+                        .replace('\\', "\\\\")
+                        .replace(&self.separator, &format!("\\{}", self.separator)),
+                );
+            }
+        }
+        if id.is_empty() {
+            return Err(DecodeError("the document id is empty".into()));
+        }
+        if id.len() > 512 {
+            return Err(DecodeError(format!(
+                "the document id is {} bytes; Elasticsearch allows 512",
+                id.len()
+            )));
+        }
+        Ok(id)
+    }
+}
+
+/// A DynamoDB Streams record → the document operation it implies.
+pub fn dynamodb_change(record: &Record, ids: &DocIdSpec) -> Result<DocChange, DecodeError> {
+    let stream = record
+        .dynamodb
+        .as_ref()
+        .ok_or_else(|| DecodeError("record has no `dynamodb` section".into()))?;
+    let keys = stream
+        .keys
+        .as_ref()
+        .ok_or_else(|| DecodeError("record has no Keys".into()))?;
+    let id = ids.render(keys)?;
+    let action = match record.event_name.as_ref() {
+        Some(OperationType::Insert) | Some(OperationType::Modify) => {
+            let image = stream.new_image.as_ref().ok_or_else(|| {
+                DecodeError("INSERT/MODIFY record has no NewImage (the stream view type must be NEW_IMAGE or NEW_AND_OLD_IMAGES)".into())
+            })?;
+            DocAction::Index(item_to_json(image)?)
+        }
+        Some(OperationType::Remove) => DocAction::Delete,
+        other => return Err(DecodeError(format!("unknown eventName {other:?}"))),
+    };
+    Ok(DocChange { id, action })
+}
+
+/// A whole item (attribute map) → a JSON object.
+pub fn item_to_json(item: &HashMap<String, AttributeValue>) -> Result<Value, DecodeError> {
+    let mut out = Map::with_capacity(item.len());
+    for (name, value) in item {
+        out.insert(
+            name.clone(),
+            attribute_to_json(value).map_err(|e| e.within(name))?,
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// One AttributeValue → plain JSON. Numbers keep their exact decimal digits; binary becomes
+/// base64 text; sets become arrays.
+pub fn attribute_to_json(value: &AttributeValue) -> Result<Value, DecodeError> {
+    Ok(match value {
+        AttributeValue::S(s) => Value::String(s.clone()),
+        AttributeValue::N(n) => number(n)?,
+        AttributeValue::B(b) => Value::String(base64_text(b.as_ref())),
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::Null(_) => Value::Null,
+        AttributeValue::M(m) => item_to_json(m)?,
+        AttributeValue::L(l) => Value::Array(
+            l.iter()
+                .enumerate()
+                .map(|(i, v)| attribute_to_json(v).map_err(|e| e.within(&format!("[{i}]"))))
+                .collect::<Result<_, _>>()?,
+        ),
+        AttributeValue::Ss(ss) => Value::Array(ss.iter().cloned().map(Value::String).collect()),
+        AttributeValue::Ns(ns) => {
+            Value::Array(ns.iter().map(|n| number(n)).collect::<Result<_, _>>()?)
+        }
+        AttributeValue::Bs(bs) => Value::Array(
+            bs.iter()
+                .map(|b| Value::String(base64_text(b.as_ref())))
+                .collect(),
+        ),
+        other => return Err(DecodeError(format!("unsupported attribute type {other:?}"))),
+    })
+}
+
+/// AttributeValue in its JSON wire form (`{"N": "1.5"}`) → plain JSON, as
+/// [`attribute_to_json`] does for the SDK type. Used for DynamoDB records carried in Kinesis.
+pub fn attribute_json_to_json(value: &Value) -> Result<Value, DecodeError> {
+    let obj = value.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
+        DecodeError(format!(
+            "an AttributeValue must be an object with one type key, got {}",
+            short(value)
+        ))
+    })?;
+    let (ty, v) = obj.iter().next().expect("len checked");
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| DecodeError(format!("{ty} value must be a string, got {}", short(v))))
+    };
+    let list = |v: &Value| {
+        v.as_array()
+            .cloned()
+            .ok_or_else(|| DecodeError(format!("{ty} value must be an array, got {}", short(v))))
+    };
+    Ok(match ty.as_str() {
+        "S" | "B" => Value::String(text(v)?),
+        "N" => number(&text(v)?)?,
+        "BOOL" => Value::Bool(v.as_bool().ok_or_else(|| {
+            DecodeError(format!(
+                "BOOL value must be true or false, got {}",
+                short(v)
+            ))
+        })?),
+        "NULL" => Value::Null,
+        "M" => {
+            let m = v.as_object().ok_or_else(|| {
+                DecodeError(format!("M value must be an object, got {}", short(v)))
+            })?;
+            let mut out = Map::with_capacity(m.len());
+            for (k, inner) in m {
+                out.insert(
+                    k.clone(),
+                    attribute_json_to_json(inner).map_err(|e| e.within(k))?,
+                );
+            }
+            Value::Object(out)
+        }
+        "L" => Value::Array(
+            list(v)?
+                .iter()
+                .enumerate()
+                .map(|(i, x)| attribute_json_to_json(x).map_err(|e| e.within(&format!("[{i}]"))))
+                .collect::<Result<_, _>>()?,
+        ),
+        "SS" | "BS" => Value::Array(
+            list(v)?
+                .iter()
+                .map(|x| text(x).map(Value::String))
+                .collect::<Result<_, _>>()?,
+        ),
+        "NS" => Value::Array(
+            list(v)?
+                .iter()
+                .map(|x| text(x).and_then(|t| number(&t)))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => {
+            return Err(DecodeError(format!(
+                "unknown AttributeValue type `{other}`"
+            )))
+        }
+    })
+}
+
+/// A DynamoDB number string → a JSON number with exactly the same digits (serde_json's
+/// arbitrary_precision keeps the text; no f64 round trip).
+fn number(text: &str) -> Result<Value, DecodeError> {
+    Number::from_str(text)
+        .map(Value::Number)
+        .map_err(|_| DecodeError(format!("`{text}` is not a number")))
+}
+
+fn base64_text(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn type_name(v: &AttributeValue) -> &'static str {
+    match v {
+        AttributeValue::S(_) => "S",
+        AttributeValue::N(_) => "N",
+        AttributeValue::B(_) => "B",
+        AttributeValue::Bool(_) => "BOOL",
+        AttributeValue::Null(_) => "NULL",
+        AttributeValue::M(_) => "M",
+        AttributeValue::L(_) => "L",
+        AttributeValue::Ss(_) => "SS",
+        AttributeValue::Ns(_) => "NS",
+        AttributeValue::Bs(_) => "BS",
+        _ => "unknown",
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 80 {
+        format!("{}…", &s[..s.floor_char_boundary(80)])
+    } else {
+        s
+    }
+}
+
+impl DecodeError {
+    /// Prefix where in the item the problem is: "attribute `m`: [2]: `x` is not a number".
+    fn within(self, name: &str) -> Self {
+        if name.starts_with('[') {
+            DecodeError(format!("{name}: {}", self.0))
+        } else {
+            DecodeError(format!("attribute `{name}`: {}", self.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodbstreams::primitives::Blob;
+    use aws_sdk_dynamodbstreams::types::StreamRecord;
+    use serde_json::json;
+
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.into())
+    }
+    fn n(v: &str) -> AttributeValue {
+        AttributeValue::N(v.into())
+    }
+
+    #[test]
+    fn every_attribute_type_becomes_plain_json() {
+        let item: HashMap<String, AttributeValue> = [
+            ("s", s("Hello")),
+            ("n", n("123.45")),
+            (
+                "b",
+                AttributeValue::B(Blob::new("this text is base64-encoded")),
+            ),
+            ("bool", AttributeValue::Bool(true)),
+            ("null", AttributeValue::Null(true)),
+            (
+                "m",
+                AttributeValue::M(
+                    [("Name".to_string(), s("Joe")), ("Age".to_string(), n("35"))].into(),
+                ),
+            ),
+            ("l", AttributeValue::L(vec![s("Cookies"), n("3.14159")])),
+            (
+                "ss",
+                AttributeValue::Ss(vec!["Giraffe".into(), "Zebra".into()]),
+            ),
+            ("ns", AttributeValue::Ns(vec!["42.2".into(), "-19".into()])),
+            (
+                "bs",
+                AttributeValue::Bs(vec![Blob::new("Sunny"), Blob::new("Rainy")]),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let doc = item_to_json(&item).unwrap();
+        assert_eq!(
+            doc.to_string(),
+            json!({
+                "s": "Hello", "n": 123.45, "b": "dGhpcyB0ZXh0IGlzIGJhc2U2NC1lbmNvZGVk", "bool": true, "null": null,
+                "m": {"Name": "Joe", "Age": 35}, "l": ["Cookies", 3.14159], "ss": ["Giraffe", "Zebra"],
+                "ns": [42.2, -19], "bs": ["U3Vubnk=", "UmFpbnk="]
+            })
+            .to_string()
+        );
+    }
+
+    #[test]
+    fn numbers_reach_the_document_digit_for_digit() {
+        for text in [
+            "12345678901234567890123",
+            "0.1000000000000000055511151231257827",
+            "-0.000000000000000000000000000000000001",
+            "9.9999999999999999999999999999999999999E+125",
+            "1E-130",
+        ] {
+            let v = attribute_to_json(&n(text)).unwrap();
+            let bytes = serde_json::to_string(&json!({ "x": v })).unwrap();
+            // serde_json writes the exponent marker in lower case; every digit is kept
+            assert_eq!(bytes, format!("{{\"x\":{}}}", text.replace('E', "e")));
+        }
+    }
+
+    #[test]
+    fn a_malformed_number_is_an_error_naming_the_attribute() {
+        let item: HashMap<String, AttributeValue> = [("price".to_string(), n("12,50"))].into();
+        let err = item_to_json(&item).unwrap_err();
+        assert!(err.0.contains("price") && err.0.contains("12,50"), "{err}");
+    }
+
+    #[test]
+    fn wire_form_attribute_values_decode_like_sdk_ones() {
+        let wire = json!({"M": {
+            "number set": {"NS": ["0", "1"]}, "number": {"N": "10"}, "binary set": {"BS": ["MTMyMQ==", "MTQzMQ=="]},
+            "string": {"S": "some-string"}, "null": {"NULL": true}, "boolean": {"BOOL": false},
+            "string set": {"SS": ["a", "b"]}, "binary": {"B": "MTMyMQ=="},
+            "list": {"L": [{"S": "x"}, {"N": "13"}]}, "big": {"N": "12345678901234567890123"}
+        }});
+        let doc = attribute_json_to_json(&wire).unwrap();
+        assert_eq!(
+            doc,
+            json!({"number set": [0, 1], "number": 10, "binary set": ["MTMyMQ==", "MTQzMQ=="], "string": "some-string",
+                   "null": null, "boolean": false, "string set": ["a", "b"], "binary": "MTMyMQ==", "list": ["x", 13],
+                   "big": Number::from_str("12345678901234567890123").unwrap()})
+        );
+        let err = attribute_json_to_json(&json!({"M": {"a": {"L": [{"N": "x"}]}}})).unwrap_err();
+        assert!(err.0.contains("`a`") && err.0.contains("[0]"), "{err}");
+        assert!(attribute_json_to_json(&json!({"Q": 1}))
+            .unwrap_err()
+            .0
+            .contains("`Q`"));
+    }
+
+    fn record(
+        event: OperationType,
+        keys: &[(&str, AttributeValue)],
+        new_image: Option<&[(&str, AttributeValue)]>,
+    ) -> Record {
+        let map = |kv: &[(&str, AttributeValue)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect::<HashMap<_, _>>()
+        };
+        Record::builder()
+            .event_name(event)
+            .dynamodb(
+                StreamRecord::builder()
+                    .set_keys(Some(map(keys)))
+                    .set_new_image(new_image.map(map))
+                    .sequence_number("400000000000000499660")
+                    .build(),
+            )
+            .build()
+    }
+
+    #[test]
+    fn insert_and_modify_index_the_new_image_remove_deletes() {
+        let ids = DocIdSpec {
+            attributes: vec!["id".into()],
+            separator: "|".into(),
+        };
+        let insert = record(
+            OperationType::Insert,
+            &[("id", s("p1"))],
+            Some(&[("id", s("p1")), ("title", s("Hi"))]),
+        );
+        assert_eq!(
+            dynamodb_change(&insert, &ids).unwrap(),
+            DocChange {
+                id: "p1".into(),
+                action: DocAction::Index(json!({"id": "p1", "title": "Hi"}))
+            }
+        );
+        let remove = record(OperationType::Remove, &[("id", s("p1"))], None);
+        assert_eq!(
+            dynamodb_change(&remove, &ids).unwrap(),
+            DocChange {
+                id: "p1".into(),
+                action: DocAction::Delete
+            }
+        );
+        let keys_only = record(OperationType::Modify, &[("id", s("p1"))], None);
+        assert!(dynamodb_change(&keys_only, &ids)
+            .unwrap_err()
+            .0
+            .contains("NEW_IMAGE"));
+    }
+
+    #[test]
+    fn composite_ids_join_hash_and_range_and_cannot_collide() {
+        let ids = DocIdSpec {
+            attributes: vec!["ForumName".into(), "Subject".into()],
+            separator: "|".into(),
+        };
+        let keys = |a: &str, b: &str| {
+            [
+                ("ForumName".to_string(), s(a)),
+                ("Subject".to_string(), s(b)),
+            ]
+            .into()
+        };
+        assert_eq!(
+            ids.render(&keys("DynamoDB", "Thread 3")).unwrap(),
+            "DynamoDB|Thread 3"
+        );
+        assert_ne!(
+            ids.render(&keys("a|b", "c")).unwrap(),
+            ids.render(&keys("a", "b|c")).unwrap()
+        );
+        let numeric: HashMap<_, _> = [
+            ("ForumName".to_string(), n("101")),
+            ("Subject".to_string(), n("7")),
+        ]
+        .into();
+        assert_eq!(ids.render(&numeric).unwrap(), "101|7");
+        let missing: HashMap<_, _> = [("ForumName".to_string(), s("x"))].into();
+        assert!(ids.render(&missing).unwrap_err().0.contains("Subject"));
+    }
+}

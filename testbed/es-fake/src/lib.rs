@@ -1,0 +1,1213 @@
+//! An Elasticsearch-compatible test server with fault injection. Test bed only: it is never
+//! compiled into the `sluice` binary.
+//!
+//! Faithful to the documented behaviour sluice depends on: `_bulk` NDJSON (index, create,
+//! delete), per-item results in request order with the `errors` flag, `version_type=external`
+//! (applied only when strictly greater, else 409; `external_gte` when greater or equal), deletes
+//! leaving a versioned tombstone for `gc_deletes` (60 s), dynamic mapping that rejects a value of
+//! the wrong type with 400 `mapper_parsing_exception`, `GET _doc`, `_count`, `_search`
+//! (match_all, term, ids, size/from), `_refresh`, index create/delete, and the
+//! `X-Elastic-Product` header Elasticsearch 8 sends.
+//!
+//! With an upstream URL it becomes a fault-injecting proxy in front of a real cluster, so the
+//! same tests run against Elasticsearch or OpenSearch: faulted items are answered here, the rest
+//! are forwarded and the answers merged back in request order.
+//!
+//! Requests carrying `x-fake-bypass: 1` skip every fault (test assertions use it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+/// Faults applied to `_bulk` requests. Rates are probabilities in [0, 1].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Faults {
+    /// Whole request answered 429 with no items.
+    pub bulk_429_rate: f64,
+    /// Whole request answered 503.
+    pub bulk_503_rate: f64,
+    /// Each item independently answered 429 (not applied).
+    pub item_429_rate: f64,
+    /// Connection closed without a complete answer (half before, half after applying).
+    pub drop_rate: f64,
+    /// Probability of a stall of `stall_ms` before answering.
+    pub stall_rate: f64,
+    pub stall_ms: u64,
+    /// Fixed delay before answering every bulk request.
+    pub delay_ms: u64,
+}
+
+/// Counters tests can read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub bulk_requests: u64,
+    pub bulk_429: u64,
+    pub bulk_503: u64,
+    pub item_429: u64,
+    pub dropped: u64,
+    pub stalled: u64,
+    pub items: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Doc {
+    source: Value,
+    version: u64,
+    seq_no: u64,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    docs: BTreeMap<String, Doc>,
+    /// id → (version, when deleted)
+    tombstones: HashMap<String, (u64, Instant)>,
+    /// dynamic mapping: dotted field path → type
+    mapping: HashMap<String, FieldType>,
+    seq_no: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldType {
+    Long,
+    Float,
+    Text,
+    Boolean,
+    Object,
+}
+
+struct Shared {
+    indices: Mutex<BTreeMap<String, Index>>,
+    faults: Mutex<Faults>,
+    stats: Mutex<Stats>,
+    /// true: every bulk request hangs (connection accepted, never answered) until false.
+    hold: watch::Sender<bool>,
+    gc_deletes: Duration,
+    upstream: Option<String>,
+    http: reqwest::Client,
+    seq: AtomicU64,
+}
+
+/// A running server. Dropping it stops it.
+pub struct FakeEs {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeEs {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeEs {
+    /// In-memory Elasticsearch on a free loopback port.
+    pub async fn start() -> std::io::Result<FakeEs> {
+        Self::start_with("127.0.0.1:0".parse().unwrap(), None).await
+    }
+
+    /// `upstream`: proxy to this real cluster instead of the in-memory store.
+    pub async fn start_with(addr: SocketAddr, upstream: Option<String>) -> std::io::Result<FakeEs> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            indices: Mutex::default(),
+            faults: Mutex::default(),
+            stats: Mutex::default(),
+            hold: watch::channel(false).0,
+            gc_deletes: Duration::from_secs(60),
+            upstream: upstream.map(|u| u.trim_end_matches('/').to_string()),
+            http: reqwest::Client::new(),
+            seq: AtomicU64::new(0),
+        });
+        let app = router(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeEs { addr, shared, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.shared.faults.lock().unwrap() = faults;
+    }
+
+    /// Every `_bulk` request hangs until [`FakeEs::release`].
+    pub fn hold(&self) {
+        self.shared.hold.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.shared.hold.send_replace(false);
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.lock().unwrap().clone()
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(info))
+        .route("/_bulk", post(bulk_root).put(bulk_root))
+        .route("/_fake/faults", get(get_faults).put(put_faults))
+        .route(
+            "/_fake/hold",
+            post(|State(s): State<Arc<Shared>>| async move {
+                s.hold.send_replace(true);
+                "held\n"
+            }),
+        )
+        .route(
+            "/_fake/release",
+            post(|State(s): State<Arc<Shared>>| async move {
+                s.hold.send_replace(false);
+                "released\n"
+            }),
+        )
+        .route(
+            "/_fake/stats",
+            get(|State(s): State<Arc<Shared>>| async move {
+                axum::Json(s.stats.lock().unwrap().clone())
+            }),
+        )
+        .route(
+            "/{index}",
+            axum::routing::put(create_index)
+                .delete(delete_index)
+                .head(index_exists)
+                .get(index_exists),
+        )
+        .route("/{index}/_bulk", post(bulk_index).put(bulk_index))
+        .route("/{index}/_doc/{id}", get(get_doc))
+        .route("/{index}/_count", get(count).post(count))
+        .route("/{index}/_search", get(search).post(search))
+        .route("/{index}/_refresh", post(refresh).get(refresh))
+        .layer(axum::middleware::map_response(
+            |mut r: Response| async move {
+                r.headers_mut().insert(
+                    "x-elastic-product",
+                    HeaderValue::from_static("Elasticsearch"),
+                );
+                r
+            },
+        ))
+        .with_state(shared)
+}
+
+fn es_json(status: StatusCode, body: Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+fn es_error(status: StatusCode, ty: &str, reason: &str) -> Response {
+    es_json(
+        status,
+        json!({"error": {"root_cause": [{"type": ty, "reason": reason}], "type": ty, "reason": reason}, "status": status.as_u16()}),
+    )
+}
+
+async fn info() -> Response {
+    es_json(
+        StatusCode::OK,
+        json!({
+            "name": "es-fake", "cluster_name": "sluice-testbed", "cluster_uuid": "sluice-testbed",
+            "version": {"number": "8.15.0", "build_flavor": "default", "lucene_version": "9.11.1",
+                        "minimum_wire_compatibility_version": "7.17.0", "minimum_index_compatibility_version": "7.0.0"},
+            "tagline": "You Know, for Search"
+        }),
+    )
+}
+
+async fn get_faults(State(s): State<Arc<Shared>>) -> Response {
+    es_json(
+        StatusCode::OK,
+        serde_json::to_value(s.faults.lock().unwrap().clone()).unwrap(),
+    )
+}
+
+async fn put_faults(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Faults>(&body) {
+        Ok(f) => {
+            *s.faults.lock().unwrap() = f;
+            es_json(StatusCode::OK, json!({"acknowledged": true}))
+        }
+        Err(e) => es_error(StatusCode::BAD_REQUEST, "parse_exception", &e.to_string()),
+    }
+}
+
+fn bypass(headers: &HeaderMap) -> bool {
+    headers.get("x-fake-bypass").is_some()
+}
+
+/// Forwards a request unchanged to the upstream cluster.
+async fn forward(s: &Shared, method: Method, uri: &Uri, body: Bytes) -> Response {
+    let upstream = s
+        .upstream
+        .as_ref()
+        .expect("forward is only called with an upstream");
+    let url = format!(
+        "{upstream}{}",
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let req = s
+        .http
+        .request(method, url)
+        .header("content-type", "application/json")
+        .body(body);
+    match req.send().await {
+        Ok(r) => {
+            let status =
+                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let bytes = r.bytes().await.unwrap_or_default();
+            let mut resp = (status, bytes).into_response();
+            resp.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => es_error(StatusCode::BAD_GATEWAY, "proxy_exception", &e.to_string()),
+    }
+}
+
+async fn create_index(
+    State(s): State<Arc<Shared>>,
+    Path(index): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    let mut indices = s.indices.lock().unwrap();
+    if indices.contains_key(&index) {
+        return es_error(
+            StatusCode::BAD_REQUEST,
+            "resource_already_exists_exception",
+            &format!("index [{index}] already exists"),
+        );
+    }
+    indices.insert(index.clone(), Index::default());
+    es_json(
+        StatusCode::OK,
+        json!({"acknowledged": true, "shards_acknowledged": true, "index": index}),
+    )
+}
+
+async fn delete_index(
+    State(s): State<Arc<Shared>>,
+    Path(index): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    match s.indices.lock().unwrap().remove(&index) {
+        Some(_) => es_json(StatusCode::OK, json!({"acknowledged": true})),
+        None => not_found_index(&index),
+    }
+}
+
+async fn index_exists(
+    State(s): State<Arc<Shared>>,
+    Path(index): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    if s.indices.lock().unwrap().contains_key(&index) {
+        es_json(
+            StatusCode::OK,
+            json!({ index: {"mappings": {}, "settings": {}} }),
+        )
+    } else {
+        not_found_index(&index)
+    }
+}
+
+fn not_found_index(index: &str) -> Response {
+    es_error(
+        StatusCode::NOT_FOUND,
+        "index_not_found_exception",
+        &format!("no such index [{index}]"),
+    )
+}
+
+async fn refresh(State(s): State<Arc<Shared>>, method: Method, uri: Uri, body: Bytes) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    es_json(
+        StatusCode::OK,
+        json!({"_shards": {"total": 1, "successful": 1, "failed": 0}}),
+    )
+}
+
+async fn get_doc(
+    State(s): State<Arc<Shared>>,
+    Path((index, id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    let indices = s.indices.lock().unwrap();
+    let Some(idx) = indices.get(&index) else {
+        return not_found_index(&index);
+    };
+    match idx.docs.get(&id) {
+        Some(d) => es_json(
+            StatusCode::OK,
+            json!({"_index": index, "_id": id, "_version": d.version, "_seq_no": d.seq_no, "_primary_term": 1, "found": true, "_source": d.source}),
+        ),
+        None => es_json(
+            StatusCode::NOT_FOUND,
+            json!({"_index": index, "_id": id, "found": false}),
+        ),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct SearchParams {
+    size: Option<usize>,
+    from: Option<usize>,
+}
+
+/// match_all, term, ids. Anything else is a 400 like Elasticsearch's parsing_exception.
+fn matcher(query: Option<&Value>) -> Result<Box<dyn Fn(&str, &Value) -> bool>, String> {
+    let Some(q) = query else {
+        return Ok(Box::new(|_, _| true));
+    };
+    let obj = q
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .ok_or("query must have exactly one clause")?;
+    let (kind, body) = obj.iter().next().unwrap();
+    match kind.as_str() {
+        "match_all" => Ok(Box::new(|_, _| true)),
+        "ids" => {
+            let ids: Vec<String> = body
+                .get("values")
+                .and_then(Value::as_array)
+                .ok_or("ids query needs values")?
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            Ok(Box::new(move |id, _| ids.iter().any(|i| i == id)))
+        }
+        "term" => {
+            let (field, spec) = body
+                .as_object()
+                .and_then(|o| o.iter().next())
+                .ok_or("term query needs a field")?;
+            let want = spec.get("value").cloned().unwrap_or_else(|| spec.clone());
+            let field = field.clone();
+            Ok(Box::new(move |_, src| {
+                lookup(src, &field).is_some_and(|v| same_term(v, &want))
+            }))
+        }
+        other => Err(format!(
+            "unknown query [{other}] (the test server supports match_all, term, ids)"
+        )),
+    }
+}
+
+fn lookup<'a>(src: &'a Value, dotted: &str) -> Option<&'a Value> {
+    dotted.split('.').try_fold(src, |v, part| v.get(part))
+}
+
+fn same_term(v: &Value, want: &Value) -> bool {
+    match v {
+        Value::Array(items) => items.iter().any(|i| same_term(i, want)),
+        _ => v == want || (v.to_string().trim_matches('"') == want.to_string().trim_matches('"')),
+    }
+}
+
+async fn count(
+    State(s): State<Arc<Shared>>,
+    Path(index): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    let req: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).unwrap_or(json!({}))
+    };
+    let m = match matcher(req.get("query")) {
+        Ok(m) => m,
+        Err(e) => return es_error(StatusCode::BAD_REQUEST, "parsing_exception", &e),
+    };
+    let indices = s.indices.lock().unwrap();
+    let Some(idx) = indices.get(&index) else {
+        return not_found_index(&index);
+    };
+    let n = idx.docs.iter().filter(|(id, d)| m(id, &d.source)).count();
+    es_json(
+        StatusCode::OK,
+        json!({"count": n, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}),
+    )
+}
+
+async fn search(
+    State(s): State<Arc<Shared>>,
+    Path(index): Path<String>,
+    Query(params): Query<SearchParams>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    let req: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return es_error(StatusCode::BAD_REQUEST, "parsing_exception", &e.to_string())
+            }
+        }
+    };
+    let m = match matcher(req.get("query")) {
+        Ok(m) => m,
+        Err(e) => return es_error(StatusCode::BAD_REQUEST, "parsing_exception", &e),
+    };
+    let size = req
+        .get("size")
+        .and_then(Value::as_u64)
+        .map(|v| v as usize)
+        .or(params.size)
+        .unwrap_or(10);
+    let from = req
+        .get("from")
+        .and_then(Value::as_u64)
+        .map(|v| v as usize)
+        .or(params.from)
+        .unwrap_or(0);
+    if from + size > 10_000 {
+        return es_error(
+            StatusCode::BAD_REQUEST,
+            "illegal_argument_exception",
+            "Result window is too large, from + size must be less than or equal to: [10000]",
+        );
+    }
+    let indices = s.indices.lock().unwrap();
+    let Some(idx) = indices.get(&index) else {
+        return not_found_index(&index);
+    };
+    let matching: Vec<(&String, &Doc)> =
+        idx.docs.iter().filter(|(id, d)| m(id, &d.source)).collect();
+    let hits: Vec<Value> = matching
+        .iter()
+        .skip(from)
+        .take(size)
+        .map(|(id, d)| json!({"_index": index, "_id": id, "_score": 1.0, "_source": d.source}))
+        .collect();
+    es_json(
+        StatusCode::OK,
+        json!({"took": 1, "timed_out": false, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+               "hits": {"total": {"value": matching.len(), "relation": "eq"}, "max_score": 1.0, "hits": hits}}),
+    )
+}
+
+async fn bulk_root(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    bulk(s, None, headers, uri, body).await
+}
+
+async fn bulk_index(
+    State(s): State<Arc<Shared>>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    bulk(s, Some(index), headers, uri, body).await
+}
+
+/// One parsed bulk action.
+#[derive(Debug, Clone)]
+struct Action {
+    op: String,
+    index: String,
+    id: Option<String>,
+    version: Option<Value>,
+    version_type: Option<String>,
+    source: Option<Value>,
+    /// The original lines, for forwarding.
+    lines: Vec<u8>,
+}
+
+fn parse_bulk(body: &[u8], default_index: Option<&str>) -> Result<Vec<Action>, String> {
+    let mut lines = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
+    let mut actions = Vec::new();
+    while let Some(meta_line) = lines.next() {
+        let meta: Value = serde_json::from_slice(meta_line).map_err(|e| {
+            format!(
+                "Malformed action/metadata line [{}]: {e}",
+                actions.len() + 1
+            )
+        })?;
+        let (op, params) = meta
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.iter().next())
+            .ok_or_else(|| {
+                format!(
+                    "Malformed action/metadata line [{}], expected a single action",
+                    actions.len() + 1
+                )
+            })?;
+        let index = params
+            .get("_index")
+            .and_then(Value::as_str)
+            .or(default_index)
+            .ok_or("index is missing")?
+            .to_string();
+        let mut raw = meta_line.to_vec();
+        raw.push(b'\n');
+        let source = match op.as_str() {
+            "index" | "create" | "update" => {
+                let src = lines
+                    .next()
+                    .ok_or("the bulk request must be terminated by a newline / source missing")?;
+                raw.extend_from_slice(src);
+                raw.push(b'\n');
+                Some(serde_json::from_slice::<Value>(src).unwrap_or(Value::Null))
+            }
+            "delete" => None,
+            other => {
+                return Err(format!(
+                    "Malformed action/metadata line, unknown action [{other}]"
+                ))
+            }
+        };
+        actions.push(Action {
+            op: op.clone(),
+            index,
+            id: params.get("_id").and_then(Value::as_str).map(str::to_owned),
+            version: params.get("version").cloned(),
+            version_type: params
+                .get("version_type")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            source,
+            lines: raw,
+        });
+    }
+    if actions.is_empty() {
+        return Err("request body is required".into());
+    }
+    Ok(actions)
+}
+
+async fn bulk(
+    s: Arc<Shared>,
+    path_index: Option<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let faults = if bypass(&headers) {
+        Faults::default()
+    } else {
+        s.faults.lock().unwrap().clone()
+    };
+    s.stats.lock().unwrap().bulk_requests += 1;
+    if !bypass(&headers) {
+        let mut held = s.hold.subscribe();
+        if *held.borrow() {
+            s.stats.lock().unwrap().stalled += 1;
+            let _ = held.wait_for(|h| !*h).await;
+        }
+    }
+    if faults.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.delay_ms)).await;
+    }
+    if faults.stall_rate > 0.0 && fastrand::f64() < faults.stall_rate {
+        s.stats.lock().unwrap().stalled += 1;
+        tokio::time::sleep(Duration::from_millis(faults.stall_ms)).await;
+    }
+    let drop_now = faults.drop_rate > 0.0 && fastrand::f64() < faults.drop_rate;
+    let drop_before = drop_now && fastrand::bool();
+    if drop_before {
+        s.stats.lock().unwrap().dropped += 1;
+        return dropped_connection();
+    }
+    if faults.bulk_429_rate > 0.0 && fastrand::f64() < faults.bulk_429_rate {
+        s.stats.lock().unwrap().bulk_429 += 1;
+        return es_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "es_rejected_execution_exception",
+            "rejected execution of coordinating operation [coordinating_and_primary_bytes=1700696668, max_coordinating_and_primary_bytes=1717986918]",
+        );
+    }
+    if faults.bulk_503_rate > 0.0 && fastrand::f64() < faults.bulk_503_rate {
+        s.stats.lock().unwrap().bulk_503 += 1;
+        return es_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable_shards_exception",
+            "primary shard is not active",
+        );
+    }
+    let actions = match parse_bulk(&body, path_index.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return es_error(StatusCode::BAD_REQUEST, "illegal_argument_exception", &e),
+    };
+    let started = Instant::now();
+    let mut results: Vec<Option<Value>> = vec![None; actions.len()];
+    let mut to_apply = Vec::new();
+    for (i, a) in actions.iter().enumerate() {
+        if faults.item_429_rate > 0.0 && fastrand::f64() < faults.item_429_rate {
+            s.stats.lock().unwrap().item_429 += 1;
+            results[i] = Some(item_error(a, 429, "es_rejected_execution_exception", "rejected execution of TransportShardBulkAction on EsThreadPoolExecutor[name = write, queue capacity = 10000]"));
+        } else {
+            to_apply.push(i);
+        }
+    }
+    s.stats.lock().unwrap().items += actions.len() as u64;
+    if !to_apply.is_empty() {
+        let applied = match &s.upstream {
+            None => to_apply
+                .iter()
+                .map(|&i| apply(&s, &actions[i]))
+                .collect::<Vec<_>>(),
+            Some(_) => match forward_bulk(&s, &uri, to_apply.iter().map(|&i| &actions[i])).await {
+                Ok(items) => items,
+                Err(resp) => return resp,
+            },
+        };
+        for (i, r) in to_apply.into_iter().zip(applied) {
+            results[i] = Some(r);
+        }
+    }
+    if drop_now {
+        s.stats.lock().unwrap().dropped += 1;
+        return dropped_connection();
+    }
+    let items: Vec<Value> = results
+        .into_iter()
+        .map(|r| r.expect("every item answered"))
+        .collect();
+    let errors = items.iter().any(|i| {
+        i.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|v| v.get("error"))
+            .is_some()
+    });
+    es_json(
+        StatusCode::OK,
+        json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": items}),
+    )
+}
+
+async fn forward_bulk<'a>(
+    s: &Shared,
+    uri: &Uri,
+    actions: impl Iterator<Item = &'a Action>,
+) -> Result<Vec<Value>, Response> {
+    let body: Vec<u8> = actions.flat_map(|a| a.lines.iter().copied()).collect();
+    let n_expected = body.iter().filter(|b| **b == b'\n').count();
+    let upstream = s.upstream.as_ref().unwrap();
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let resp = s
+        .http
+        .post(format!("{upstream}/_bulk{query}"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| es_error(StatusCode::BAD_GATEWAY, "proxy_exception", &e.to_string()))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| es_error(StatusCode::BAD_GATEWAY, "proxy_exception", &e.to_string()))?;
+    if status != 200 {
+        let mut r = (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            bytes,
+        )
+            .into_response();
+        r.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        return Err(r);
+    }
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| es_error(StatusCode::BAD_GATEWAY, "proxy_exception", &e.to_string()))?;
+    let items = v
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let _ = n_expected;
+    Ok(items)
+}
+
+/// An answer that starts and then breaks: the client sees a dropped connection.
+fn dropped_connection() -> Response {
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other(
+            "connection dropped by fault injection",
+        ))
+    });
+    (StatusCode::OK, Body::from_stream(stream)).into_response()
+}
+
+fn item_error(a: &Action, status: u16, ty: &str, reason: &str) -> Value {
+    json!({ a.op.clone(): {"_index": a.index, "_id": a.id, "status": status,
+        "error": {"type": ty, "reason": reason, "index": a.index, "shard": "0", "index_uuid": "es-fake"}}})
+}
+
+fn parse_version(v: &Option<Value>) -> Result<Option<u64>, String> {
+    match v {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(x) if x <= i64::MAX as u64 => Ok(Some(x)),
+            _ => Err(format!(
+                "illegal version value [{n}] for version type [EXTERNAL]"
+            )),
+        },
+        Some(Value::String(s)) => s
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| format!("illegal version value [{s}]")),
+        Some(other) => Err(format!("illegal version value [{other}]")),
+    }
+}
+
+/// Applies one action to the in-memory store as Elasticsearch would.
+fn apply(s: &Shared, a: &Action) -> Value {
+    let version = match parse_version(&a.version) {
+        Ok(v) => v,
+        Err(e) => {
+            return item_error(
+                a,
+                400,
+                "action_request_validation_exception",
+                &format!("Validation Failed: 1: {e};"),
+            )
+        }
+    };
+    let external = match a.version_type.as_deref() {
+        None | Some("internal") => None,
+        Some("external") | Some("external_gt") => Some(false),
+        Some("external_gte") => Some(true),
+        Some(other) => {
+            return item_error(
+                a,
+                400,
+                "illegal_argument_exception",
+                &format!("No version type match [{other}]"),
+            )
+        }
+    };
+    if external.is_some() && version.is_none() {
+        return item_error(
+            a,
+            400,
+            "action_request_validation_exception",
+            "Validation Failed: 1: an external version is required;",
+        );
+    }
+    let mut indices = s.indices.lock().unwrap();
+    let idx = indices.entry(a.index.clone()).or_default();
+    let id = match &a.id {
+        Some(id) => id.clone(),
+        None if a.op == "index" || a.op == "create" => {
+            format!("auto-{}", s.seq.fetch_add(1, Ordering::Relaxed))
+        }
+        None => {
+            return item_error(
+                a,
+                400,
+                "action_request_validation_exception",
+                "Validation Failed: 1: id is missing;",
+            )
+        }
+    };
+    if a.op == "update" {
+        return item_error(
+            a,
+            400,
+            "illegal_argument_exception",
+            "the test server does not implement update",
+        );
+    }
+    let now = Instant::now();
+    idx.tombstones
+        .retain(|_, (_, at)| now.duration_since(*at) < s.gc_deletes);
+    let current = idx
+        .docs
+        .get(&id)
+        .map(|d| d.version)
+        .or_else(|| idx.tombstones.get(&id).map(|(v, _)| *v));
+    let exists = idx.docs.contains_key(&id);
+    let conflict = |cur: u64, given: u64| {
+        json!({ a.op.clone(): {"_index": a.index, "_id": id, "status": 409, "error": {
+            "type": "version_conflict_engine_exception",
+            "reason": format!("[{id}]: version conflict, current version [{cur}] is higher or equal to the one provided [{given}]"),
+            "index": a.index, "shard": "0", "index_uuid": "es-fake"}}})
+    };
+    let new_version = match (external, version, current) {
+        (Some(gte), Some(v), Some(cur)) if (gte && v < cur) || (!gte && v <= cur) => {
+            return conflict(cur, v)
+        }
+        (Some(_), Some(v), _) => v,
+        (None, _, cur) => {
+            if a.op == "create" && exists {
+                return item_error(
+                    a,
+                    409,
+                    "version_conflict_engine_exception",
+                    &format!("[{id}]: version conflict, document already exists"),
+                );
+            }
+            cur.unwrap_or(0) + 1
+        }
+        (Some(_), None, _) => unreachable!("checked above"),
+    };
+    if a.op == "create" && exists {
+        return item_error(
+            a,
+            409,
+            "version_conflict_engine_exception",
+            &format!("[{id}]: version conflict, document already exists"),
+        );
+    }
+    idx.seq_no += 1;
+    let seq_no = idx.seq_no;
+    let shards = json!({"total": 2, "successful": 1, "failed": 0});
+    match a.op.as_str() {
+        "delete" => {
+            let found = idx.docs.remove(&id).is_some();
+            idx.tombstones.insert(id.clone(), (new_version, now));
+            let (status, result) = if found {
+                (200, "deleted")
+            } else {
+                (404, "not_found")
+            };
+            json!({"delete": {"_index": a.index, "_id": id, "_version": new_version, "result": result, "_shards": shards, "_seq_no": seq_no, "_primary_term": 1, "status": status}})
+        }
+        _ => {
+            let source = a.source.clone().unwrap_or(Value::Null);
+            if !source.is_object() {
+                return item_error(
+                    a,
+                    400,
+                    "mapper_parsing_exception",
+                    "failed to parse: the source is not a JSON object",
+                );
+            }
+            if let Err(e) = check_mapping(&mut idx.mapping, "", &source) {
+                idx.seq_no -= 1;
+                return item_error(a, 400, "mapper_parsing_exception", &e);
+            }
+            idx.tombstones.remove(&id);
+            idx.docs.insert(
+                id.clone(),
+                Doc {
+                    source,
+                    version: new_version,
+                    seq_no,
+                },
+            );
+            let (status, result) = if exists {
+                (200, "updated")
+            } else {
+                (201, "created")
+            };
+            json!({ a.op.clone(): {"_index": a.index, "_id": id, "_version": new_version, "result": result, "_shards": shards, "_seq_no": seq_no, "_primary_term": 1, "status": status}})
+        }
+    }
+}
+
+/// Dynamic mapping: the first value seen fixes a field's type; a later value that cannot be
+/// coerced to it is refused, as Elasticsearch does.
+fn check_mapping(
+    mapping: &mut HashMap<String, FieldType>,
+    prefix: &str,
+    source: &Value,
+) -> Result<(), String> {
+    let Some(obj) = source.as_object() else {
+        return Ok(());
+    };
+    let mut added: Vec<(String, FieldType)> = Vec::new();
+    check_object(mapping, prefix, obj, &mut added)?;
+    for (k, t) in added {
+        mapping.entry(k).or_insert(t);
+    }
+    Ok(())
+}
+
+fn check_object(
+    mapping: &HashMap<String, FieldType>,
+    prefix: &str,
+    obj: &Map<String, Value>,
+    added: &mut Vec<(String, FieldType)>,
+) -> Result<(), String> {
+    for (k, v) in obj {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        check_value(mapping, &path, v, added)?;
+    }
+    Ok(())
+}
+
+fn check_value(
+    mapping: &HashMap<String, FieldType>,
+    path: &str,
+    v: &Value,
+    added: &mut Vec<(String, FieldType)>,
+) -> Result<(), String> {
+    if let Value::Array(items) = v {
+        for i in items {
+            check_value(mapping, path, i, added)?;
+        }
+        return Ok(());
+    }
+    if v.is_null() {
+        return Ok(());
+    }
+    let seen = mapping
+        .get(path)
+        .copied()
+        .or_else(|| added.iter().find(|(p, _)| p == path).map(|(_, t)| *t));
+    let Some(ty) = seen else {
+        let ty = match v {
+            Value::Number(n) if n.as_i64().is_some() || n.as_u64().is_some() => FieldType::Long,
+            Value::Number(_) => FieldType::Float,
+            Value::Bool(_) => FieldType::Boolean,
+            Value::String(_) => FieldType::Text,
+            _ => FieldType::Object,
+        };
+        added.push((path.to_string(), ty));
+        if let Value::Object(o) = v {
+            check_object(mapping, path, o, added)?;
+        }
+        return Ok(());
+    };
+    let preview = {
+        let t = v.to_string();
+        if t.len() > 40 {
+            format!("{}...", &t[..40])
+        } else {
+            t
+        }
+    };
+    let fail = |what: &str| {
+        Err(format!("failed to parse field [{path}] of type [{what}] in document. Preview of field's value: '{preview}'"))
+    };
+    match (ty, v) {
+        (FieldType::Object, Value::Object(o)) => check_object(mapping, path, o, added),
+        (FieldType::Object, _) => Err(format!("object mapping for [{path}] tried to parse field [{path}] as object, but found a concrete value")),
+        (_, Value::Object(_)) => fail(type_name(ty)),
+        (FieldType::Long, Value::Number(n)) => {
+            if n.as_i64().is_some() || n.as_u64().is_some_and(|u| u <= i64::MAX as u64) || n.as_f64().is_some_and(|f| f.abs() < 9.2e18) {
+                Ok(())
+            } else {
+                fail("long")
+            }
+        }
+        (FieldType::Long | FieldType::Float, Value::String(s)) if s.trim().parse::<f64>().is_ok() => Ok(()),
+        (FieldType::Float, Value::Number(_)) => Ok(()),
+        (FieldType::Long | FieldType::Float, _) => fail(type_name(ty)),
+        (FieldType::Boolean, Value::Bool(_)) => Ok(()),
+        (FieldType::Boolean, Value::String(s)) if s == "true" || s == "false" || s.is_empty() => Ok(()),
+        (FieldType::Boolean, _) => fail("boolean"),
+        (FieldType::Text, _) => Ok(()),
+    }
+}
+
+fn type_name(t: FieldType) -> &'static str {
+    match t {
+        FieldType::Long => "long",
+        FieldType::Float => "float",
+        FieldType::Text => "text",
+        FieldType::Boolean => "boolean",
+        FieldType::Object => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(op: &str, id: &str, version: Option<u64>, source: Option<Value>) -> Action {
+        Action {
+            op: op.into(),
+            index: "t".into(),
+            id: Some(id.into()),
+            version: version.map(|v| json!(v)),
+            version_type: version.map(|_| "external".into()),
+            source,
+            lines: Vec::new(),
+        }
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            indices: Mutex::default(),
+            faults: Mutex::default(),
+            stats: Mutex::default(),
+            hold: watch::channel(false).0,
+            gc_deletes: Duration::from_secs(60),
+            upstream: None,
+            http: reqwest::Client::new(),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    fn status(v: &Value) -> u64 {
+        v.as_object().unwrap().values().next().unwrap()["status"]
+            .as_u64()
+            .unwrap()
+    }
+
+    #[test]
+    fn external_versions_apply_only_when_strictly_greater_and_deletes_leave_tombstones() {
+        let s = shared();
+        assert_eq!(
+            status(&apply(
+                &s,
+                &action("index", "1", Some(5), Some(json!({"a": 1})))
+            )),
+            201
+        );
+        assert_eq!(
+            status(&apply(
+                &s,
+                &action("index", "1", Some(5), Some(json!({"a": 2})))
+            )),
+            409
+        );
+        assert_eq!(
+            status(&apply(
+                &s,
+                &action("index", "1", Some(4), Some(json!({"a": 2})))
+            )),
+            409
+        );
+        assert_eq!(
+            status(&apply(
+                &s,
+                &action("index", "1", Some(6), Some(json!({"a": 3})))
+            )),
+            200
+        );
+        assert_eq!(
+            status(&apply(&s, &action("delete", "1", Some(7), None))),
+            200
+        );
+        // the tombstone keeps version 7: an older write cannot resurrect the document
+        assert_eq!(
+            status(&apply(
+                &s,
+                &action("index", "1", Some(6), Some(json!({"a": 9})))
+            )),
+            409
+        );
+        assert_eq!(
+            status(&apply(&s, &action("delete", "2", Some(3), None))),
+            404
+        );
+        assert_eq!(
+            status(&apply(&s, &action("index", "2", Some(3), Some(json!({}))))),
+            409
+        );
+        assert_eq!(
+            status(&apply(
+                &s,
+                &action("index", "1", Some(8), Some(json!({"a": 4})))
+            )),
+            201
+        );
+    }
+
+    #[test]
+    fn dynamic_mapping_refuses_values_of_the_wrong_type() {
+        let s = shared();
+        assert_eq!(
+            status(&apply(
+                &s,
+                &action(
+                    "index",
+                    "1",
+                    None,
+                    Some(json!({"views": 10, "meta": {"x": true}}))
+                )
+            )),
+            201
+        );
+        let bad = apply(
+            &s,
+            &action("index", "2", None, Some(json!({"views": "lots"}))),
+        );
+        assert_eq!(status(&bad), 400);
+        assert_eq!(bad["index"]["error"]["type"], "mapper_parsing_exception");
+        assert_eq!(
+            status(&apply(
+                &s,
+                &action("index", "3", None, Some(json!({"meta": "flat"})))
+            )),
+            400
+        );
+        assert_eq!(
+            status(&apply(
+                &s,
+                &action("index", "4", None, Some(json!({"views": "12"})))
+            )),
+            201
+        );
+    }
+
+    #[test]
+    fn bulk_bodies_parse_with_sources_and_defaults() {
+        let body = b"{\"index\":{\"_id\":\"1\"}}\n{\"a\":1}\n{\"delete\":{\"_index\":\"x\",\"_id\":\"2\"}}\n";
+        let a = parse_bulk(body, Some("t")).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].index, "t");
+        assert_eq!(a[1].index, "x");
+        assert!(parse_bulk(b"{\"bogus\":{}}\n", Some("t")).is_err());
+    }
+}
