@@ -22,6 +22,7 @@ use crate::sink::BulkSink;
 use crate::source::coordinator::Coordinator;
 use crate::source::dynamodb_streams::{DynamoDbStreams, SetupError, StreamMeta};
 use crate::source::reader::{Decoder, ReaderContext};
+use crate::source::ShardApi;
 use crate::transform::{self, DocIdSpec};
 
 /// Runs sluice until `shutdown` resolves (SIGTERM/SIGINT in the binary; anything in tests).
@@ -37,7 +38,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     )
     .await
     .with_context(|| format!("failed to listen on http.listen = {}", config.http.listen))?;
-
     let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)
         .with_context(|| {
             format!(
@@ -61,7 +61,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         separator: config.sink.document_id_separator.clone(),
     };
     tracing::info!(stream = %meta.arn, view_type = %meta.view_type, document_id = ?ids.attributes, index = %config.sink.index, "following stream");
+    let decode: Decoder<aws_sdk_dynamodbstreams::types::Record> =
+        Arc::new(move |r| transform::dynamodb_change(r, &ids).map(|c| vec![c]));
+    let services = Services {
+        metrics,
+        health,
+        store,
+    };
+    let result = run_pipeline(&config, services, api, meta.arn, decode, shutdown).await;
+    background.cancel();
+    let _ = http.await;
+    result
+}
 
+/// What a pipeline shares with the rest of the process.
+pub struct Services {
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub store: CheckpointStore,
+}
+
+/// Source → batcher → sink → committer for any [`ShardApi`], until `shutdown`.
+pub async fn run_pipeline<A: ShardApi>(
+    config: &Config,
+    services: Services,
+    api: Arc<A>,
+    stream: String,
+    decode: Decoder<A::Record>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let Services {
+        metrics,
+        health,
+        store,
+    } = services;
+    let background = CancellationToken::new();
     let sink = Arc::new(BulkSink::new(
         &config.sink,
         store.clone(),
@@ -84,16 +118,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     let committer = Committer {
         tracker: tracker.clone(),
         store: store.clone(),
-        stream: meta.arn.clone(),
+        stream: stream.clone(),
         metrics: metrics.clone(),
         finished: finished_tx,
     };
     let committer = tokio::spawn(committer.run(committing.clone()));
 
-    let decode: Decoder<aws_sdk_dynamodbstreams::types::Record> =
-        Arc::new(move |r| transform::dynamodb_change(r, &ids).map(|c| vec![c]));
     let ctx = Arc::new(ReaderContext {
-        stream: meta.arn.clone().into(),
+        stream: stream.into(),
         index: config.sink.index.clone().into(),
         decode,
         router,
@@ -117,6 +149,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     };
     let mut coordinator = tokio::spawn(coordinator.run(reading.clone()));
 
+    tokio::pin!(shutdown);
     tokio::select! {
         _ = &mut shutdown => tracing::info!("shutdown requested: stop reading, flush, commit"),
         r = &mut coordinator => anyhow::bail!("shard coordinator stopped unexpectedly: {r:?}"),
@@ -138,20 +171,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     .await
     .is_ok();
     if !drained {
+        coordinator.abort();
         for lane in &lanes {
             lane.abort();
         }
     }
     committing.cancel();
     let _ = committer.await;
+    background.cancel();
     let unacknowledged: usize = tracker.unacknowledged_records().values().sum();
     if drained {
         tracing::info!("shutdown complete: every acknowledged change is checkpointed");
     } else {
         tracing::warn!(unacknowledged, "shutdown deadline reached: acknowledged changes are checkpointed; the rest will be re-delivered on restart");
     }
-    background.cancel();
-    let _ = http.await;
     Ok(())
 }
 

@@ -60,6 +60,9 @@ pub struct Stats {
     pub dropped: u64,
     pub stalled: u64,
     pub items: u64,
+    /// Externally versioned items whose (index, id, version) was received before: with
+    /// versions reproduced on replay, exactly the re-delivered changes (and item retries).
+    pub redelivered: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +101,7 @@ struct Shared {
     upstream: Option<String>,
     http: reqwest::Client,
     seq: AtomicU64,
+    seen: Mutex<std::collections::HashSet<(String, String, String)>>,
 }
 
 /// A running server. Dropping it stops it.
@@ -132,6 +136,7 @@ impl FakeEs {
             upstream: upstream.map(|u| u.trim_end_matches('/').to_string()),
             http: reqwest::Client::new(),
             seq: AtomicU64::new(0),
+            seen: Mutex::default(),
         });
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
@@ -703,6 +708,21 @@ async fn bulk(
         }
     }
     s.stats.lock().unwrap().items += actions.len() as u64;
+    {
+        let mut seen = s.seen.lock().unwrap();
+        let repeats = actions
+            .iter()
+            .filter(|a| a.version.is_some() && a.id.is_some())
+            .filter(|a| {
+                !seen.insert((
+                    a.index.clone(),
+                    a.id.clone().unwrap(),
+                    a.version.as_ref().unwrap().to_string(),
+                ))
+            })
+            .count();
+        s.stats.lock().unwrap().redelivered += repeats as u64;
+    }
     if !to_apply.is_empty() {
         let applied = match &s.upstream {
             None => to_apply
@@ -1095,6 +1115,7 @@ mod tests {
             upstream: None,
             http: reqwest::Client::new(),
             seq: AtomicU64::new(0),
+            seen: Mutex::default(),
         }
     }
 

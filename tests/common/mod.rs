@@ -1,0 +1,659 @@
+//! Test bed shared by the end-to-end tests and benchmarks: moto (DynamoDB + Streams), the
+//! Elasticsearch test server (or a real cluster behind it when SLUICE_TEST_ES_URL is set), the
+//! real `sluice` binary, and the comparison "index equals table".
+//!
+//! Every server binds 127.0.0.1 on a free port and is stopped by PID when dropped.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, StreamSpecification, StreamViewType,
+};
+use es_fake::FakeEs;
+use serde_json::Value;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Kills a child by PID on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Where the test command installed moto; overridable with SLUICE_MOTO_SERVER.
+pub fn moto_server_path() -> PathBuf {
+    if let Ok(p) = std::env::var("SLUICE_MOTO_SERVER") {
+        return p.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/sluice/moto-venv/bin/moto_server")
+}
+
+pub struct Moto {
+    pub url: String,
+    _proc: Proc,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let path = moto_server_path();
+        assert!(
+            path.exists(),
+            "moto is not installed at {} — run the test command from the README (scripts/test.sh), which installs it",
+            path.display()
+        );
+        let port = free_port();
+        let child = Command::new(&path)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto_server");
+        let proc = Proc(child);
+        assert!(
+            wait_for_port(port, Duration::from_secs(30)),
+            "moto did not start on port {port}"
+        );
+        Moto {
+            url: format!("http://127.0.0.1:{port}"),
+            _proc: proc,
+        }
+    }
+
+    pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        let creds =
+            aws_credential_types::Credentials::new("test", "test", None, None, "sluice-tests");
+        let conf = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(conf)
+    }
+}
+
+/// Environment for a sluice process pointed at moto.
+pub fn aws_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+}
+
+pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, view: StreamViewType) {
+    ddb.create_table()
+        .table_name(name)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(view)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create table");
+}
+
+/// The whole table as `_id → document`, decoded by the same rules sluice uses.
+pub async fn scan_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let mut start = None;
+    loop {
+        let page = ddb
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("scan");
+        for item in page.items() {
+            let id = match item.get("id") {
+                Some(AttributeValue::S(s)) => s.clone(),
+                other => panic!("item without string id: {other:?}"),
+            };
+            let converted = item
+                .iter()
+                .map(|(k, v)| (k.clone(), to_streams(v)))
+                .collect();
+            out.insert(
+                id,
+                sluice::transform::item_to_json(&converted).expect("decodable item"),
+            );
+        }
+        match page.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// The DynamoDB SDK's AttributeValue as the Streams SDK's (same wire type, different crate).
+pub fn to_streams(v: &AttributeValue) -> aws_sdk_dynamodbstreams::types::AttributeValue {
+    use aws_sdk_dynamodbstreams::primitives::Blob;
+    use aws_sdk_dynamodbstreams::types::AttributeValue as S;
+    match v {
+        AttributeValue::S(x) => S::S(x.clone()),
+        AttributeValue::N(x) => S::N(x.clone()),
+        AttributeValue::B(b) => S::B(Blob::new(b.as_ref())),
+        AttributeValue::Bool(b) => S::Bool(*b),
+        AttributeValue::Null(b) => S::Null(*b),
+        AttributeValue::M(m) => S::M(m.iter().map(|(k, v)| (k.clone(), to_streams(v))).collect()),
+        AttributeValue::L(l) => S::L(l.iter().map(to_streams).collect()),
+        AttributeValue::Ss(x) => S::Ss(x.clone()),
+        AttributeValue::Ns(x) => S::Ns(x.clone()),
+        AttributeValue::Bs(x) => S::Bs(x.iter().map(|b| Blob::new(b.as_ref())).collect()),
+        other => panic!("unexpected attribute {other:?}"),
+    }
+}
+
+/// The Elasticsearch side: the in-memory test server, or — when SLUICE_TEST_ES_URL is set —
+/// the same server as a fault-injecting proxy in front of that real cluster.
+pub struct Es {
+    pub fake: FakeEs,
+    /// Where assertions read from (bypassing faults).
+    verify_url: String,
+    http: reqwest::Client,
+}
+
+impl Es {
+    pub async fn start() -> Es {
+        let real = std::env::var("SLUICE_TEST_ES_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        let fake = FakeEs::start_with("127.0.0.1:0".parse().unwrap(), real.clone())
+            .await
+            .expect("start es-fake");
+        let verify_url = real.unwrap_or_else(|| fake.url());
+        Es {
+            fake,
+            verify_url: verify_url.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// URL sluice writes to.
+    pub fn url(&self) -> String {
+        self.fake.url()
+    }
+
+    async fn get(&self, path: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}{}", self.verify_url, path))
+            .header("x-fake-bypass", "1")
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Every document of `index` as `_id → _source` (empty if the index does not exist).
+    pub async fn documents(&self, index: &str) -> BTreeMap<String, Value> {
+        let _ = self
+            .http
+            .post(format!("{}/{index}/_refresh", self.verify_url))
+            .header("x-fake-bypass", "1")
+            .send()
+            .await;
+        let mut out = BTreeMap::new();
+        let Some(v) = self.get(&format!("/{index}/_search?size=10000")).await else {
+            return out;
+        };
+        for hit in v["hits"]["hits"].as_array().cloned().unwrap_or_default() {
+            out.insert(
+                hit["_id"].as_str().unwrap().to_string(),
+                hit["_source"].clone(),
+            );
+        }
+        out
+    }
+
+    pub async fn delete_index(&self, index: &str) {
+        let _ = self
+            .http
+            .delete(format!("{}/{index}", self.verify_url))
+            .send()
+            .await;
+    }
+}
+
+/// A difference between table and index, readable in a failure message.
+pub fn diff(table: &BTreeMap<String, Value>, index: &BTreeMap<String, Value>) -> String {
+    let mut lines = Vec::new();
+    for (id, doc) in table {
+        match index.get(id) {
+            None => lines.push(format!("missing in index: {id}")),
+            Some(d) if d != doc => {
+                lines.push(format!("differs: {id}\n  table: {doc}\n  index: {d}"))
+            }
+            _ => {}
+        }
+    }
+    for id in index.keys().filter(|id| !table.contains_key(*id)) {
+        lines.push(format!("extra in index: {id}"));
+    }
+    let n = lines.len();
+    lines.truncate(10);
+    format!("{n} differences; first: \n{}", lines.join("\n"))
+}
+
+/// Polls until the index equals the table (or panics after `within`, showing the difference).
+pub async fn assert_converges(
+    es: &Es,
+    index: &str,
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    within: Duration,
+) {
+    let expected = scan_table(ddb, table).await;
+    let until = Instant::now() + within;
+    loop {
+        let actual = es.documents(index).await;
+        if actual == expected {
+            return;
+        }
+        if Instant::now() > until {
+            panic!(
+                "index `{index}` does not equal table `{table}` after {within:?}: {}",
+                diff(&expected, &actual)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A `sluice run` process.
+pub struct Sluice {
+    pub child: Option<Child>,
+    pub http_port: u16,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+pub struct SluiceOptions<'a> {
+    pub moto: &'a str,
+    pub es: &'a str,
+    pub table: &'a str,
+    pub index: &'a str,
+    pub db: &'a Path,
+    pub extra: &'a str,
+}
+
+pub fn config_toml(o: &SluiceOptions, http_port: u16) -> String {
+    format!(
+        r#"[source]
+type = "dynamodb_streams"
+table = "{table}"
+region = "us-east-1"
+endpoint_url = "{moto}"
+poll_interval = "100ms"
+discovery_interval = "2s"
+
+[sink]
+url = "{es}"
+index = "{index}"
+backoff_initial = "20ms"
+backoff_max = "1s"
+request_timeout = "5s"
+
+[batch]
+max_documents = 200
+max_bytes = "1MiB"
+max_wait = "100ms"
+max_in_flight = 2
+
+[checkpoint]
+path = "{db}"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[log]
+level = "info,sluice=debug"
+
+[shutdown]
+timeout = "10s"
+{extra}
+"#,
+        table = o.table,
+        moto = o.moto,
+        es = o.es,
+        index = o.index,
+        db = o.db.display(),
+        extra = o.extra
+    )
+}
+
+impl Sluice {
+    pub fn start(o: &SluiceOptions, dir: &Path) -> Sluice {
+        let http_port = free_port();
+        let config = dir.join(format!("sluice-{http_port}.toml"));
+        std::fs::write(&config, config_toml(o, http_port)).unwrap();
+        Self::start_with_config(&config, http_port, dir)
+    }
+
+    pub fn start_with_config(config: &Path, http_port: u16, dir: &Path) -> Sluice {
+        let log = dir.join(format!("sluice-{http_port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config"])
+            .arg(config)
+            .envs(aws_env())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting sluice");
+        Sluice {
+            child: Some(child),
+            http_port,
+            log,
+            config: config.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .await
+            .ok()?;
+        Some((r.status().as_u16(), r.text().await.ok()?))
+    }
+
+    /// Waits until /readyz says ready.
+    pub async fn wait_ready(&self, within: Duration) {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Some((200, _)) = self.get("/readyz").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "sluice not ready within {within:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// One metric's value (sum over its label sets matching `labels`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let Some((_, text)) = self.get("/metrics").await else {
+            return 0.0;
+        };
+        metric_value(&text, name, labels)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn sigterm(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit; returns its exit code and how long it took.
+    pub fn wait_exit(&mut self, within: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        while started.elapsed() < within {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return (status.code(), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (None, started.elapsed())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident memory in bytes (Linux /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with(' ') || l[name.len()..].starts_with('{'))
+        })
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A blog post made of blocks, with every attribute type and exact numbers.
+pub fn post(
+    id: &str,
+    rev: u64,
+    rng: &mut fastrand::Rng,
+) -> std::collections::HashMap<String, AttributeValue> {
+    use aws_sdk_dynamodb::primitives::Blob;
+    let mut blocks = Vec::new();
+    for b in 0..rng.usize(1..4) {
+        let block = if rng.bool() {
+            [
+                ("type".to_string(), AttributeValue::S("paragraph".into())),
+                (
+                    "text".to_string(),
+                    AttributeValue::S(format!("paragraph {b} of {id} rev {rev}")),
+                ),
+            ]
+        } else {
+            [
+                ("type".to_string(), AttributeValue::S("image".into())),
+                (
+                    "url".to_string(),
+                    AttributeValue::S(format!("https://img.example/{id}/{b}.png")),
+                ),
+            ]
+        };
+        blocks.push(AttributeValue::M(block.into_iter().collect()));
+    }
+    [
+        ("id", AttributeValue::S(id.into())),
+        (
+            "title",
+            AttributeValue::S(format!("Post {id}, revision {rev}")),
+        ),
+        ("rev", AttributeValue::N(rev.to_string())),
+        (
+            "views",
+            AttributeValue::N(rng.u64(0..1_000_000).to_string()),
+        ),
+        (
+            "ratio",
+            AttributeValue::N("0.1000000000000000055511151231257827".into()),
+        ),
+        ("big", AttributeValue::N("12345678901234567890123".into())),
+        ("published", AttributeValue::Bool(rng.bool())),
+        ("editor", AttributeValue::Null(true)),
+        (
+            "tags",
+            AttributeValue::Ss(vec!["cdc".into(), format!("t{}", rng.u8(0..5))]),
+        ),
+        ("scores", AttributeValue::Ns(vec!["1".into(), "2.5".into()])),
+        (
+            "thumb",
+            AttributeValue::B(Blob::new(vec![rng.u8(..), 0, 255])),
+        ),
+        ("body", AttributeValue::L(blocks)),
+        (
+            "meta",
+            AttributeValue::M([("lang".to_string(), AttributeValue::S("en".into()))].into()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// One change the workload makes.
+#[derive(Debug, Clone, Copy)]
+pub enum Change {
+    Put,
+    Update,
+    Delete,
+}
+
+/// Applies `n` random changes over `keys` keys (every key first inserted once when `seed_all`),
+/// including ≥ 5 updates to one item within a second and a delete-then-reinsert.
+pub async fn random_workload(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: usize,
+    n: usize,
+    seed: u64,
+) -> usize {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rev = 0u64;
+    let mut changes = 0;
+    let mut exists = vec![false; keys];
+    for i in 0..n {
+        let k = if i < keys { i } else { rng.usize(0..keys) };
+        let id = format!("post-{k}");
+        rev += 1;
+        let change = match (exists[k], rng.u8(0..10)) {
+            (false, _) => Change::Put,
+            (true, 0..=3) => Change::Put,
+            (true, 4..=7) => Change::Update,
+            (true, _) => Change::Delete,
+        };
+        apply(ddb, table, &id, change, rev, &mut rng).await;
+        exists[k] = !matches!(change, Change::Delete);
+        changes += 1;
+        if i == n / 2 {
+            // ≥ 5 updates to one item within one second
+            for _ in 0..6 {
+                rev += 1;
+                apply(ddb, table, "post-0", Change::Put, rev, &mut rng).await;
+                changes += 1;
+            }
+            exists[0] = true;
+            // delete then re-insert the same key
+            apply(ddb, table, "post-1", Change::Delete, rev, &mut rng).await;
+            rev += 1;
+            apply(ddb, table, "post-1", Change::Put, rev, &mut rng).await;
+            changes += 2;
+            exists[1] = true;
+        }
+    }
+    changes
+}
+
+pub async fn apply(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    id: &str,
+    change: Change,
+    rev: u64,
+    rng: &mut fastrand::Rng,
+) {
+    match change {
+        Change::Put => {
+            ddb.put_item()
+                .table_name(table)
+                .set_item(Some(post(id, rev, rng)))
+                .send()
+                .await
+                .expect("put");
+        }
+        Change::Update => {
+            ddb.update_item()
+                .table_name(table)
+                .key("id", AttributeValue::S(id.into()))
+                .update_expression("SET title = :t, rev = :r, #v = #v + :one")
+                .expression_attribute_names("#v", "views")
+                .expression_attribute_values(
+                    ":t",
+                    AttributeValue::S(format!("Post {id}, edited {rev}")),
+                )
+                .expression_attribute_values(":r", AttributeValue::N(rev.to_string()))
+                .expression_attribute_values(":one", AttributeValue::N("1".into()))
+                .send()
+                .await
+                .expect("update");
+        }
+        Change::Delete => {
+            ddb.delete_item()
+                .table_name(table)
+                .key("id", AttributeValue::S(id.into()))
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+}
