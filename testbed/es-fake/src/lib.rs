@@ -656,6 +656,7 @@ async fn bulk(
         s.faults.lock().unwrap().clone()
     };
     s.stats.lock().unwrap().bulk_requests += 1;
+    count_redelivered(&s, &body, path_index.as_deref());
     if !bypass(&headers) {
         let mut held = s.hold.subscribe();
         if *held.borrow() {
@@ -708,21 +709,7 @@ async fn bulk(
         }
     }
     s.stats.lock().unwrap().items += actions.len() as u64;
-    {
-        let mut seen = s.seen.lock().unwrap();
-        let repeats = actions
-            .iter()
-            .filter(|a| a.version.is_some() && a.id.is_some())
-            .filter(|a| {
-                !seen.insert((
-                    a.index.clone(),
-                    a.id.clone().unwrap(),
-                    a.version.as_ref().unwrap().to_string(),
-                ))
-            })
-            .count();
-        s.stats.lock().unwrap().redelivered += repeats as u64;
-    }
+
     if !to_apply.is_empty() {
         let applied = match &s.upstream {
             None => to_apply
@@ -799,6 +786,26 @@ async fn forward_bulk<'a>(
         .unwrap_or_default();
     let _ = n_expected;
     Ok(items)
+}
+
+/// Counts externally versioned items already received once, at receipt (before any fault).
+fn count_redelivered(s: &Shared, body: &[u8], path_index: Option<&str>) {
+    let Ok(actions) = parse_bulk(body, path_index) else {
+        return;
+    };
+    let mut seen = s.seen.lock().unwrap();
+    let repeats = actions
+        .iter()
+        .filter_map(|a| {
+            Some((
+                a.index.clone(),
+                a.id.clone()?,
+                a.version.as_ref()?.to_string(),
+            ))
+        })
+        .filter(|key| !seen.insert(key.clone()))
+        .count();
+    s.stats.lock().unwrap().redelivered += repeats as u64;
 }
 
 /// An answer that starts and then breaks: the client sees a dropped connection.
