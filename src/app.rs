@@ -14,15 +14,17 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckTracker, Committer};
 use crate::batch;
 use crate::checkpoint::CheckpointStore;
-use crate::config::Config;
+use crate::config::{Config, KinesisFormat, SourceType, StartPosition};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::sink::BulkSink;
 use crate::source::coordinator::Coordinator;
 use crate::source::dynamodb_streams::{DynamoDbStreams, SetupError, StreamMeta};
+use crate::source::kinesis::Kinesis;
 use crate::source::reader::{Decoder, ReaderContext};
-use crate::source::ShardApi;
+use crate::source::{ApiError, ShardApi, StartAt};
+use crate::transform::dms::{DmsRoutes, Route};
 use crate::transform::{self, DocIdSpec};
 
 /// Runs sluice until `shutdown` resolves (SIGTERM/SIGINT in the binary; anything in tests).
@@ -46,10 +48,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
             )
         })?;
     health.set_store_open(true);
+    let services = Services {
+        metrics,
+        health,
+        store,
+    };
+    let result = match config.source.kind {
+        SourceType::DynamodbStreams => run_dynamodb_streams(&config, services, shutdown).await,
+        SourceType::Kinesis => run_kinesis(&config, services, shutdown).await,
+    };
+    background.cancel();
+    let _ = http.await;
+    result
+}
 
+async fn run_dynamodb_streams(
+    config: &Config,
+    services: Services,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let (api, meta) = tokio::select! {
-        r = connect(&config) => r?,
+        r = connect(config) => r?,
         _ = &mut shutdown => return Ok(()),
     };
     let ids = DocIdSpec {
@@ -60,18 +80,78 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         },
         separator: config.sink.document_id_separator.clone(),
     };
-    tracing::info!(stream = %meta.arn, view_type = %meta.view_type, document_id = ?ids.attributes, index = %config.sink.index, "following stream");
+    tracing::info!(stream = %meta.arn, view_type = %meta.view_type, document_id = ?ids.attributes, index = %config.sink.index, "following DynamoDB stream");
     let decode: Decoder<aws_sdk_dynamodbstreams::types::Record> =
-        Arc::new(move |r| transform::dynamodb_change(r, &ids).map(|c| vec![c]));
-    let services = Services {
-        metrics,
-        health,
-        store,
+        Arc::new(move |r| transform::dynamodb_change(r, &ids));
+    run_pipeline(config, services, api, meta.arn, decode, shutdown).await
+}
+
+async fn run_kinesis(
+    config: &Config,
+    services: Services,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let stream = config.source.stream.clone().unwrap_or_default();
+    let api = tokio::select! {
+        r = async {
+            let mut attempt = 0;
+            loop {
+                match Kinesis::connect(&config.source).await {
+                    Ok(api) => return Ok(api),
+                    Err(ApiError::NotFound(e)) => return Err(anyhow::anyhow!("Kinesis stream `{stream}` not found (source.stream): {e}")),
+                    Err(e) if attempt < 8 => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "cannot reach the Kinesis stream yet; retrying");
+                        tokio::time::sleep(Backoff::AWS.delay(attempt)).await;
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("Kinesis stream `{stream}`: {e}")),
+                }
+            }
+        } => r?,
+        _ = &mut shutdown => return Ok(()),
     };
-    let result = run_pipeline(&config, services, api, meta.arn, decode, shutdown).await;
-    background.cancel();
-    let _ = http.await;
-    result
+    let decode: Decoder<aws_sdk_kinesis::types::Record> = match config.source.format {
+        Some(KinesisFormat::Dms) => {
+            let routes = dms_routes(config);
+            tracing::info!(stream = %api.arn, tables = ?routes.routes.keys().collect::<Vec<_>>(), "following DMS messages in Kinesis");
+            Arc::new(move |r| routes.decode(r.data().as_ref()))
+        }
+        Some(KinesisFormat::Dynamodb) | None => {
+            let ids = DocIdSpec {
+                attributes: config.sink.document_id.clone(),
+                separator: config.sink.document_id_separator.clone(),
+            };
+            tracing::info!(stream = %api.arn, index = %config.sink.index, "following DynamoDB changes in Kinesis");
+            Arc::new(move |r| transform::dynamodb_kinesis_change(r.data().as_ref(), &ids))
+        }
+    };
+    let arn = api.arn.clone();
+    run_pipeline(config, services, api, arn, decode, shutdown).await
+}
+
+fn dms_routes(config: &Config) -> DmsRoutes {
+    let routes = config
+        .route
+        .iter()
+        .map(|r| {
+            let route = Route {
+                index: r.index.as_str().into(),
+                id: r.id.clone(),
+                include: r
+                    .include
+                    .as_ref()
+                    .map(|cols| cols.iter().cloned().collect()),
+                exclude: r.exclude.iter().cloned().collect(),
+            };
+            (r.table.clone(), route)
+        })
+        .collect();
+    DmsRoutes {
+        routes,
+        before_image_field: config.source.before_image_field.clone(),
+        separator: config.sink.document_id_separator.clone(),
+    }
 }
 
 /// What a pipeline shares with the rest of the process.
@@ -143,7 +223,7 @@ pub async fn run_pipeline<A: ShardApi>(
         store: store.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
-        start_position: config.source.start_position,
+        initial: initial_position(config)?,
         discovery_interval: config.source.discovery_interval,
         finished: finished_rx,
     };
@@ -186,6 +266,22 @@ pub async fn run_pipeline<A: ShardApi>(
         tracing::warn!(unacknowledged, "shutdown deadline reached: acknowledged changes are checkpointed; the rest will be re-delivered on restart");
     }
     Ok(())
+}
+
+fn initial_position(config: &Config) -> anyhow::Result<StartAt> {
+    Ok(match config.source.start_position {
+        StartPosition::TrimHorizon => StartAt::TrimHorizon,
+        StartPosition::Latest => StartAt::Latest,
+        StartPosition::AtTimestamp => {
+            let text = config.source.start_timestamp.as_deref().unwrap_or_default();
+            let t = humantime::parse_rfc3339_weak(text).context("source.start_timestamp")?;
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("source.start_timestamp before 1970")?
+                .as_millis();
+            StartAt::AtTimestamp(ms as i64)
+        }
+    })
 }
 
 /// Finds the stream; AWS hiccups at start are retried, a wrong stream is not.

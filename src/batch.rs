@@ -5,8 +5,9 @@
 //! Why lanes by document: every operation on one document goes through one lane, one request
 //! at a time, in shard order — so a document's writes are never reordered or concurrent, while
 //! different documents proceed in parallel even when the whole stream is one shard. Within a
-//! batch, a later operation on the same document replaces the earlier one (it carries the whole
-//! new state, or the delete), which also keeps a retried old write from racing a newer one.
+//! batch, the newest operation on a document (highest version) replaces the others (it carries
+//! the whole new state, or the delete), which also keeps a retried old write from racing a newer
+//! one — and a late, older change from an out-of-order source can never displace a newer one.
 //!
 //! Backpressure is structural: lane queues are bounded, and a byte budget (a semaphore) caps the
 //! encoded operations in flight between the readers and Elasticsearch. When the cluster is slow,
@@ -123,7 +124,8 @@ impl Lane {
 
 /// Collects one bulk request starting with `first`: until `max_documents`, until the next
 /// operation would push the body past `max_bytes` (it is returned as the carry-over), or until
-/// `max_wait` has passed since the first. Later operations on a document replace earlier ones.
+/// `max_wait` has passed since the first. Of several operations on one document, the one with
+/// the highest version (the latest change) is kept and carries the others' acknowledgements.
 pub async fn gather(
     first: BulkOp,
     rx: &mut mpsc::Receiver<BulkOp>,
@@ -172,6 +174,11 @@ impl Batch {
     fn push(&mut self, op: BulkOp, max_bytes: usize) -> Result<(), BulkOp> {
         let key = (op.index.clone(), op.id.clone());
         if let Some(&at) = self.by_doc.get(&key) {
+            if op.version < self.ops[at].version {
+                // Arrived late (an out-of-order source): what the batch holds is newer.
+                self.ops[at].supersede(op);
+                return Ok(());
+            }
             let grown = self.bytes - self.ops[at].len() + op.len();
             if grown > max_bytes && grown > self.bytes {
                 return Err(op);
@@ -253,6 +260,16 @@ mod tests {
         let (batch, carry) = gather(op("big", 1, 5000), &mut rx, &cfg(100, 1024)).await;
         assert_eq!(batch.len(), 1);
         assert_eq!(carry.unwrap().id, "b");
+    }
+
+    #[tokio::test]
+    async fn a_late_older_change_does_not_displace_a_newer_one_in_a_batch() {
+        let (tx, mut rx) = mpsc::channel(10);
+        tx.send(op("a", 5, 10)).await.unwrap();
+        drop(tx);
+        let (batch, _) = gather(op("a", 9, 10), &mut rx, &cfg(100, 1 << 20)).await;
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].version, 9);
     }
 
     #[tokio::test]

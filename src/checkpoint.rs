@@ -150,6 +150,17 @@ impl CheckpointStore {
         self.ask(|r| Command::DeadLetter(letters, r)).await
     }
 
+    /// Stores dead letters, retrying until SQLite accepts them: a dead letter must be durable
+    /// before the operation is acknowledged, or the checkpoint could pass a refused write.
+    pub async fn dead_letter_durably(&self, letters: Vec<DeadLetter>) {
+        let mut delay = std::time::Duration::from_millis(50);
+        while let Err(e) = self.dead_letter(letters.clone()).await {
+            tracing::error!(error = %e, "writing dead letters failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
+
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         self.ask(Command::DeadLetters).await
     }

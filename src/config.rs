@@ -29,6 +29,37 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// format = "dms": one route per source table.
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
+}
+
+/// Where a DMS source table goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `schema.table` as DMS writes it.
+    pub table: String,
+    /// Target index.
+    pub index: String,
+    /// Primary-key columns that form `_id` (composite keys joined with `sink.document_id_separator`).
+    pub id: Vec<String>,
+    /// Only these columns are indexed.
+    #[serde(default)]
+    pub include: Option<Vec<String>>,
+    /// These columns are not indexed.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// What the records in a Kinesis stream are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KinesisFormat {
+    /// AWS DMS messages (RDS → Kinesis).
+    Dms,
+    /// Kinesis Data Streams for DynamoDB.
+    Dynamodb,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -45,6 +76,8 @@ pub enum StartPosition {
     TrimHorizon,
     /// Only changes made after sluice first starts.
     Latest,
+    /// Kinesis only: records from `start_timestamp` on.
+    AtTimestamp,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +92,18 @@ pub struct SourceConfig {
     /// Explicit stream ARN (instead of `table`).
     #[serde(default)]
     pub stream_arn: Option<String>,
+    /// Kinesis: the data stream's name or ARN.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Kinesis: what the records are ("dms" or "dynamodb").
+    #[serde(default)]
+    pub format: Option<KinesisFormat>,
+    /// With start_position = "at_timestamp": RFC 3339, e.g. "2024-07-29T00:00:00Z".
+    #[serde(default)]
+    pub start_timestamp: Option<String>,
+    /// DMS: the name of the before-image object (BeforeImageSettings FieldName).
+    #[serde(default = "default_before_image_field")]
+    pub before_image_field: String,
     /// AWS region.
     #[serde(default = "default_region")]
     pub region: String,
@@ -187,6 +232,9 @@ pub struct ShutdownConfig {
 
 fn default_region() -> String {
     "us-east-1".into()
+}
+fn default_before_image_field() -> String {
+    "before-image".into()
 }
 fn default_start_position() -> StartPosition {
     StartPosition::TrimHorizon
@@ -401,40 +449,132 @@ impl Config {
         let err = |key: &str, what: &str| Err(ConfigError(format!("key `{key}`: {what}")));
         let s = &self.source;
         match s.kind {
-            SourceType::DynamodbStreams => match (&s.table, &s.stream_arn) {
-                (None, None) => {
-                    return err(
-                        "source.table",
-                        "missing: set `source.table` (or `source.stream_arn`)",
-                    )
+            SourceType::DynamodbStreams => {
+                match (&s.table, &s.stream_arn) {
+                    (None, None) => {
+                        return err(
+                            "source.table",
+                            "missing: set `source.table` (or `source.stream_arn`)",
+                        )
+                    }
+                    (Some(_), Some(_)) => {
+                        return err(
+                            "source.table",
+                            "set either `source.table` or `source.stream_arn`, not both",
+                        )
+                    }
+                    (Some(t), None) if t.trim().is_empty() => {
+                        return err("source.table", "is empty")
+                    }
+                    (None, Some(a)) if !a.starts_with("arn:") => {
+                        return err(
+                            "source.stream_arn",
+                            "is not an ARN (arn:aws:dynamodb:…:table/…/stream/…)",
+                        )
+                    }
+                    _ => {}
                 }
-                (Some(_), Some(_)) => {
-                    return err(
-                        "source.table",
-                        "set either `source.table` or `source.stream_arn`, not both",
-                    )
+                for (key, set) in [
+                    ("source.stream", s.stream.is_some()),
+                    ("source.format", s.format.is_some()),
+                ] {
+                    if set {
+                        return err(key, "only applies to type = \"kinesis\"");
+                    }
                 }
-                (Some(t), None) if t.trim().is_empty() => return err("source.table", "is empty"),
-                (None, Some(a)) if !a.starts_with("arn:") => {
+                if s.start_position == StartPosition::AtTimestamp {
                     return err(
-                        "source.stream_arn",
-                        "is not an ARN (arn:aws:dynamodb:…:table/…/stream/…)",
-                    )
+                        "source.start_position",
+                        "\"at_timestamp\" only applies to type = \"kinesis\"",
+                    );
                 }
-                _ => {}
-            },
+                if !self.route.is_empty() {
+                    return err(
+                        "route",
+                        "routes only apply to type = \"kinesis\" with format = \"dms\"",
+                    );
+                }
+            }
             SourceType::Kinesis => {
+                if s.stream.as_deref().is_none_or(|n| n.trim().is_empty()) {
+                    return err("source.stream", "missing: the Kinesis stream's name or ARN");
+                }
+                if s.table.is_some() || s.stream_arn.is_some() {
+                    return err(
+                        "source.table",
+                        "does not apply to type = \"kinesis\"; use `source.stream`",
+                    );
+                }
+                match s.format {
+                    None => return err("source.format", "missing: \"dms\" or \"dynamodb\""),
+                    Some(KinesisFormat::Dms) if self.route.is_empty() => {
+                        return err("route", "format = \"dms\" needs at least one [[route]] (table, index, id)")
+                    }
+                    Some(KinesisFormat::Dynamodb) if !self.route.is_empty() => {
+                        return err("route", "routes only apply to format = \"dms\"; format = \"dynamodb\" uses sink.index")
+                    }
+                    _ => {}
+                }
+                if s.records_per_call > 10_000 {
+                    return err("source.records_per_call", "must be between 1 and 10000");
+                }
+            }
+        }
+        match (s.start_position, &s.start_timestamp) {
+            (StartPosition::AtTimestamp, None) => {
                 return err(
-                    "source.type",
-                    "\"kinesis\" is not supported yet; use \"dynamodb_streams\"",
+                    "source.start_timestamp",
+                    "missing: needed by start_position = \"at_timestamp\"",
                 )
+            }
+            (StartPosition::AtTimestamp, Some(t)) => {
+                if humantime::parse_rfc3339_weak(t).is_err() {
+                    return err(
+                        "source.start_timestamp",
+                        &format!("`{t}` is not an RFC 3339 time like 2024-07-29T00:00:00Z"),
+                    );
+                }
+            }
+            (_, Some(_)) => {
+                return err(
+                    "source.start_timestamp",
+                    "only applies to start_position = \"at_timestamp\"",
+                )
+            }
+            _ => {}
+        }
+        let mut tables = std::collections::HashSet::new();
+        for (i, r) in self.route.iter().enumerate() {
+            let key = |k: &str| format!("route[{i}].{k}");
+            if r.table.split('.').count() != 2 || r.table.split('.').any(str::is_empty) {
+                return err(&key("table"), &format!("`{}` is not schema.table", r.table));
+            }
+            if !tables.insert(r.table.clone()) {
+                return err(&key("table"), &format!("`{}` has two routes", r.table));
+            }
+            if !valid_index(&r.index) {
+                return err(
+                    &key("index"),
+                    "must be a lowercase Elasticsearch index name",
+                );
+            }
+            if r.id.is_empty() || r.id.iter().any(|c| c.is_empty()) {
+                return err(&key("id"), "needs the primary-key column names");
+            }
+            if r.include.is_some() && !r.exclude.is_empty() {
+                return err(&key("include"), "set include or exclude, not both");
             }
         }
         if s.poll_interval.is_zero() {
             return err("source.poll_interval", "must be greater than zero");
         }
-        if !(1..=1000).contains(&s.records_per_call) {
-            return err("source.records_per_call", "must be between 1 and 1000");
+        if s.records_per_call == 0
+            || (s.kind == SourceType::DynamodbStreams && s.records_per_call > 1000)
+        {
+            return err(
+                "source.records_per_call",
+                "must be between 1 and 1000 (10000 for Kinesis)",
+            );
         }
         if let Some(url) = &s.endpoint_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -444,10 +584,7 @@ impl Config {
         if !(self.sink.url.starts_with("http://") || self.sink.url.starts_with("https://")) {
             return err("sink.url", "must start with http:// or https://");
         }
-        if self.sink.index.is_empty()
-            || self.sink.index != self.sink.index.to_lowercase()
-            || self.sink.index.starts_with(['_', '-', '+'])
-        {
+        if !valid_index(&self.sink.index) {
             return err("sink.index", "must be a lowercase Elasticsearch index name");
         }
         if self.sink.document_id_separator.is_empty() {
@@ -483,6 +620,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn valid_index(name: &str) -> bool {
+    !name.is_empty()
+        && name == name.to_lowercase()
+        && !name.starts_with(['_', '-', '+'])
+        && !name.contains(['\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':'])
 }
 
 #[cfg(test)]
@@ -562,5 +706,41 @@ mod tests {
         assert_eq!(parse_byte_size("123"), Ok(123));
         assert!(parse_byte_size("MiB").is_err());
         assert!(parse_byte_size("5XB").is_err());
+    }
+
+    const DMS: &str = "[source]\ntype = \"kinesis\"\nstream = \"rds-changes\"\nformat = \"dms\"\n\n[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"customer_id\"]\n";
+
+    #[test]
+    fn kinesis_dms_config_with_routes() {
+        let c = load(DMS, &[]).unwrap();
+        assert_eq!(c.source.format, Some(KinesisFormat::Dms));
+        assert_eq!(c.route[0].id, vec!["customer_id".to_string()]);
+        let no_routes = load(
+            "[source]\ntype = \"kinesis\"\nstream = \"s\"\nformat = \"dms\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(no_routes.contains("route"), "{no_routes}");
+        let no_format = load("[source]\ntype = \"kinesis\"\nstream = \"s\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(no_format.contains("source.format"), "{no_format}");
+        let bad_table = load(&DMS.replace("public.customers", "customers"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(bad_table.contains("route[0].table"), "{bad_table}");
+        let at = load(
+            &DMS.replace(
+                "format = \"dms\"",
+                "format = \"dms\"\nstart_position = \"at_timestamp\"",
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(at.contains("source.start_timestamp"), "{at}");
+        let ok = load(&DMS.replace("format = \"dms\"", "format = \"dms\"\nstart_position = \"at_timestamp\"\nstart_timestamp = \"2024-07-29T00:00:00Z\""), &[]);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub batch_documents: Histogram,
     pub batch_bytes: Histogram,
     pub iterator_age: prometheus::GaugeVec,
+    pub behind_latest: prometheus::GaugeVec,
+    pub records_skipped: IntCounterVec,
     pub checkpoint_lag_records: IntGaugeVec,
     pub checkpoint_commits: IntCounter,
     pub checkpoint_errors: IntCounter,
@@ -106,6 +108,17 @@ impl Metrics {
             ),
             &["shard"]
         ));
+        let behind_latest = reg!(prometheus::GaugeVec::new(
+            Opts::new(
+                "sluice_behind_latest_seconds",
+                "Kinesis MillisBehindLatest of the last GetRecords, in seconds, per shard"
+            ),
+            &["shard"]
+        ));
+        let records_skipped = reg!(IntCounterVec::new(
+            Opts::new("sluice_records_skipped_total", "Well-formed records that produce no document operation, by reason (control_record, no_route)"),
+            &["reason"]
+        ));
         let checkpoint_lag_records = reg!(IntGaugeVec::new(
             Opts::new(
                 "sluice_checkpoint_lag_records",
@@ -145,6 +158,8 @@ impl Metrics {
             batch_documents,
             batch_bytes,
             iterator_age,
+            behind_latest,
+            records_skipped,
             checkpoint_lag_records,
             checkpoint_commits,
             checkpoint_errors,
@@ -167,6 +182,7 @@ impl Metrics {
     pub fn forget_shard(&self, shard: &str) {
         let _ = self.records_read.remove_label_values(&[shard]);
         let _ = self.iterator_age.remove_label_values(&[shard]);
+        let _ = self.behind_latest.remove_label_values(&[shard]);
         let _ = self.checkpoint_lag_records.remove_label_values(&[shard]);
     }
 }

@@ -419,12 +419,7 @@ impl BulkSink {
                 }
             })
             .collect();
-        let mut delay = Duration::from_millis(50);
-        while let Err(e) = self.store.dead_letter(letters.clone()).await {
-            tracing::error!(error = %e, "writing dead letters failed; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
+        self.store.dead_letter_durably(letters).await;
         for (op, _) in ops {
             self.finish(op, result::DEAD_LETTERED);
         }

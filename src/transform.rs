@@ -1,7 +1,11 @@
-//! Pure functions: DynamoDB change records → document operations. No I/O, no async.
+//! Pure functions: change records → document operations. No I/O, no async.
+//! DynamoDB records (from DynamoDB Streams, or carried in Kinesis) here; DMS records in [`dms`].
+
+pub mod dms;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record};
 use base64::Engine;
@@ -15,11 +19,78 @@ pub enum DocAction {
     Delete,
 }
 
-/// One document operation derived from one source record (before it gets its version).
+/// One document operation derived from one source record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocChange {
+    /// Target index; `None` → the sink's index.
+    pub index: Option<Arc<str>>,
     pub id: String,
     pub action: DocAction,
+    /// A version the record itself determines (DynamoDB→Kinesis timestamps); `None` → the
+    /// shard's version clock (see `version.rs`).
+    pub version: Option<u64>,
+}
+
+impl DocChange {
+    pub fn new(id: String, action: DocAction) -> Self {
+        Self {
+            index: None,
+            id,
+            action,
+            version: None,
+        }
+    }
+}
+
+/// Why a well-formed record produced no operation (counted, never an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    /// Metric label: `control_record`, `no_route`.
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// What one record decodes to.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decoded {
+    pub changes: Vec<DocChange>,
+    pub skipped: Option<Skip>,
+}
+
+impl From<DocChange> for Decoded {
+    fn from(c: DocChange) -> Self {
+        Decoded {
+            changes: vec![c],
+            skipped: None,
+        }
+    }
+}
+
+/// Joins `_id` parts. A single part is used as is; in composite ids `\` and the separator are
+/// escaped with `\`, so two different keys can never produce the same `_id`.
+pub fn join_id(parts: &[String], separator: &str) -> Result<String, DecodeError> {
+    let id = if parts.len() == 1 {
+        parts[0].clone()
+    } else {
+        let escaped: Vec<String> = parts
+            .iter()
+            .map(|p| {
+                p.replace('\\', "\\\\")
+                    .replace(separator, &format!("\\{separator}"))
+            })
+            .collect();
+        escaped.join(separator)
+    };
+    if id.is_empty() {
+        return Err(DecodeError("the document id is empty".into()));
+    }
+    if id.len() > 512 {
+        return Err(DecodeError(format!(
+            "the document id is {} bytes; Elasticsearch allows 512",
+            id.len()
+        )));
+    }
+    Ok(id)
 }
 
 /// Why a record could not be turned into a document operation. Goes to the dead-letter table.
@@ -40,9 +111,9 @@ impl DocIdSpec {
     /// digits, B as base64), joined with the separator. `\` and the separator inside a part are
     /// escaped with `\`, so two different keys can never produce the same `_id`.
     pub fn render(&self, keys: &HashMap<String, AttributeValue>) -> Result<String, DecodeError> {
-        let mut id = String::new();
-        for (i, name) in self.attributes.iter().enumerate() {
-            let part = match keys.get(name) {
+        let mut parts = Vec::with_capacity(self.attributes.len());
+        for name in &self.attributes {
+            parts.push(match keys.get(name) {
                 Some(AttributeValue::S(s)) => s.clone(),
                 Some(AttributeValue::N(n)) => n.clone(),
                 Some(AttributeValue::B(b)) => base64_text(b.as_ref()),
@@ -57,35 +128,52 @@ impl DocIdSpec {
                         "key attribute `{name}` is missing from the record's Keys"
                     )))
                 }
-            };
-            if i > 0 {
-                id.push_str(&self.separator);
-            }
-            if self.attributes.len() == 1 {
-                id.push_str(&part);
-            } else {
-                id.push_str(
-                    &part
-                        .replace('\\', "\\\\")
-                        .replace(&self.separator, &format!("\\{}", self.separator)),
-                );
-            }
+            });
         }
-        if id.is_empty() {
-            return Err(DecodeError("the document id is empty".into()));
-        }
-        if id.len() > 512 {
+        join_id(&parts, &self.separator)
+    }
+
+    /// The same, for keys in the JSON wire form (`{"id": {"S": "x"}}`). With no attributes
+    /// configured, a single-attribute key is used as is; a composite key needs
+    /// `sink.document_id` to say the order.
+    pub fn render_wire(&self, keys: &Map<String, Value>) -> Result<String, DecodeError> {
+        let names: Vec<String> = if !self.attributes.is_empty() {
+            self.attributes.clone()
+        } else if keys.len() == 1 {
+            keys.keys().cloned().collect()
+        } else {
             return Err(DecodeError(format!(
-                "the document id is {} bytes; Elasticsearch allows 512",
-                id.len()
+                "the key has {} attributes ({}): set sink.document_id to give their order",
+                keys.len(),
+                keys.keys().cloned().collect::<Vec<_>>().join(", ")
             )));
+        };
+        let mut parts = Vec::with_capacity(names.len());
+        for name in &names {
+            let v = keys.get(name).ok_or_else(|| {
+                DecodeError(format!(
+                    "key attribute `{name}` is missing from the record's Keys"
+                ))
+            })?;
+            let text = v
+                .as_object()
+                .filter(|o| o.len() == 1)
+                .and_then(|o| o.get("S").or_else(|| o.get("N")).or_else(|| o.get("B")))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    DecodeError(format!(
+                        "key attribute `{name}` is not an S, N or B AttributeValue: {}",
+                        short(v)
+                    ))
+                })?;
+            parts.push(text.to_string());
         }
-        Ok(id)
+        join_id(&parts, &self.separator)
     }
 }
 
 /// A DynamoDB Streams record → the document operation it implies.
-pub fn dynamodb_change(record: &Record, ids: &DocIdSpec) -> Result<DocChange, DecodeError> {
+pub fn dynamodb_change(record: &Record, ids: &DocIdSpec) -> Result<Decoded, DecodeError> {
     let stream = record
         .dynamodb
         .as_ref()
@@ -105,7 +193,59 @@ pub fn dynamodb_change(record: &Record, ids: &DocIdSpec) -> Result<DocChange, De
         Some(OperationType::Remove) => DocAction::Delete,
         other => return Err(DecodeError(format!("unknown eventName {other:?}"))),
     };
-    Ok(DocChange { id, action })
+    Ok(DocChange::new(id, action).into())
+}
+
+/// A DynamoDB change record carried in Kinesis ("Kinesis Data Streams for DynamoDB") → the
+/// document operation, versioned by its own creation time in µs: such records may arrive out of
+/// order or twice, and the version lets Elasticsearch keep the newest.
+pub fn dynamodb_kinesis_change(payload: &[u8], ids: &DocIdSpec) -> Result<Decoded, DecodeError> {
+    let record: Value =
+        serde_json::from_slice(payload).map_err(|e| DecodeError(format!("not JSON: {e}")))?;
+    let ddb = record
+        .get("dynamodb")
+        .and_then(Value::as_object)
+        .ok_or_else(|| DecodeError("record has no `dynamodb` object".into()))?;
+    let keys = ddb
+        .get("Keys")
+        .and_then(Value::as_object)
+        .ok_or_else(|| DecodeError("record has no dynamodb.Keys".into()))?;
+    let id = ids.render_wire(keys)?;
+    let created = ddb
+        .get("ApproximateCreationDateTime")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| {
+            DecodeError("dynamodb.ApproximateCreationDateTime is missing or not an integer".into())
+        })?;
+    let micros = match ddb
+        .get("ApproximateCreationDateTimePrecision")
+        .and_then(Value::as_str)
+    {
+        Some("MICROSECOND") => created,
+        None | Some("MILLISECOND") => created.saturating_mul(1000),
+        Some(other) => {
+            return Err(DecodeError(format!(
+                "unknown ApproximateCreationDateTimePrecision `{other}`"
+            )))
+        }
+    };
+    let action = match record.get("eventName").and_then(Value::as_str) {
+        Some("INSERT") | Some("MODIFY") => {
+            let image = ddb.get("NewImage").ok_or_else(|| {
+                DecodeError("INSERT/MODIFY record has no NewImage (the table's stream view type must include the new image)".into())
+            })?;
+            DocAction::Index(attribute_json_to_json(&serde_json::json!({ "M": image }))?)
+        }
+        Some("REMOVE") => DocAction::Delete,
+        other => return Err(DecodeError(format!("unknown eventName {other:?}"))),
+    };
+    Ok(DocChange {
+        index: None,
+        id,
+        action,
+        version: Some(micros),
+    }
+    .into())
 }
 
 /// A whole item (attribute map) → a JSON object.
@@ -405,18 +545,16 @@ mod tests {
         );
         assert_eq!(
             dynamodb_change(&insert, &ids).unwrap(),
-            DocChange {
-                id: "p1".into(),
-                action: DocAction::Index(json!({"id": "p1", "title": "Hi"}))
-            }
+            DocChange::new(
+                "p1".into(),
+                DocAction::Index(json!({"id": "p1", "title": "Hi"}))
+            )
+            .into()
         );
         let remove = record(OperationType::Remove, &[("id", s("p1"))], None);
         assert_eq!(
             dynamodb_change(&remove, &ids).unwrap(),
-            DocChange {
-                id: "p1".into(),
-                action: DocAction::Delete
-            }
+            DocChange::new("p1".into(), DocAction::Delete).into()
         );
         let keys_only = record(OperationType::Modify, &[("id", s("p1"))], None);
         assert!(dynamodb_change(&keys_only, &ids)
@@ -454,5 +592,52 @@ mod tests {
         assert_eq!(ids.render(&numeric).unwrap(), "101|7");
         let missing: HashMap<_, _> = [("ForumName".to_string(), s("x"))].into();
         assert!(ids.render(&missing).unwrap_err().0.contains("Subject"));
+    }
+
+    #[test]
+    fn dynamodb_records_from_kinesis_are_versioned_by_their_own_time() {
+        let ids = DocIdSpec {
+            attributes: vec![],
+            separator: "|".into(),
+        };
+        let micro =
+            br#"{"eventName":"INSERT","dynamodb":{"ApproximateCreationDateTime":1719347890250647,
+            "ApproximateCreationDateTimePrecision":"MICROSECOND","Keys":{"id":{"S":"k"}},
+            "NewImage":{"id":{"S":"k"},"n":{"N":"12345678901234567890123"}}}}"#;
+        let d = dynamodb_kinesis_change(micro, &ids).unwrap();
+        assert_eq!(d.changes[0].version, Some(1719347890250647));
+        assert_eq!(d.changes[0].id, "k");
+        assert_eq!(
+            serde_json::to_string(match &d.changes[0].action {
+                DocAction::Index(v) => v,
+                _ => panic!(),
+            })
+            .unwrap(),
+            r#"{"id":"k","n":12345678901234567890123}"#
+        );
+        let milli = br#"{"eventName":"REMOVE","dynamodb":{"ApproximateCreationDateTime":1719347890250,"Keys":{"id":{"S":"k"}}}}"#;
+        let d = dynamodb_kinesis_change(milli, &ids).unwrap();
+        assert_eq!(d.changes[0].version, Some(1719347890250000));
+        assert_eq!(d.changes[0].action, DocAction::Delete);
+        let composite = br#"{"eventName":"REMOVE","dynamodb":{"ApproximateCreationDateTime":1,"Keys":{"a":{"S":"x"},"b":{"N":"1"}}}}"#;
+        assert!(dynamodb_kinesis_change(composite, &ids)
+            .unwrap_err()
+            .0
+            .contains("sink.document_id"));
+        let ordered = DocIdSpec {
+            attributes: vec!["a".into(), "b".into()],
+            separator: "|".into(),
+        };
+        assert_eq!(
+            dynamodb_kinesis_change(composite, &ordered)
+                .unwrap()
+                .changes[0]
+                .id,
+            "x|1"
+        );
+        assert!(dynamodb_kinesis_change(b"not json", &ids)
+            .unwrap_err()
+            .0
+            .contains("not JSON"));
     }
 }

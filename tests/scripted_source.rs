@@ -96,6 +96,7 @@ impl ShardApi for ScriptedStreams {
         let pos = match at {
             StartAt::TrimHorizon => horizon,
             StartAt::Latest => s.records.len(),
+            StartAt::AtTimestamp(_) => unimplemented!("DynamoDB Streams has no AT_TIMESTAMP"),
             StartAt::AfterSequence(seq) => {
                 let i = s
                     .records
@@ -151,6 +152,7 @@ impl ShardApi for ScriptedStreams {
             records,
             next_iterator: next,
             millis_behind_latest: None,
+            child_shards: Vec::new(),
         })
     }
 }
@@ -232,7 +234,7 @@ fn start(api: Arc<ScriptedStreams>, config: Config) -> Run {
         attributes: vec!["id".into()],
         separator: "|".into(),
     };
-    let decode: Decoder<Record> = Arc::new(move |r| dynamodb_change(r, &ids).map(|c| vec![c]));
+    let decode: Decoder<Record> = Arc::new(move |r| dynamodb_change(r, &ids));
     let services = Services {
         metrics: metrics.clone(),
         health: Arc::new(Health::default()),

@@ -19,7 +19,6 @@ use super::reader::{ReaderContext, ReaderExit, ShardReader};
 use super::{ShardApi, ShardInfo, StartAt};
 use crate::ack::ShardId;
 use crate::checkpoint::{CheckpointStore, ShardCheckpoint};
-use crate::config::StartPosition;
 use crate::http::Health;
 use crate::metrics::Metrics;
 
@@ -39,7 +38,7 @@ pub fn plan(
     shard: &ShardInfo,
     listed: &HashSet<ShardId>,
     checkpoints: &HashMap<String, ShardCheckpoint>,
-    start_position: StartPosition,
+    initial: &StartAt,
 ) -> Plan {
     if let Some(cp) = checkpoints.get(&*shard.id) {
         return match &cp.sequence_number {
@@ -56,7 +55,7 @@ pub fn plan(
     let lineage_started = known_parents
         .iter()
         .any(|p| checkpoints.contains_key(&***p));
-    if !lineage_started && start_position == StartPosition::Latest {
+    if !lineage_started && *initial == StartAt::Latest {
         // First start at LATEST: nothing of this lineage was read, and nothing older is wanted.
         return if shard.closed {
             Plan::SkipFinished(0)
@@ -87,7 +86,8 @@ pub struct Coordinator<A: ShardApi> {
     pub store: CheckpointStore,
     pub metrics: Metrics,
     pub health: Arc<Health>,
-    pub start_position: StartPosition,
+    /// Where shards with no checkpoint and no parent we read start: TRIM_HORIZON, LATEST or AT_TIMESTAMP.
+    pub initial: StartAt,
     pub discovery_interval: Duration,
     /// Shards the committer has finished (end reached, everything acknowledged).
     pub finished: mpsc::UnboundedReceiver<ShardId>,
@@ -142,7 +142,7 @@ impl<A: ShardApi> Coordinator<A> {
             {
                 continue;
             }
-            let (start, clock) = match plan(shard, &listed, &checkpoints, self.start_position) {
+            let (start, clock) = match plan(shard, &listed, &checkpoints, &self.initial) {
                 Plan::Wait => continue,
                 Plan::SkipFinished(clock) => {
                     tracing::info!(shard_id = %shard.id, "closed shard skipped (start_position = latest)");
@@ -214,13 +214,10 @@ mod tests {
         let child = shard("c", &["p"], false);
         let l = listed(&["p", "c"]);
         let reading: HashMap<_, _> = [("p".to_string(), cp(Some("10"), 500, false))].into();
-        assert_eq!(
-            plan(&child, &l, &reading, StartPosition::Latest),
-            Plan::Wait
-        );
+        assert_eq!(plan(&child, &l, &reading, &StartAt::Latest), Plan::Wait);
         let done: HashMap<_, _> = [("p".to_string(), cp(Some("20"), 900, true))].into();
         assert_eq!(
-            plan(&child, &l, &done, StartPosition::Latest),
+            plan(&child, &l, &done, &StartAt::Latest),
             Plan::Read(StartAt::TrimHorizon, 900)
         );
     }
@@ -230,17 +227,14 @@ mod tests {
         let child = shard("c", &["p1", "p2"], false);
         let l = listed(&["p1", "p2", "c"]);
         let one: HashMap<_, _> = [("p1".to_string(), cp(Some("1"), 7, true))].into();
-        assert_eq!(
-            plan(&child, &l, &one, StartPosition::TrimHorizon),
-            Plan::Wait
-        );
+        assert_eq!(plan(&child, &l, &one, &StartAt::TrimHorizon), Plan::Wait);
         let both: HashMap<_, _> = [
             ("p1".to_string(), cp(Some("1"), 7, true)),
             ("p2".to_string(), cp(Some("2"), 9, true)),
         ]
         .into();
         assert_eq!(
-            plan(&child, &l, &both, StartPosition::TrimHorizon),
+            plan(&child, &l, &both, &StartAt::TrimHorizon),
             Plan::Read(StartAt::TrimHorizon, 9)
         );
     }
@@ -253,7 +247,7 @@ mod tests {
                 &child,
                 &listed(&["c"]),
                 &HashMap::new(),
-                StartPosition::TrimHorizon
+                &StartAt::TrimHorizon
             ),
             Plan::Read(StartAt::TrimHorizon, 0)
         );
@@ -265,12 +259,12 @@ mod tests {
         let l = listed(&["s"]);
         let at: HashMap<_, _> = [("s".to_string(), cp(Some("42"), 5, false))].into();
         assert_eq!(
-            plan(&s, &l, &at, StartPosition::Latest),
+            plan(&s, &l, &at, &StartAt::Latest),
             Plan::Read(StartAt::AfterSequence("42".into()), 5)
         );
         let started: HashMap<_, _> = [("s".to_string(), cp(None, 0, false))].into();
         assert_eq!(
-            plan(&s, &l, &started, StartPosition::Latest),
+            plan(&s, &l, &started, &StartAt::Latest),
             Plan::Read(StartAt::TrimHorizon, 0)
         );
     }
@@ -284,7 +278,7 @@ mod tests {
                 &shard("old", &[], true),
                 &l,
                 &HashMap::new(),
-                StartPosition::Latest
+                &StartAt::Latest
             ),
             Plan::SkipFinished(0)
         );
@@ -293,7 +287,7 @@ mod tests {
                 &shard("new", &["old"], false),
                 &l,
                 &HashMap::new(),
-                StartPosition::Latest
+                &StartAt::Latest
             ),
             Plan::Read(StartAt::Latest, 0)
         );
@@ -305,7 +299,7 @@ mod tests {
                 &shard("newer", &["new"], false),
                 &l2,
                 &read,
-                StartPosition::Latest
+                &StartAt::Latest
             ),
             Plan::Read(StartAt::TrimHorizon, 77)
         );

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_dynamodbstreams::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodbstreams::error::SdkError;
 use aws_sdk_dynamodbstreams::types::{KeyType, Record, ShardIteratorType};
 use aws_sdk_dynamodbstreams::Client;
 
-use super::{ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt};
+use super::{classify, ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt};
 use crate::config::SourceConfig;
 
 /// What sluice needs to know about the stream before reading it.
@@ -129,22 +129,6 @@ impl DynamoDbStreams {
     }
 }
 
-/// Maps an SDK error to what the reader must do about it.
-fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: SdkError<E>) -> ApiError {
-    let code = err.code().map(str::to_owned);
-    let text = describe(&err);
-    match code.as_deref() {
-        Some("ExpiredIteratorException") => ApiError::ExpiredIterator,
-        Some("TrimmedDataAccessException") => ApiError::TrimmedData(text),
-        Some("LimitExceededException")
-        | Some("ThrottlingException")
-        | Some("ProvisionedThroughputExceededException")
-        | Some("RequestLimitExceeded") => ApiError::Throttled(text),
-        Some("ResourceNotFoundException") => ApiError::NotFound(text),
-        _ => ApiError::Transient(text),
-    }
-}
-
 fn describe<E: std::error::Error + 'static>(err: &SdkError<E>) -> String {
     aws_smithy_types::error::display::DisplayErrorContext(err).to_string()
 }
@@ -220,6 +204,8 @@ impl ShardApi for DynamoDbStreams {
             StartAt::AfterSequence(seq) => req
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .sequence_number(seq),
+            // DynamoDB Streams has no AT_TIMESTAMP; config validation refuses it for this source.
+            StartAt::AtTimestamp(_) => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
         };
         let out = req.send().await.map_err(classify)?;
         out.shard_iterator()
@@ -244,6 +230,7 @@ impl ShardApi for DynamoDbStreams {
             next_iterator: out.next_shard_iterator().map(str::to_owned),
             records: out.records.unwrap_or_default(),
             millis_behind_latest: None,
+            child_shards: Vec::new(),
         })
     }
 }

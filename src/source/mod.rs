@@ -4,9 +4,13 @@
 
 pub mod coordinator;
 pub mod dynamodb_streams;
+pub mod kinesis;
 pub mod reader;
 
 use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_dynamodbstreams::error::{ProvideErrorMetadata, SdkError};
 
 use crate::ack::ShardId;
 
@@ -27,6 +31,8 @@ pub enum StartAt {
     Latest,
     /// Resume just after a record already read (never AT_…: that re-delivers it).
     AfterSequence(String),
+    /// Kinesis: records from this time (epoch milliseconds).
+    AtTimestamp(i64),
 }
 
 /// One GetRecords answer.
@@ -37,6 +43,8 @@ pub struct RecordPage<R> {
     pub next_iterator: Option<String>,
     /// Kinesis only.
     pub millis_behind_latest: Option<i64>,
+    /// Kinesis: the shards that continue this one, in its last response.
+    pub child_shards: Vec<ShardInfo>,
 }
 
 /// Errors as the reader must react to them; each has its own recovery and metric.
@@ -93,4 +101,30 @@ pub trait ShardApi: Send + Sync + 'static {
         iterator: &str,
         limit: u32,
     ) -> impl Future<Output = Result<RecordPage<Self::Record>, ApiError>> + Send;
+
+    /// Shortest time between two GetRecords calls on one shard (service rate limits).
+    fn min_poll_gap(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// Maps an AWS SDK error (either service) to what the reader must do about it.
+pub(crate) fn classify<E, R>(err: SdkError<E, R>) -> ApiError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = err.code().map(str::to_owned);
+    let text = aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
+    match code.as_deref() {
+        Some("ExpiredIteratorException") => ApiError::ExpiredIterator,
+        Some("TrimmedDataAccessException") => ApiError::TrimmedData(text),
+        Some("LimitExceededException")
+        | Some("ThrottlingException")
+        | Some("ProvisionedThroughputExceededException")
+        | Some("KMSThrottlingException")
+        | Some("RequestLimitExceeded") => ApiError::Throttled(text),
+        Some("ResourceNotFoundException") => ApiError::NotFound(text),
+        _ => ApiError::Transient(text),
+    }
 }

@@ -21,11 +21,11 @@ use crate::checkpoint::{CheckpointStore, DeadLetter, ShardCheckpoint};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::sink::{BulkOp, Origin};
-use crate::transform::{DecodeError, DocChange};
+use crate::transform::{DecodeError, Decoded};
 use crate::version::VersionClock;
 
 /// Turns one source record into document operations (pure; see `transform.rs`).
-pub type Decoder<R> = Arc<dyn Fn(&R) -> Result<Vec<DocChange>, DecodeError> + Send + Sync>;
+pub type Decoder<R> = Arc<dyn Fn(&R) -> Result<Decoded, DecodeError> + Send + Sync>;
 
 /// What every reader of a pipeline shares.
 pub struct ReaderContext<R> {
@@ -72,7 +72,20 @@ impl<A: ShardApi> ShardReader<A> {
         };
         let mut failures: u32 = 0;
         let mut empty_polls: u32 = 0;
+        let gap = self.api.min_poll_gap();
+        let mut last_call: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(at) = last_call {
+                if !sleep_or_cancel(
+                    (at + gap).saturating_duration_since(tokio::time::Instant::now()),
+                    &cancel,
+                )
+                .await
+                {
+                    return ReaderExit::Cancelled;
+                }
+            }
+            last_call = Some(tokio::time::Instant::now());
             let answer = tokio::select! {
                 a = self.api.get_records(&iterator, self.ctx.records_per_call) => a,
                 _ = cancel.cancelled() => return ReaderExit::Cancelled,
@@ -81,6 +94,13 @@ impl<A: ShardApi> ShardReader<A> {
                 Ok(page) => {
                     failures = 0;
                     let read = page.records.len();
+                    if let Some(ms) = page.millis_behind_latest {
+                        self.ctx
+                            .metrics
+                            .behind_latest
+                            .with_label_values(&[&*shard])
+                            .set(ms as f64 / 1000.0);
+                    }
                     if let Some(last) = page.records.last() {
                         last_read = Some(last.sequence_number().to_owned());
                     }
@@ -88,7 +108,9 @@ impl<A: ShardApi> ShardReader<A> {
                         return ReaderExit::Cancelled;
                     }
                     let Some(next) = page.next_iterator else {
-                        tracing::info!(shard_id = %shard, "shard read to its end");
+                        let children: Vec<&str> =
+                            page.child_shards.iter().map(|c| &*c.id).collect();
+                        tracing::info!(shard_id = %shard, ?children, "shard read to its end");
                         let end = ShardCheckpoint {
                             sequence_number: last_read,
                             clock: self.clock.last(),
@@ -248,10 +270,19 @@ impl<A: ShardApi> ShardReader<A> {
                 sequence_number: record.sequence_number().to_owned(),
             };
             match (ctx.decode)(record) {
-                Ok(changes) => {
-                    for change in changes {
+                Ok(decoded) => {
+                    if let Some(skip) = decoded.skipped {
+                        tracing::debug!(shard_id = %self.shard, sequence_number = %origin.sequence_number, reason = skip.reason, detail = %skip.detail, "record skipped");
+                        ctx.metrics
+                            .records_skipped
+                            .with_label_values(&[skip.reason])
+                            .inc();
+                    }
+                    for change in decoded.changes {
+                        let index = change.index.unwrap_or_else(|| ctx.index.clone());
+                        let version = change.version.unwrap_or(version);
                         ops.push(BulkOp::new(
-                            ctx.index.clone(),
+                            index,
                             change.id,
                             version,
                             change.action,
@@ -287,13 +318,11 @@ impl<A: ShardApi> ShardReader<A> {
                 .set((now_micros().saturating_sub(t)) as f64 / 1e6);
         }
         // Dead letters are durable before the checkpoint can pass them.
-        let mut delay = Duration::from_millis(50);
-        while let Err(e) = ctx.store.dead_letter(dead.clone()).await {
-            tracing::error!(error = %e, "writing dead letters failed; retrying");
-            if !sleep_or_cancel(delay, cancel).await {
-                return false;
+        if !dead.is_empty() {
+            tokio::select! {
+                _ = ctx.store.dead_letter_durably(dead) => {}
+                _ = cancel.cancelled() => return false,
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
         let last = records.last().expect("deliver is called with records");
         let checkpoint = ShardCheckpoint {

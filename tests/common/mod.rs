@@ -657,3 +657,211 @@ pub async fn apply(
         }
     }
 }
+
+/// Where the test command installed kinesalite and kinesis-local.
+pub fn node_modules() -> PathBuf {
+    if let Ok(p) = std::env::var("SLUICE_NODE_MODULES") {
+        return p.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/sluice/node/node_modules")
+}
+
+fn require_node_module(name: &str) -> PathBuf {
+    let dir = node_modules().join(name);
+    assert!(
+        dir.join("package.json").exists(),
+        "{name} is not installed in {} — run the test command from the README (scripts/test.sh), which installs it",
+        node_modules().display()
+    );
+    dir
+}
+
+/// A Kinesis emulator process (kinesalite or kinesis-local) on a free loopback port.
+pub struct KinesisEmulator {
+    pub url: String,
+    _proc: Proc,
+}
+
+impl KinesisEmulator {
+    /// kinesalite: correct split/merge and iterator expiry; fast.
+    pub fn kinesalite() -> KinesisEmulator {
+        require_node_module("kinesalite");
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kinesalite.js");
+        let child = Command::new("node")
+            .arg(script)
+            .arg(port.to_string())
+            .env("SLUICE_NODE_MODULES", node_modules())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting kinesalite (node)");
+        let proc = Proc(child);
+        assert!(
+            wait_for_port(port, Duration::from_secs(30)),
+            "kinesalite did not start on port {port}"
+        );
+        KinesisEmulator {
+            url: format!("http://127.0.0.1:{port}"),
+            _proc: proc,
+        }
+    }
+
+    /// kinesis-local (kinesis-mock): ChildShards, UpdateShardCount, ListShards NextToken; slow.
+    pub fn kinesis_local() -> KinesisEmulator {
+        let dir = require_node_module("kinesis-local");
+        let main = dir.join("main.js");
+        let code = std::fs::read_to_string(&main).unwrap_or_default();
+        assert!(
+            !code.contains("Host$().em(\"0.0.0.0\")"),
+            "kinesis-local is not patched to bind 127.0.0.1 — run scripts/test.sh"
+        );
+        let port = free_port();
+        let tls_port = free_port();
+        let child = Command::new("node")
+            .arg(&main)
+            // it reads its TLS material (server.json) from the working directory
+            .current_dir(&dir)
+            .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+            .env("KINESIS_MOCK_TLS_PORT", tls_port.to_string())
+            .env("AWS_REGION", "us-east-1")
+            .env("LOG_LEVEL", "WARN")
+            .env("CREATE_STREAM_DURATION", "50ms")
+            .env("SPLIT_SHARD_DURATION", "50ms")
+            .env("UPDATE_SHARD_COUNT_DURATION", "50ms")
+            .env("MERGE_SHARDS_DURATION", "50ms")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting kinesis-local (node)");
+        let proc = Proc(child);
+        assert!(
+            wait_for_port(port, Duration::from_secs(60)),
+            "kinesis-local did not start on port {port}"
+        );
+        KinesisEmulator {
+            url: format!("http://127.0.0.1:{port}"),
+            _proc: proc,
+        }
+    }
+
+    pub fn client(&self) -> aws_sdk_kinesis::Client {
+        let creds =
+            aws_credential_types::Credentials::new("test", "test", None, None, "sluice-tests");
+        let conf = aws_sdk_kinesis::Config::builder()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_kinesis::Client::from_conf(conf)
+    }
+}
+
+/// Creates a stream and waits until it is ACTIVE.
+pub async fn create_stream(k: &aws_sdk_kinesis::Client, name: &str, shards: i32) {
+    k.create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("create stream");
+    wait_active(k, name).await;
+}
+
+pub async fn wait_active(k: &aws_sdk_kinesis::Client, name: &str) {
+    for _ in 0..300 {
+        if let Ok(out) = k.describe_stream_summary().stream_name(name).send().await {
+            if out
+                .stream_description_summary()
+                .map(|d| d.stream_status().as_str() == "ACTIVE")
+                .unwrap_or(false)
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("stream {name} never became ACTIVE");
+}
+
+/// Open shards of a stream with their hash key ranges, sorted by starting hash key.
+pub async fn open_shards(k: &aws_sdk_kinesis::Client, name: &str) -> Vec<(String, u128, u128)> {
+    let out = k
+        .list_shards()
+        .stream_name(name)
+        .send()
+        .await
+        .expect("list shards");
+    let mut open: Vec<(String, u128, u128)> = out
+        .shards()
+        .iter()
+        .filter(|s| {
+            s.sequence_number_range()
+                .and_then(|r| r.ending_sequence_number())
+                .is_none()
+        })
+        .map(|s| {
+            let r = s.hash_key_range().unwrap();
+            (
+                s.shard_id().to_string(),
+                r.starting_hash_key().parse().unwrap(),
+                r.ending_hash_key().parse().unwrap(),
+            )
+        })
+        .collect();
+    open.sort_by_key(|s| s.1);
+    open
+}
+
+/// A `sluice run` configuration for a Kinesis stream.
+pub fn kinesis_config_toml(
+    kinesis: &str,
+    es: &str,
+    stream: &str,
+    format: &str,
+    db: &Path,
+    http_port: u16,
+    routes: &str,
+    extra_source: &str,
+) -> String {
+    format!(
+        r#"[source]
+type = "kinesis"
+stream = "{stream}"
+format = "{format}"
+region = "us-east-1"
+endpoint_url = "{kinesis}"
+poll_interval = "100ms"
+discovery_interval = "1s"
+{extra_source}
+
+[sink]
+url = "{es}"
+index = "ddb-kinesis"
+backoff_initial = "20ms"
+backoff_max = "1s"
+request_timeout = "5s"
+
+[batch]
+max_documents = 200
+max_bytes = "1MiB"
+max_wait = "100ms"
+
+[checkpoint]
+path = "{db}"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[log]
+level = "info,sluice=debug"
+
+[shutdown]
+timeout = "10s"
+{routes}
+"#,
+        db = db.display()
+    )
+}

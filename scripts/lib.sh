@@ -1,0 +1,46 @@
+# Shared by the scripts: installing and locating the emulators.
+CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice}"
+MOTO_VENV="$CACHE/moto-venv"
+MOTO_SERVER="$MOTO_VENV/bin/moto_server"
+
+ensure_moto() {
+  if [ ! -x "$MOTO_SERVER" ]; then
+    echo "installing moto into $MOTO_VENV (once; about 80 s)…" >&2
+    mkdir -p "$CACHE"
+    python3 -m venv "$MOTO_VENV"
+    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]'
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listening on 127.0.0.1:$1" >&2
+  return 1
+}
+
+# GET a URL and print the body; fails on non-2xx (curl is not on every machine).
+http_get() {
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"
+}
+
+NODE_DIR="$CACHE/node"
+NODE_MODULES="$NODE_DIR/node_modules"
+
+# kinesalite and kinesis-local (npm). kinesis-local hard-codes a 0.0.0.0 bind: the cached copy
+# is patched to bind 127.0.0.1, so no test server listens beyond loopback.
+ensure_kinesis_emulators() {
+  if [ ! -f "$NODE_MODULES/kinesalite/package.json" ] || [ ! -f "$NODE_MODULES/kinesis-local/main.js" ]; then
+    echo "installing kinesalite and kinesis-local into $NODE_DIR (once)…" >&2
+    mkdir -p "$NODE_DIR"
+    [ -f "$NODE_DIR/package.json" ] || echo '{"name":"sluice-emulators","private":true}' >"$NODE_DIR/package.json"
+    (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund kinesalite@3 kinesis-local@0.6)
+  fi
+  sed -i 's/Host$().em("0.0.0.0")/Host$().em("127.0.0.1")/' "$NODE_MODULES/kinesis-local/main.js"
+}

@@ -1,0 +1,418 @@
+//! AWS DMS messages (RDS → Kinesis) → document operations. Pure.
+//!
+//! A message is `{"data": {...}, "metadata": {...}}` (control records carry `control`). Each
+//! source table needs a route: its index, and the primary-key columns that form `_id` (DMS does
+//! not put the key in data records). Values pass through exactly as DMS wrote them — including
+//! large integers DMS prints in scientific notation — thanks to serde_json's arbitrary precision.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::{join_id, DecodeError, Decoded, DocAction, DocChange, Skip};
+
+/// Where one source table goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub index: Arc<str>,
+    /// Primary-key columns, in order.
+    pub id: Vec<String>,
+    /// Only these columns are indexed (all when `None`).
+    pub include: Option<HashSet<String>>,
+    /// These columns are not indexed.
+    pub exclude: HashSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DmsRoutes {
+    /// Keyed by `schema.table` as DMS writes it.
+    pub routes: HashMap<String, Route>,
+    /// Name of the before-image object (DMS BeforeImageSettings FieldName).
+    pub before_image_field: String,
+    pub separator: String,
+}
+
+const BEFORE_IMAGE_PREFIX: &str = "BI_";
+
+impl DmsRoutes {
+    /// One DMS message → operations, a counted skip, or an error (dead letter).
+    pub fn decode(&self, payload: &[u8]) -> Result<Decoded, DecodeError> {
+        let message: Value = serde_json::from_slice(payload)
+            .map_err(|e| DecodeError(format!("not valid JSON: {e}")))?;
+        let meta = message
+            .get("metadata")
+            .and_then(Value::as_object)
+            .ok_or_else(|| DecodeError("not a DMS message: no `metadata` object".into()))?;
+        let field = |name: &str| {
+            meta.get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| DecodeError(format!("DMS metadata has no `{name}`")))
+        };
+        let record_type = field("record-type")?;
+        let operation = field("operation")?;
+        let table = format!("{}.{}", field("schema-name")?, field("table-name")?);
+        match record_type {
+            "data" => {}
+            "control" => {
+                return Ok(Decoded {
+                    changes: vec![],
+                    skipped: Some(Skip {
+                        reason: "control_record",
+                        detail: format!("{operation} on {table}"),
+                    }),
+                })
+            }
+            other => return Err(DecodeError(format!("unknown DMS record-type `{other}`"))),
+        }
+        let Some(route) = self.routes.get(&table) else {
+            return Ok(Decoded {
+                changes: vec![],
+                skipped: Some(Skip {
+                    reason: "no_route",
+                    detail: table,
+                }),
+            });
+        };
+        let data = message
+            .get("data")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                DecodeError(format!(
+                    "DMS {operation} record for {table} has no `data` object"
+                ))
+            })?;
+        let id = self.id_of(route, data, &table)?;
+        let index = Some(route.index.clone());
+        match operation {
+            "load" | "insert" | "update" => {
+                let mut changes = Vec::with_capacity(2);
+                if operation == "update" {
+                    if let Some(old_id) = self.before_image_id(route, &message, data, &table)? {
+                        if old_id != id {
+                            // The primary key changed: the document moves.
+                            changes.push(DocChange {
+                                index: index.clone(),
+                                id: old_id,
+                                action: DocAction::Delete,
+                                version: None,
+                            });
+                        }
+                    }
+                }
+                changes.push(DocChange {
+                    index,
+                    id,
+                    action: DocAction::Index(document(route, data)),
+                    version: None,
+                });
+                Ok(Decoded {
+                    changes,
+                    skipped: None,
+                })
+            }
+            "delete" => Ok(DocChange {
+                index,
+                id,
+                action: DocAction::Delete,
+                version: None,
+            }
+            .into()),
+            other => Err(DecodeError(format!(
+                "unknown DMS operation `{other}` for {table}"
+            ))),
+        }
+    }
+
+    fn id_of(
+        &self,
+        route: &Route,
+        row: &Map<String, Value>,
+        table: &str,
+    ) -> Result<String, DecodeError> {
+        let parts = route
+            .id
+            .iter()
+            .map(|col| {
+                key_text(row.get(col)).ok_or_else(|| {
+                    DecodeError(format!("{table}: key column `{col}` is missing or null"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        join_id(&parts, &self.separator)
+    }
+
+    /// The `_id` before an update, from the before-image object or `BI_` columns, if present.
+    fn before_image_id(
+        &self,
+        route: &Route,
+        message: &Value,
+        data: &Map<String, Value>,
+        table: &str,
+    ) -> Result<Option<String>, DecodeError> {
+        if let Some(before) = message
+            .get(&self.before_image_field)
+            .and_then(Value::as_object)
+        {
+            if route.id.iter().all(|c| key_text(before.get(c)).is_some()) {
+                return self.id_of(route, before, table).map(Some);
+            }
+            return Ok(None);
+        }
+        let prefixed: Option<Vec<String>> = route
+            .id
+            .iter()
+            .map(|c| key_text(data.get(&format!("{BEFORE_IMAGE_PREFIX}{c}"))))
+            .collect();
+        match prefixed {
+            Some(parts) => join_id(&parts, &self.separator).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A key column's value as `_id` text: strings as they are, numbers with DMS's exact digits.
+fn key_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The indexed document: data columns, filtered by include/exclude, without `BI_` copies.
+fn document(route: &Route, data: &Map<String, Value>) -> Value {
+    let out: Map<String, Value> = data
+        .iter()
+        .filter(|(k, _)| {
+            !k.strip_prefix(BEFORE_IMAGE_PREFIX)
+                .is_some_and(|c| data.contains_key(c))
+        })
+        .filter(|(k, _)| route.include.as_ref().is_none_or(|inc| inc.contains(*k)))
+        .filter(|(k, _)| !route.exclude.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn routes() -> DmsRoutes {
+        let mut r = HashMap::new();
+        r.insert(
+            "public.customers".into(),
+            Route {
+                index: "customers".into(),
+                id: vec!["customer_id".into()],
+                include: None,
+                exclude: ["secret".to_string()].into(),
+            },
+        );
+        r.insert(
+            "shop.order_lines".into(),
+            Route {
+                index: "lines".into(),
+                id: vec!["order_id".into(), "line".into()],
+                include: Some(
+                    ["order_id", "line", "qty"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
+                ),
+                exclude: HashSet::new(),
+            },
+        );
+        DmsRoutes {
+            routes: r,
+            before_image_field: "before-image".into(),
+            separator: "|".into(),
+        }
+    }
+
+    fn msg(op: &str, table: (&str, &str), data: Value) -> Vec<u8> {
+        json!({"data": data, "metadata": {"timestamp": "2024-07-29T01:09:25.375525Z", "record-type": "data", "operation": op,
+            "partition-key-type": "primary-key", "schema-name": table.0, "table-name": table.1,
+            "commit-timestamp": "2024-07-29T01:09:25.366257Z", "transaction-id": 1144}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn data_records_index_or_delete_with_the_route_id() {
+        let d = routes()
+            .decode(&msg(
+                "insert",
+                ("public", "customers"),
+                json!({"customer_id": 7, "name": "Ada", "secret": "x"}),
+            ))
+            .unwrap();
+        assert_eq!(d.changes.len(), 1);
+        assert_eq!(d.changes[0].id, "7");
+        assert_eq!(d.changes[0].index.as_deref(), Some("customers"));
+        assert_eq!(
+            d.changes[0].action,
+            DocAction::Index(json!({"customer_id": 7, "name": "Ada"}))
+        );
+        for op in ["load", "update"] {
+            assert!(matches!(
+                routes()
+                    .decode(&msg(op, ("public", "customers"), json!({"customer_id": 7})))
+                    .unwrap()
+                    .changes[0]
+                    .action,
+                DocAction::Index(_)
+            ));
+        }
+        let del = routes()
+            .decode(&msg(
+                "delete",
+                ("public", "customers"),
+                json!({"customer_id": 7, "name": null}),
+            ))
+            .unwrap();
+        assert_eq!(del.changes[0].action, DocAction::Delete);
+    }
+
+    #[test]
+    fn composite_keys_and_include_lists() {
+        let d = routes()
+            .decode(&msg(
+                "insert",
+                ("shop", "order_lines"),
+                json!({"order_id": "A|1", "line": 2, "qty": 3, "note": "n"}),
+            ))
+            .unwrap();
+        assert_eq!(d.changes[0].id, "A\\|1|2");
+        assert_eq!(
+            d.changes[0].action,
+            DocAction::Index(json!({"order_id": "A|1", "line": 2, "qty": 3}))
+        );
+    }
+
+    #[test]
+    fn values_keep_their_exact_digits_including_scientific_notation() {
+        let raw = br#"{"data":{"customer_id":12345678901234567890123,"big":1.2345678901234567E+19,"f":0.1000000000000000055511151231257827},
+            "metadata":{"record-type":"data","operation":"insert","schema-name":"public","table-name":"customers"}}"#;
+        let d = routes().decode(raw).unwrap();
+        assert_eq!(d.changes[0].id, "12345678901234567890123");
+        let DocAction::Index(doc) = &d.changes[0].action else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_string(doc).unwrap(),
+            r#"{"big":1.2345678901234567e+19,"customer_id":12345678901234567890123,"f":0.1000000000000000055511151231257827}"#
+        );
+    }
+
+    #[test]
+    fn a_primary_key_change_with_a_before_image_moves_the_document() {
+        let moved = json!({"before-image": {"customer_id": 46}, "data": {"customer_id": 45, "name": "Jane"},
+            "metadata": {"record-type": "data", "operation": "update", "schema-name": "public", "table-name": "customers"}});
+        let d = routes().decode(moved.to_string().as_bytes()).unwrap();
+        assert_eq!(d.changes.len(), 2);
+        assert_eq!(
+            (d.changes[0].id.as_str(), &d.changes[0].action),
+            ("46", &DocAction::Delete)
+        );
+        assert_eq!(d.changes[1].id, "45");
+        // BI_ columns work the same, and are not indexed
+        let bi = msg(
+            "update",
+            ("public", "customers"),
+            json!({"customer_id": 45, "BI_customer_id": 44, "name": "Jane"}),
+        );
+        let d = routes().decode(&bi).unwrap();
+        assert_eq!(d.changes[0].id, "44");
+        assert_eq!(
+            d.changes[1].action,
+            DocAction::Index(json!({"customer_id": 45, "name": "Jane"}))
+        );
+        // an unchanged key in the before image: a plain update
+        let same = json!({"before-image": {"customer_id": 45}, "data": {"customer_id": 45},
+            "metadata": {"record-type": "data", "operation": "update", "schema-name": "public", "table-name": "customers"}});
+        assert_eq!(
+            routes()
+                .decode(same.to_string().as_bytes())
+                .unwrap()
+                .changes
+                .len(),
+            1
+        );
+        // without a before image the old _id cannot be known (documented limitation)
+        let blind = routes()
+            .decode(&msg(
+                "update",
+                ("public", "customers"),
+                json!({"customer_id": 45}),
+            ))
+            .unwrap();
+        assert_eq!(blind.changes.len(), 1);
+    }
+
+    #[test]
+    fn control_records_and_unrouted_tables_are_skipped_and_say_why() {
+        let control = br#"{"control":{"table-def":{"columns":{},"primary-key":["id"]}},"metadata":{"timestamp":"2019-11-21T19:14:22.223792Z",
+            "record-type":"control","operation":"create-table","partition-key-type":"task-id","schema-name":"sbtest","table-name":"t1"}}"#;
+        let d = routes().decode(control).unwrap();
+        assert!(d.changes.is_empty());
+        assert_eq!(d.skipped.unwrap().reason, "control_record");
+        let d = routes()
+            .decode(&msg("insert", ("public", "other"), json!({"id": 1})))
+            .unwrap();
+        assert_eq!(
+            d.skipped,
+            Some(Skip {
+                reason: "no_route",
+                detail: "public.other".into()
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_that_say_what_is_wrong() {
+        let r = routes();
+        assert!(r
+            .decode(b"{not json")
+            .unwrap_err()
+            .0
+            .contains("not valid JSON"));
+        assert!(r
+            .decode(br#"{"data":{}}"#)
+            .unwrap_err()
+            .0
+            .contains("metadata"));
+        let no_op = br#"{"data":{},"metadata":{"record-type":"data","schema-name":"public","table-name":"customers"}}"#;
+        assert!(r.decode(no_op).unwrap_err().0.contains("operation"));
+        assert!(r
+            .decode(&msg(
+                "upsert",
+                ("public", "customers"),
+                json!({"customer_id": 1})
+            ))
+            .unwrap_err()
+            .0
+            .contains("unknown DMS operation `upsert`"));
+        assert!(r
+            .decode(&msg(
+                "insert",
+                ("public", "customers"),
+                json!({"name": "x"})
+            ))
+            .unwrap_err()
+            .0
+            .contains("key column `customer_id`"));
+        assert!(r
+            .decode(&msg(
+                "insert",
+                ("public", "customers"),
+                json!({"customer_id": null})
+            ))
+            .unwrap_err()
+            .0
+            .contains("customer_id"));
+    }
+}
