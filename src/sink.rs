@@ -232,7 +232,40 @@ impl BulkSink {
 
     /// Writes every operation; returns once each one is indexed, deleted, stale or
     /// dead-lettered, and has been acknowledged. Never gives up unless `max_retries` says so.
+    ///
+    /// A request the cluster finds too large (413: `http.max_content_length`, or Amazon
+    /// OpenSearch Service's 10 MiB payload cap) is split in halves until it fits; a single
+    /// document that is too large on its own can never be accepted and is dead-lettered.
     pub async fn write(&self, ops: Vec<BulkOp>) {
+        let mut parts = std::collections::VecDeque::from([ops]);
+        while let Some(part) = parts.pop_front() {
+            let Some(mut too_large) = self.write_part(part).await else {
+                continue;
+            };
+            if too_large.len() == 1 {
+                self.dead_letter_all(
+                    too_large,
+                    "HTTP 413: the document alone exceeds the cluster's request size limit",
+                )
+                .await;
+                continue;
+            }
+            self.metrics
+                .retries
+                .with_label_values(&["http_413_split"])
+                .inc();
+            let second = too_large.split_off(too_large.len() / 2);
+            tracing::warn!(
+                documents = too_large.len() + second.len(),
+                "bulk request too large for the cluster (413); splitting it in two"
+            );
+            parts.push_front(second);
+            parts.push_front(too_large);
+        }
+    }
+
+    /// One request's worth: `Some(ops)` back when the cluster answered 413 (too large).
+    async fn write_part(&self, ops: Vec<BulkOp>) -> Option<Vec<BulkOp>> {
         let mut pending = ops;
         let mut attempt: u32 = 0;
         while !pending.is_empty() {
@@ -259,6 +292,7 @@ impl BulkSink {
             };
             let items = match outcome {
                 Ok(items) => items,
+                Err(failure) if failure.reason == "http_413" => return Some(pending),
                 Err(failure) => {
                     attempt += 1;
                     self.metrics
@@ -271,7 +305,7 @@ impl BulkSink {
                             self.max_retries, failure.detail
                         );
                         self.dead_letter_all(pending, &why).await;
-                        return;
+                        return None;
                     }
                     let delay = self.backoff.delay(attempt);
                     tracing::warn!(reason = failure.reason, error = %failure.detail, attempt, delay_ms = delay.as_millis() as u64, "bulk request failed; retrying");
@@ -300,7 +334,7 @@ impl BulkSink {
             }
             self.dead_letter(dead).await;
             if retry.is_empty() {
-                return;
+                return None;
             }
             attempt += 1;
             if self.max_retries > 0 && attempt > self.max_retries {
@@ -314,13 +348,14 @@ impl BulkSink {
                     })
                     .collect();
                 self.dead_letter(give_up).await;
-                return;
+                return None;
             }
             let delay = self.backoff.delay(attempt);
             tracing::debug!(items = retry.len(), attempt, first_error = %retry[0].1, "retrying rejected items");
             tokio::time::sleep(delay).await;
             pending = retry.into_iter().map(|(op, _)| op).collect();
         }
+        None
     }
 
     async fn send(&self, body: Vec<Bytes>) -> Result<Vec<BulkItem>, RequestFailure> {
@@ -365,8 +400,14 @@ impl BulkSink {
                 detail: format!("HTTP {status}: {}", truncate(&text)),
             });
         }
+        if status == 413 {
+            return Err(RequestFailure {
+                reason: "http_413",
+                detail: truncate(&text),
+            });
+        }
         if !(200..300).contains(&status) {
-            // 401/403/413…: no write can succeed until someone fixes the cluster or the config;
+            // 401/403…: no write can succeed until someone fixes the cluster or the config;
             // keep retrying (with the cap) and say so loudly rather than dropping the batch.
             tracing::error!(status, body = %truncate(&text), "bulk request refused as a whole");
             return Err(RequestFailure {

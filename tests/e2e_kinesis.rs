@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use common::*;
@@ -102,20 +102,6 @@ async fn put(k: &aws_sdk_kinesis::Client, stream: &str, partition_key: &str, dat
         .send()
         .await
         .expect("put record");
-}
-
-async fn wait_until<F: std::future::Future<Output = Option<String>>>(
-    within: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let until = Instant::now() + within;
-    loop {
-        match check().await {
-            None => return,
-            Some(why) if Instant::now() > until => panic!("{why}"),
-            Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
-        }
-    }
 }
 
 fn start_sluice(
@@ -266,23 +252,7 @@ async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
             .iter()
             .map(|(key, row)| (id_of(key), row.clone()))
             .collect();
-        let es = &es;
-        wait_until(Duration::from_secs(180), || {
-            let expected = expected.clone();
-            async move {
-                let actual = es.documents(t.index).await;
-                (actual != expected).then(|| {
-                    format!(
-                        "index {} does not equal {}.{}: {}",
-                        t.index,
-                        t.schema,
-                        t.name,
-                        diff(&expected, &actual)
-                    )
-                })
-            }
-        })
-        .await;
+        assert_index_equals(&es, t.index, &expected, Duration::from_secs(180)).await;
     }
     let (_, metrics) = sluice.get("/metrics").await.unwrap();
     assert!(
@@ -335,15 +305,7 @@ async fn primary_key_changes_move_the_document_when_a_before_image_is_present() 
     );
     sluice.wait_ready(Duration::from_secs(30)).await;
     let expected: BTreeMap<String, Value> = [("2".to_string(), r2), ("3".to_string(), r3)].into();
-    let es = &es;
-    wait_until(Duration::from_secs(60), || {
-        let expected = expected.clone();
-        async move {
-            let actual = es.documents("customers").await;
-            (actual != expected).then(|| format!("customers: {}", diff(&expected, &actual)))
-        }
-    })
-    .await;
+    assert_index_equals(&es, "customers", &expected, Duration::from_secs(60)).await;
 }
 
 /// Acceptance 3: DynamoDB changes in Kinesis, delivered out of order and with duplicates
@@ -429,15 +391,7 @@ async fn dynamodb_changes_out_of_order_and_duplicated_converge() {
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    let es = &es;
-    wait_until(Duration::from_secs(120), || {
-        let expected = table.clone();
-        async move {
-            let actual = es.documents("ddb-kinesis").await;
-            (actual != expected).then(|| format!("ddb-kinesis: {}", diff(&expected, &actual)))
-        }
-    })
-    .await;
+    assert_index_equals(&es, "ddb-kinesis", &table, Duration::from_secs(120)).await;
     assert!(
         sluice.metric("sluice_documents_total", "stale").await > 0.0,
         "late and duplicate changes were refused as stale"
@@ -489,15 +443,7 @@ async fn malformed_dms_messages_are_dead_lettered_and_the_shard_keeps_going() {
     );
     sluice.wait_ready(Duration::from_secs(30)).await;
     let expected: BTreeMap<String, Value> = [("1".to_string(), g1), ("2".to_string(), g2)].into();
-    let es = &es;
-    wait_until(Duration::from_secs(60), || {
-        let expected = expected.clone();
-        async move {
-            let actual = es.documents("customers").await;
-            (actual != expected).then(|| format!("customers: {}", diff(&expected, &actual)))
-        }
-    })
-    .await;
+    assert_index_equals(&es, "customers", &expected, Duration::from_secs(60)).await;
     assert_eq!(sluice.metric("sluice_decode_errors_total", "").await, 4.0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let conn = rusqlite::Connection::open(&db).unwrap();

@@ -110,19 +110,7 @@ async fn elasticsearch_faults_converge_and_mapping_errors_are_dead_lettered() {
     expected
         .remove("post-bad")
         .expect("the bad item is in the table");
-    let until = std::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        let actual = es.documents("posts-faults").await;
-        if actual == expected {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "no convergence under faults: {}",
-            diff(&expected, &actual)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    assert_index_equals(&es, "posts-faults", &expected, Duration::from_secs(180)).await;
     let stats = es.fake.stats();
     assert!(
         stats.bulk_429 > 0 && stats.item_429 > 0 && stats.bulk_503 > 0,

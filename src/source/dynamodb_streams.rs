@@ -9,7 +9,7 @@ use aws_sdk_dynamodbstreams::error::SdkError;
 use aws_sdk_dynamodbstreams::types::{KeyType, Record, ShardIteratorType};
 use aws_sdk_dynamodbstreams::Client;
 
-use super::{classify, ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt};
+use super::{classify, micros, ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt};
 use crate::config::SourceConfig;
 
 /// What sluice needs to know about the stream before reading it.
@@ -142,9 +142,7 @@ impl SourceRecord for Record {
     }
 
     fn created_at_micros(&self) -> Option<u64> {
-        let t = self.dynamodb.as_ref()?.approximate_creation_date_time()?;
-        let micros = t.secs().checked_mul(1_000_000)? + (t.subsec_nanos() / 1000) as i64;
-        u64::try_from(micros).ok()
+        micros(self.dynamodb.as_ref()?.approximate_creation_date_time()?)
     }
 
     fn describe(&self) -> String {

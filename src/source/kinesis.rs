@@ -11,7 +11,7 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{Record, ShardIteratorType};
 use aws_sdk_kinesis::Client;
 
-use super::{classify, ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt};
+use super::{classify, micros, ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt};
 use crate::config::SourceConfig;
 use crate::source::dynamodb_streams::sdk_config;
 
@@ -64,9 +64,7 @@ impl SourceRecord for Record {
     }
 
     fn created_at_micros(&self) -> Option<u64> {
-        let t = self.approximate_arrival_timestamp()?;
-        let micros = t.secs().checked_mul(1_000_000)? + (t.subsec_nanos() / 1000) as i64;
-        u64::try_from(micros).ok()
+        micros(self.approximate_arrival_timestamp()?)
     }
 
     fn describe(&self) -> String {

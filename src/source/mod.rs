@@ -108,6 +108,12 @@ pub trait ShardApi: Send + Sync + 'static {
     }
 }
 
+/// An AWS timestamp in µs since 1970 (None before 1970).
+pub(crate) fn micros(t: &aws_smithy_types::DateTime) -> Option<u64> {
+    let micros = t.secs().checked_mul(1_000_000)? + (t.subsec_nanos() / 1000) as i64;
+    u64::try_from(micros).ok()
+}
+
 /// Maps an AWS SDK error (either service) to what the reader must do about it.
 pub(crate) fn classify<E, R>(err: SdkError<E, R>) -> ApiError
 where

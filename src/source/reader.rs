@@ -111,13 +111,7 @@ impl<A: ShardApi> ShardReader<A> {
                         let children: Vec<&str> =
                             page.child_shards.iter().map(|c| &*c.id).collect();
                         tracing::info!(shard_id = %shard, ?children, "shard read to its end");
-                        let end = ShardCheckpoint {
-                            sequence_number: last_read,
-                            clock: self.clock.last(),
-                            finished: true,
-                        };
-                        let _ = self.ctx.tracker.register(&shard, end, 0, 0);
-                        return ReaderExit::ShardEnded;
+                        return self.end_of_shard(last_read);
                     };
                     iterator = next;
                     if read == 0 {
@@ -167,13 +161,7 @@ impl<A: ShardApi> ShardReader<A> {
                                 .data_loss
                                 .with_label_values(&["shard_gone"])
                                 .inc();
-                            let end = ShardCheckpoint {
-                                sequence_number: last_read,
-                                clock: self.clock.last(),
-                                finished: true,
-                            };
-                            let _ = self.ctx.tracker.register(&shard, end, 0, 0);
-                            return ReaderExit::ShardEnded;
+                            return self.end_of_shard(last_read);
                         }
                         ApiError::Throttled(_) | ApiError::Transient(_) => {
                             failures += 1;
@@ -198,6 +186,18 @@ impl<A: ShardApi> ShardReader<A> {
                 }
             }
         }
+    }
+
+    /// Registers the shard's end: committed as `finished` once everything before it is
+    /// acknowledged, which is what lets children start.
+    fn end_of_shard(&self, last_read: Option<String>) -> ReaderExit {
+        let end = ShardCheckpoint {
+            sequence_number: last_read,
+            clock: self.clock.last(),
+            finished: true,
+        };
+        let _ = self.ctx.tracker.register(&self.shard, end, 0, 0);
+        ReaderExit::ShardEnded
     }
 
     /// Gets an iterator, retrying with backoff. `None` only when cancelled.

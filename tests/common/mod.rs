@@ -296,16 +296,26 @@ pub async fn assert_converges(
     within: Duration,
 ) {
     let expected = scan_table(ddb, table).await;
+    assert_index_equals(es, index, &expected, within).await;
+}
+
+/// Polls until the index holds exactly `expected` (`_id → _source`), or panics after `within`.
+pub async fn assert_index_equals(
+    es: &Es,
+    index: &str,
+    expected: &BTreeMap<String, Value>,
+    within: Duration,
+) {
     let until = Instant::now() + within;
     loop {
         let actual = es.documents(index).await;
-        if actual == expected {
+        if &actual == expected {
             return;
         }
         if Instant::now() > until {
             panic!(
-                "index `{index}` does not equal table `{table}` after {within:?}: {}",
-                diff(&expected, &actual)
+                "index `{index}` does not reach the expected state after {within:?}: {}",
+                diff(expected, &actual)
             );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

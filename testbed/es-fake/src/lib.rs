@@ -102,6 +102,24 @@ struct Shared {
     http: reqwest::Client,
     seq: AtomicU64,
     seen: Mutex<std::collections::HashSet<(String, String, String)>>,
+    max_content_length: usize,
+}
+
+impl Shared {
+    fn new(upstream: Option<String>) -> Self {
+        Shared {
+            indices: Mutex::default(),
+            faults: Mutex::default(),
+            stats: Mutex::default(),
+            hold: watch::channel(false).0,
+            gc_deletes: Duration::from_secs(60),
+            upstream: upstream.map(|u| u.trim_end_matches('/').to_string()),
+            http: reqwest::Client::new(),
+            seq: AtomicU64::new(0),
+            seen: Mutex::default(),
+            max_content_length: 100 * 1024 * 1024,
+        }
+    }
 }
 
 /// A running server. Dropping it stops it.
@@ -125,19 +143,20 @@ impl FakeEs {
 
     /// `upstream`: proxy to this real cluster instead of the in-memory store.
     pub async fn start_with(addr: SocketAddr, upstream: Option<String>) -> std::io::Result<FakeEs> {
+        Self::start_limited(addr, upstream, 100 * 1024 * 1024).await
+    }
+
+    /// With a request size limit (`http.max_content_length`): larger requests get 413.
+    pub async fn start_limited(
+        addr: SocketAddr,
+        upstream: Option<String>,
+        max_content_length: usize,
+    ) -> std::io::Result<FakeEs> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            indices: Mutex::default(),
-            faults: Mutex::default(),
-            stats: Mutex::default(),
-            hold: watch::channel(false).0,
-            gc_deletes: Duration::from_secs(60),
-            upstream: upstream.map(|u| u.trim_end_matches('/').to_string()),
-            http: reqwest::Client::new(),
-            seq: AtomicU64::new(0),
-            seen: Mutex::default(),
-        });
+        let mut shared = Shared::new(upstream);
+        shared.max_content_length = max_content_length;
+        let shared = Arc::new(shared);
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -204,6 +223,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_search", get(search).post(search))
         .route("/{index}/_refresh", post(refresh).get(refresh))
+        // Elasticsearch's http.max_content_length (100 MB by default); tests may lower it
+        .layer(axum::extract::DefaultBodyLimit::max(
+            shared.max_content_length,
+        ))
         .layer(axum::middleware::map_response(
             |mut r: Response| async move {
                 r.headers_mut().insert(
@@ -1113,17 +1136,7 @@ mod tests {
     }
 
     fn shared() -> Shared {
-        Shared {
-            indices: Mutex::default(),
-            faults: Mutex::default(),
-            stats: Mutex::default(),
-            hold: watch::channel(false).0,
-            gc_deletes: Duration::from_secs(60),
-            upstream: None,
-            http: reqwest::Client::new(),
-            seq: AtomicU64::new(0),
-            seen: Mutex::default(),
-        }
+        Shared::new(None)
     }
 
     fn status(v: &Value) -> u64 {

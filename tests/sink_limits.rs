@@ -1,0 +1,92 @@
+//! The sink against a cluster with a request size limit (http.max_content_length, or Amazon
+//! OpenSearch Service's payload cap): a request answered 413 is split until it fits, and a
+//! document too large on its own is dead-lettered — never retried for ever, never dropped.
+
+use std::sync::Arc;
+
+use es_fake::FakeEs;
+use serde_json::{json, Value};
+use sluice::ack::AckTracker;
+use sluice::checkpoint::{CheckpointStore, ShardCheckpoint};
+use sluice::config::{JournalMode, SinkConfig};
+use sluice::http::Health;
+use sluice::metrics::Metrics;
+use sluice::sink::{BulkOp, BulkSink, Origin};
+use sluice::transform::DocAction;
+
+#[tokio::test]
+async fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered() {
+    let es = FakeEs::start_limited("127.0.0.1:0".parse().unwrap(), None, 4096)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(&dir.path().join("s.db"), JournalMode::Wal).unwrap();
+    let metrics = Metrics::new();
+    let cfg = SinkConfig {
+        url: es.url(),
+        backoff_initial: std::time::Duration::from_millis(5),
+        ..SinkConfig::default()
+    };
+    let sink = BulkSink::new(
+        &cfg,
+        store.clone(),
+        metrics.clone(),
+        Arc::new(Health::default()),
+    )
+    .unwrap();
+
+    let tracker = AckTracker::default();
+    let shard = "shard-1".into();
+    let mut acks = tracker.register(&shard, ShardCheckpoint::default(), 21, 21);
+    let origin = |n: u64| Origin {
+        stream: "s".into(),
+        shard: "shard-1".into(),
+        sequence_number: n.to_string(),
+    };
+    let mut ops: Vec<BulkOp> = (0..20)
+        .map(|i| {
+            let mut op = BulkOp::new(
+                "big".into(),
+                format!("d{i}"),
+                1,
+                DocAction::Index(json!({"pad": "x".repeat(700)})),
+                origin(i),
+            );
+            op.acks.push(acks.pop().unwrap());
+            op
+        })
+        .collect();
+    let mut huge = BulkOp::new(
+        "big".into(),
+        "huge".into(),
+        1,
+        DocAction::Index(json!({"pad": "x".repeat(10_000)})),
+        origin(99),
+    );
+    huge.acks.push(acks.pop().unwrap());
+    ops.insert(7, huge);
+
+    // ~25 KB in one request against a 4 KB limit
+    sink.write(ops).await;
+
+    let indexed: Value = reqwest::get(format!("{}/big/_count", es.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(indexed["count"], 20, "every document that fits was indexed");
+    let letters = store.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].doc_id.as_deref(), Some("huge"));
+    assert!(letters[0].error.contains("413"), "{}", letters[0].error);
+    assert!(metrics.retries.with_label_values(&["http_413_split"]).get() >= 3);
+    assert_eq!(metrics.documents.with_label_values(&["indexed"]).get(), 20);
+    assert_eq!(
+        metrics
+            .documents
+            .with_label_values(&["dead_lettered"])
+            .get(),
+        1
+    );
+}
