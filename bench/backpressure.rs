@@ -71,7 +71,7 @@ async fn run() {
                 let batch: Vec<WriteRequest> = (0..25)
                     .map(|i| {
                         let mut item = post(
-                            &format!("post-{}", (written + i) % 15_000),
+                            &format!("post-{}", (written + i) % 8_000),
                             (written + i) as u64,
                             &mut rng,
                         );
@@ -105,7 +105,16 @@ async fn run() {
     let read_during_stall = sluice.metric("sluice_records_read_total", "").await;
     es.fake.release();
     let released = Instant::now();
-    assert_converges(&es, "posts-bp", &ddb, "Posts", Duration::from_secs(600)).await;
+    let expected = scan_table(&ddb, "Posts").await;
+    let mut peak_catch_up = 0u64;
+    while es.documents("posts-bp").await != expected {
+        assert!(
+            released.elapsed() < Duration::from_secs(600),
+            "no catch-up within 10 minutes"
+        );
+        peak_catch_up = peak_catch_up.max(sluice.rss_bytes());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let catch_up = released.elapsed();
     let after_rss = sluice.rss_bytes();
 
@@ -126,12 +135,16 @@ async fn run() {
         peak_pipeline / 1048576.0
     );
     println!(
-        "  records read during the stall:    {:>7}   (readers stopped when the budget was full)",
+        "  records read during the stall:    {:>7}   (readers stopped: bounded lane queues and byte budget)",
         read_during_stall
     );
     println!(
         "  catch-up after the stall ended:   {:>7.1} s   (index equals table)",
         catch_up.as_secs_f64()
+    );
+    println!(
+        "  peak RSS while catching up:       {:>7.1} MiB",
+        peak_catch_up as f64 / 1048576.0
     );
     println!(
         "  RSS after catching up:            {:>7.1} MiB",

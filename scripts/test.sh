@@ -11,5 +11,10 @@ ensure_moto
 ensure_kinesis_emulators
 export SLUICE_MOTO_SERVER="$MOTO_SERVER" SLUICE_NODE_MODULES="$NODE_MODULES"
 
+# Against a real cluster, tests share its indices: run them one at a time. (Each test gets its
+# own in-memory server otherwise.)
+threads=()
+[ -n "${SLUICE_TEST_ES_URL:-}" ] && threads=(-- --test-threads=1)
+
 # benches (bench/) print figures and are run by hand: cargo bench --bench backpressure
-cargo test --workspace --lib --bins --tests "$@"
+cargo test --workspace --lib --bins --tests "$@" "${threads[@]}"

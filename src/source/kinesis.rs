@@ -2,7 +2,7 @@
 //!
 //! ListShards pages with NextToken *without* the stream name (as AWS requires); GetRecords
 //! reports MillisBehindLatest and, at a shard's end, its ChildShards. Calls per shard are spaced
-//! at least 200 ms apart (the service allows 5 GetRecords per second per shard).
+//! at least 200 ms apart (5 GetRecords per second per shard) and paced to 2 MiB/s of data.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,5 +173,9 @@ impl ShardApi for Kinesis {
 
     fn min_poll_gap(&self) -> Duration {
         Duration::from_millis(200)
+    }
+
+    fn max_read_bytes_per_sec(&self) -> Option<u64> {
+        Some(2 * 1024 * 1024)
     }
 }

@@ -83,6 +83,10 @@ pub trait SourceRecord: Send + Sync + 'static {
     fn created_at_micros(&self) -> Option<u64>;
     /// The record as text, for the dead-letter table.
     fn describe(&self) -> String;
+    /// Bytes the service counts against the shard's read throughput.
+    fn size_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// The service calls a shard reader makes. Implemented over the SDK for each service, and by
@@ -105,6 +109,11 @@ pub trait ShardApi: Send + Sync + 'static {
     /// Shortest time between two GetRecords calls on one shard (service rate limits).
     fn min_poll_gap(&self) -> Duration {
         Duration::ZERO
+    }
+
+    /// Read throughput per shard the service allows, in bytes per second (None: no pacing).
+    fn max_read_bytes_per_sec(&self) -> Option<u64> {
+        None
     }
 }
 

@@ -72,7 +72,8 @@ impl<A: ShardApi> ShardReader<A> {
         };
         let mut failures: u32 = 0;
         let mut empty_polls: u32 = 0;
-        let gap = self.api.min_poll_gap();
+        let min_gap = self.api.min_poll_gap();
+        let mut gap = min_gap;
         let mut last_call: Option<tokio::time::Instant> = None;
         loop {
             if let Some(at) = last_call {
@@ -94,6 +95,11 @@ impl<A: ShardApi> ShardReader<A> {
                 Ok(page) => {
                     failures = 0;
                     let read = page.records.len();
+                    gap = read_pace(
+                        min_gap,
+                        self.api.max_read_bytes_per_sec(),
+                        page.records.iter().map(|r| r.size_bytes()).sum(),
+                    );
                     if let Some(ms) = page.millis_behind_latest {
                         self.ctx
                             .metrics
@@ -344,6 +350,15 @@ impl<A: ShardApi> ShardReader<A> {
     }
 }
 
+/// The pause before the next GetRecords on a shard: at least `min_gap`, and long enough that the
+/// bytes just read stay within the shard's read throughput.
+fn read_pace(min_gap: Duration, bytes_per_sec: Option<u64>, bytes: usize) -> Duration {
+    match bytes_per_sec {
+        Some(rate) if rate > 0 => min_gap.max(Duration::from_secs_f64(bytes as f64 / rate as f64)),
+        _ => min_gap,
+    }
+}
+
 async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => true,
@@ -356,4 +371,26 @@ fn now_micros() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_paced_to_the_shard_throughput() {
+        let two_mib = Some(2 * 1024 * 1024);
+        assert_eq!(
+            read_pace(Duration::from_millis(200), two_mib, 0),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            read_pace(Duration::from_millis(200), two_mib, 10 * 1024 * 1024),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            read_pace(Duration::ZERO, None, 10 * 1024 * 1024),
+            Duration::ZERO
+        );
+    }
 }

@@ -41,6 +41,8 @@ pub struct Faults {
     pub bulk_503_rate: f64,
     /// Each item independently answered 429 (not applied).
     pub item_429_rate: f64,
+    /// Each item independently answered 400 mapper_parsing_exception (not applied).
+    pub item_400_rate: f64,
     /// Connection closed without a complete answer (half before, half after applying).
     pub drop_rate: f64,
     /// Probability of a stall of `stall_ms` before answering.
@@ -57,6 +59,7 @@ pub struct Stats {
     pub bulk_429: u64,
     pub bulk_503: u64,
     pub item_429: u64,
+    pub item_400: u64,
     pub dropped: u64,
     pub stalled: u64,
     pub items: u64,
@@ -727,6 +730,14 @@ async fn bulk(
         if faults.item_429_rate > 0.0 && fastrand::f64() < faults.item_429_rate {
             s.stats.lock().unwrap().item_429 += 1;
             results[i] = Some(item_error(a, 429, "es_rejected_execution_exception", "rejected execution of TransportShardBulkAction on EsThreadPoolExecutor[name = write, queue capacity = 10000]"));
+        } else if faults.item_400_rate > 0.0 && fastrand::f64() < faults.item_400_rate {
+            s.stats.lock().unwrap().item_400 += 1;
+            results[i] = Some(item_error(
+                a,
+                400,
+                "mapper_parsing_exception",
+                "failed to parse (injected by es-fake)",
+            ));
         } else {
             to_apply.push(i);
         }
