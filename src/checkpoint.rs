@@ -217,12 +217,20 @@ fn commit(
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
-        // A checkpoint never moves back to "unfinished": guard against a late duplicate update.
+        // A checkpoint never moves back (sequence number, clock) nor back to "unfinished".
         let mut stmt = tx.prepare_cached(
             "INSERT INTO checkpoints (stream, shard_id, sequence_number, clock, finished, updated_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (stream, shard_id) DO UPDATE SET
-               sequence_number = COALESCE(excluded.sequence_number, checkpoints.sequence_number),
+               sequence_number = CASE
+                 WHEN excluded.sequence_number IS NULL THEN checkpoints.sequence_number
+                 WHEN checkpoints.sequence_number IS NULL THEN excluded.sequence_number
+                 -- decimal strings without leading zeros: longer is larger, else compare as text
+                 WHEN length(excluded.sequence_number) > length(checkpoints.sequence_number)
+                   OR (length(excluded.sequence_number) = length(checkpoints.sequence_number)
+                       AND excluded.sequence_number > checkpoints.sequence_number)
+                 THEN excluded.sequence_number
+                 ELSE checkpoints.sequence_number END,
                clock = MAX(excluded.clock, checkpoints.clock),
                finished = MAX(excluded.finished, checkpoints.finished),
                updated_at_ms = excluded.updated_at_ms",
@@ -332,7 +340,7 @@ mod tests {
                 .commit("s", vec![("shard-1".into(), cp("200", 9, true))])
                 .await
                 .unwrap();
-            // a stale update neither un-finishes the shard nor lowers its clock
+            // a stale update neither un-finishes the shard nor lowers its clock or sequence number
             store
                 .commit("s", vec![("shard-1".into(), cp("200", 8, false))])
                 .await

@@ -356,6 +356,14 @@ async fn child_shards_wait_for_their_parents_acknowledgements() {
         }
         other => panic!("{other:?}"),
     }
+    for parent in ["p1", "p2"] {
+        let starts = api
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Iterator { shard, .. } if shard == parent))
+            .count();
+        assert_eq!(starts, 1, "{parent} is read once: an ended shard is not restarted while its last writes are in flight");
+    }
     assert_eq!(run.metrics.documents.with_label_values(&["stale"]).get(), 0);
     stop(run).await;
     let cps = read_checkpoints(&dir.path().join("sluice.db"), STREAM).unwrap();

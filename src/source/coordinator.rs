@@ -97,10 +97,10 @@ impl<A: ShardApi> Coordinator<A> {
     /// Runs readers until `cancel`; returns once every reader has stopped.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut readers: JoinSet<(ShardId, ReaderExit)> = JoinSet::new();
-        let mut running: HashSet<ShardId> = HashSet::new();
+        let mut shards = Shards::default();
         let stream = self.ctx.stream.clone();
         loop {
-            match self.discover(&mut readers, &mut running, &cancel).await {
+            match self.discover(&mut readers, &mut shards, &cancel).await {
                 Ok(()) => self.health.set_shards_discovered(true),
                 Err(e) => {
                     tracing::warn!(stream = %stream, error = %e, "shard discovery failed; retrying later")
@@ -109,14 +109,28 @@ impl<A: ShardApi> Coordinator<A> {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(self.discovery_interval) => {}
-                Some(joined) = readers.join_next(), if !readers.is_empty() => {
-                    if let Ok((shard, exit)) = joined {
-                        running.remove(&shard);
-                        self.metrics.shards_owned.set(running.len() as i64);
-                        tracing::debug!(shard_id = %shard, ?exit, "reader stopped");
+                Some(joined) = readers.join_next_with_id(), if !readers.is_empty() => {
+                    match joined {
+                        Ok((task, (shard, exit))) => {
+                            shards.reading.remove(&task);
+                            if exit == ReaderExit::ShardEnded {
+                                // Not finished until its last writes are acknowledged: never
+                                // start a second reader on it meanwhile.
+                                shards.ended.insert(shard.clone());
+                            }
+                            tracing::debug!(shard_id = %shard, ?exit, "reader stopped");
+                        }
+                        Err(e) => {
+                            // A reader that panicked restarts from its checkpoint at the next
+                            // discovery; what it queued but did not finish is re-read.
+                            let shard = shards.reading.remove(&e.id());
+                            tracing::error!(shard_id = ?shard, error = %e, "shard reader failed; it will restart from its checkpoint");
+                        }
                     }
+                    self.metrics.shards_owned.set(shards.reading.len() as i64);
                 }
                 Some(shard) = self.finished.recv() => {
+                    shards.ended.remove(&shard);
                     self.metrics.shards_finished.inc();
                     self.metrics.forget_shard(&shard);
                 }
@@ -130,14 +144,14 @@ impl<A: ShardApi> Coordinator<A> {
     async fn discover(
         &mut self,
         readers: &mut JoinSet<(ShardId, ReaderExit)>,
-        running: &mut HashSet<ShardId>,
+        owned: &mut Shards,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
         let shards = self.api.list_shards().await?;
         let checkpoints = self.store.load(&self.ctx.stream).await?;
         let listed: HashSet<ShardId> = shards.iter().map(|s| s.id.clone()).collect();
         for shard in &shards {
-            if running.contains(&shard.id)
+            if owned.is_owned(&shard.id)
                 || checkpoints.get(&*shard.id).is_some_and(|cp| cp.finished)
             {
                 continue;
@@ -179,11 +193,30 @@ impl<A: ShardApi> Coordinator<A> {
             };
             let token = cancel.clone();
             let id = shard.id.clone();
-            readers.spawn(async move { (id, reader.run(token).await) });
-            running.insert(shard.id.clone());
+            let task = readers.spawn(async move { (id, reader.run(token).await) });
+            owned.reading.insert(task.id(), shard.id.clone());
         }
-        self.metrics.shards_owned.set(running.len() as i64);
+        // Shards read to their end are `ended` until their finish is committed (or seen here).
+        owned
+            .ended
+            .retain(|id| !checkpoints.get(&**id).is_some_and(|cp| cp.finished));
+        self.metrics.shards_owned.set(owned.reading.len() as i64);
         Ok(())
+    }
+}
+
+/// The shards this process has taken on.
+#[derive(Default)]
+struct Shards {
+    /// Reader task → its shard.
+    reading: HashMap<tokio::task::Id, ShardId>,
+    /// Read to their end; waiting for their last writes to be acknowledged.
+    ended: HashSet<ShardId>,
+}
+
+impl Shards {
+    fn is_owned(&self, shard: &ShardId) -> bool {
+        self.ended.contains(shard) || self.reading.values().any(|s| s == shard)
     }
 }
 
