@@ -37,6 +37,21 @@ fn wait_for_port(port: u16, within: Duration) -> bool {
     false
 }
 
+/// Starts a server process that listens on `port` (127.0.0.1) and waits until it does.
+fn spawn_server(mut cmd: Command, port: u16, what: &str, within: Duration) -> Proc {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let proc = Proc(child);
+    assert!(
+        wait_for_port(port, within),
+        "{what} did not start on port {port}"
+    );
+    proc
+}
+
 /// Kills a child by PID on drop.
 pub struct Proc(pub Child);
 
@@ -70,17 +85,9 @@ impl Moto {
             path.display()
         );
         let port = free_port();
-        let child = Command::new(&path)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto_server");
-        let proc = Proc(child);
-        assert!(
-            wait_for_port(port, Duration::from_secs(30)),
-            "moto did not start on port {port}"
-        );
+        let mut cmd = Command::new(&path);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let proc = spawn_server(cmd, port, "moto_server", Duration::from_secs(30));
         Moto {
             url: format!("http://127.0.0.1:{port}"),
             _proc: proc,
@@ -699,19 +706,11 @@ impl KinesisEmulator {
         require_node_module("kinesalite");
         let port = free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kinesalite.js");
-        let child = Command::new("node")
-            .arg(script)
+        let mut cmd = Command::new("node");
+        cmd.arg(script)
             .arg(port.to_string())
-            .env("SLUICE_NODE_MODULES", node_modules())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting kinesalite (node)");
-        let proc = Proc(child);
-        assert!(
-            wait_for_port(port, Duration::from_secs(30)),
-            "kinesalite did not start on port {port}"
-        );
+            .env("SLUICE_NODE_MODULES", node_modules());
+        let proc = spawn_server(cmd, port, "kinesalite (node)", Duration::from_secs(30));
         KinesisEmulator {
             url: format!("http://127.0.0.1:{port}"),
             _proc: proc,
@@ -729,8 +728,8 @@ impl KinesisEmulator {
         );
         let port = free_port();
         let tls_port = free_port();
-        let child = Command::new("node")
-            .arg(&main)
+        let mut cmd = Command::new("node");
+        cmd.arg(&main)
             // it reads its TLS material (server.json) from the working directory
             .current_dir(&dir)
             .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
@@ -740,16 +739,8 @@ impl KinesisEmulator {
             .env("CREATE_STREAM_DURATION", "50ms")
             .env("SPLIT_SHARD_DURATION", "50ms")
             .env("UPDATE_SHARD_COUNT_DURATION", "50ms")
-            .env("MERGE_SHARDS_DURATION", "50ms")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting kinesis-local (node)");
-        let proc = Proc(child);
-        assert!(
-            wait_for_port(port, Duration::from_secs(60)),
-            "kinesis-local did not start on port {port}"
-        );
+            .env("MERGE_SHARDS_DURATION", "50ms");
+        let proc = spawn_server(cmd, port, "kinesis-local (node)", Duration::from_secs(60));
         KinesisEmulator {
             url: format!("http://127.0.0.1:{port}"),
             _proc: proc,
