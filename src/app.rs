@@ -316,3 +316,24 @@ async fn probe_while_unreachable(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_timestamp_starts_from_the_configured_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(
+            &path,
+            "[source]\ntype = \"kinesis\"\nstream = \"s\"\nformat = \"dynamodb\"\nstart_position = \"at_timestamp\"\nstart_timestamp = \"2024-07-29T00:00:01.500Z\"\n",
+        )
+        .unwrap();
+        let config = Config::load_with_env(&path, Vec::new()).unwrap();
+        assert_eq!(
+            initial_position(&config).unwrap(),
+            StartAt::AtTimestamp(1_722_211_201_500)
+        );
+    }
+}

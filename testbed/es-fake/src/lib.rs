@@ -785,7 +785,6 @@ async fn forward_bulk<'a>(
     actions: impl Iterator<Item = &'a Action>,
 ) -> Result<Vec<Value>, Response> {
     let body: Vec<u8> = actions.flat_map(|a| a.lines.iter().copied()).collect();
-    let n_expected = body.iter().filter(|b| **b == b'\n').count();
     let upstream = s.upstream.as_ref().unwrap();
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let resp = s
@@ -818,7 +817,6 @@ async fn forward_bulk<'a>(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let _ = n_expected;
     Ok(items)
 }
 
