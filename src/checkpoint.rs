@@ -62,6 +62,7 @@ enum Command {
         oneshot::Sender<Result<(), StoreError>>,
     ),
     DeadLetter(Vec<DeadLetter>, oneshot::Sender<Result<(), StoreError>>),
+    Forget(String, Vec<String>, oneshot::Sender<Result<(), StoreError>>),
     DeadLetters(oneshot::Sender<Result<Vec<DeadLetter>, StoreError>>),
 }
 
@@ -143,6 +144,15 @@ impl CheckpointStore {
             .await
     }
 
+    /// Deletes the checkpoints of finished shards nobody needs any more (see the coordinator).
+    pub async fn forget(&self, stream: &str, shards: Vec<String>) -> Result<(), StoreError> {
+        if shards.is_empty() {
+            return Ok(());
+        }
+        self.ask(|r| Command::Forget(stream.to_owned(), shards, r))
+            .await
+    }
+
     pub async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), StoreError> {
         if letters.is_empty() {
             return Ok(());
@@ -185,6 +195,9 @@ fn serve(mut conn: Connection, rx: std_mpsc::Receiver<Command>) {
             }
             Command::DeadLetter(letters, reply) => {
                 let _ = reply.send(dead_letter(&mut conn, &letters));
+            }
+            Command::Forget(stream, shards, reply) => {
+                let _ = reply.send(forget(&mut conn, &stream, &shards));
             }
             Command::DeadLetters(reply) => {
                 let _ = reply.send(dead_letters(&conn));
@@ -245,6 +258,21 @@ fn commit(
                 cp.finished as i64,
                 now
             ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn forget(conn: &mut Connection, stream: &str, shards: &[String]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        // Only finished rows: an unfinished checkpoint is never thrown away.
+        let mut stmt = tx.prepare_cached(
+            "DELETE FROM checkpoints WHERE stream = ?1 AND shard_id = ?2 AND finished = 1",
+        )?;
+        for shard in shards {
+            stmt.execute(params![stream, shard])?;
         }
     }
     tx.commit()?;
@@ -350,6 +378,35 @@ mod tests {
             assert_eq!(loaded["shard-1"], cp("200", 9, true));
             assert!(read_checkpoints(&path, "other").unwrap().is_empty());
         }
+    }
+
+    #[tokio::test]
+    async fn only_finished_checkpoints_can_be_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.db");
+        let store = CheckpointStore::open(&path, JournalMode::Wal).unwrap();
+        let cp = |finished| ShardCheckpoint {
+            sequence_number: Some("1".into()),
+            clock: 1,
+            finished,
+        };
+        store
+            .commit(
+                "s",
+                vec![("old".into(), cp(true)), ("open".into(), cp(false))],
+            )
+            .await
+            .unwrap();
+        store
+            .forget("s", vec!["old".into(), "open".into()])
+            .await
+            .unwrap();
+        let left = store.load("s").await.unwrap();
+        assert!(!left.contains_key("old"));
+        assert!(
+            left.contains_key("open"),
+            "an unfinished checkpoint is kept"
+        );
     }
 
     #[tokio::test]

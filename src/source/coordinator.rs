@@ -80,6 +80,28 @@ pub fn plan(
     Plan::Read(StartAt::TrimHorizon, parents_clock)
 }
 
+/// Checkpoints no longer needed: finished shards that are no longer listed and that no listed
+/// shard names as a parent (DynamoDB rolls shards over every few hours). Pure.
+pub fn forgettable(
+    shards: &[ShardInfo],
+    checkpoints: &HashMap<String, ShardCheckpoint>,
+) -> Vec<String> {
+    let listed: HashSet<&str> = shards.iter().map(|s| &*s.id).collect();
+    let parents: HashSet<&str> = shards
+        .iter()
+        .flat_map(|s| s.parents.iter().map(|p| &**p))
+        .collect();
+    let mut stale: Vec<String> = checkpoints
+        .iter()
+        .filter(|(id, cp)| {
+            cp.finished && !listed.contains(id.as_str()) && !parents.contains(id.as_str())
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    stale.sort();
+    stale
+}
+
 pub struct Coordinator<A: ShardApi> {
     pub api: Arc<A>,
     pub ctx: Arc<ReaderContext<A::Record>>,
@@ -195,6 +217,11 @@ impl<A: ShardApi> Coordinator<A> {
             let id = shard.id.clone();
             let task = readers.spawn(async move { (id, reader.run(token).await) });
             owned.reading.insert(task.id(), shard.id.clone());
+        }
+        let stale = forgettable(&shards, &checkpoints);
+        if !stale.is_empty() {
+            tracing::debug!(shards = ?stale, "forgetting checkpoints of finished shards that left the stream");
+            self.store.forget(&self.ctx.stream, stale).await?;
         }
         // Shards read to their end are `ended` until their finish is committed (or seen here).
         owned
@@ -336,5 +363,18 @@ mod tests {
             ),
             Plan::Read(StartAt::TrimHorizon, 77)
         );
+    }
+
+    #[test]
+    fn only_finished_shards_that_left_the_stream_and_have_no_listed_child_are_forgotten() {
+        let listing = vec![shard("child", &["parent"], false)];
+        let cps: HashMap<_, _> = [
+            ("parent".to_string(), cp(Some("1"), 1, true)), // gone, but its child is listed
+            ("ancient".to_string(), cp(Some("1"), 1, true)), // gone, nobody refers to it
+            ("unfinished".to_string(), cp(Some("1"), 1, false)), // gone before we finished it
+            ("child".to_string(), cp(Some("2"), 2, false)),
+        ]
+        .into();
+        assert_eq!(forgettable(&listing, &cps), vec!["ancient".to_string()]);
     }
 }
