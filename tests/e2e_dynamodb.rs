@@ -13,29 +13,13 @@ use common::*;
 /// table; /metrics, /healthz and /readyz answer and carry the promised metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_equals_table_after_a_random_workload() {
-    let moto = Moto::start();
-    let ddb = moto.dynamodb().await;
-    let es = Es::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    create_table(&ddb, "Posts", StreamViewType::NewAndOldImages).await;
-    es.delete_index("posts-e2e").await;
-    let db = dir.path().join("sluice.db");
-    let sluice = Sluice::start(
-        &SluiceOptions {
-            moto: &moto.url,
-            es: &es.url(),
-            table: "Posts",
-            index: "posts-e2e",
-            db: &db,
-            extra: "",
-        },
-        dir.path(),
-    );
+    let bed = PostsBed::new("posts-e2e").await;
+    let sluice = bed.start_sluice();
     sluice.wait_ready(Duration::from_secs(30)).await;
 
-    let changes = random_workload(&ddb, "Posts", 1000, 2000, 7).await;
-    assert_converges(&es, "posts-e2e", &ddb, "Posts", Duration::from_secs(120)).await;
-    let docs = es.documents("posts-e2e").await;
+    let changes = random_workload(&bed.ddb, "Posts", 1000, 2000, 7).await;
+    bed.assert_converges(Duration::from_secs(120)).await;
+    let docs = bed.es.documents("posts-e2e").await;
     assert!(
         docs.len() > 500,
         "the workload leaves most of the 1,000 items in place ({})",

@@ -104,23 +104,56 @@ async fn put(k: &aws_sdk_kinesis::Client, stream: &str, partition_key: &str, dat
         .expect("put record");
 }
 
-fn start_sluice(
-    kinesis: &str,
-    es: &str,
-    stream: &str,
-    format: &str,
-    db: &std::path::Path,
-    dir: &std::path::Path,
-    routes: &str,
-) -> Sluice {
-    let http_port = free_port();
-    let config = dir.join(format!("sluice-{http_port}.toml"));
-    std::fs::write(
-        &config,
-        kinesis_config_toml(kinesis, es, stream, format, db, http_port, routes, ""),
-    )
-    .unwrap();
-    Sluice::start_with_config(&config, http_port, dir)
+/// kinesalite with one stream, Elasticsearch without the test's indices, a scratch folder.
+struct StreamBed {
+    kinesis: KinesisEmulator,
+    k: aws_sdk_kinesis::Client,
+    es: Es,
+    dir: tempfile::TempDir,
+    stream: &'static str,
+}
+
+impl StreamBed {
+    async fn new(stream: &'static str, shards: i32, indices: &[&str]) -> StreamBed {
+        let kinesis = KinesisEmulator::kinesalite();
+        let k = kinesis.client();
+        let es = Es::start().await;
+        create_stream(&k, stream, shards).await;
+        for index in indices {
+            es.delete_index(index).await;
+        }
+        StreamBed {
+            kinesis,
+            k,
+            es,
+            dir: tempfile::tempdir().unwrap(),
+            stream,
+        }
+    }
+
+    /// Starts `sluice run` for this stream (again after a kill: same checkpoint file).
+    fn start_sluice(&self, format: &str, routes: &str) -> Sluice {
+        let http_port = free_port();
+        let dir = self.dir.path();
+        let config = dir.join(format!("sluice-{http_port}.toml"));
+        let db = dir.join("sluice.db");
+        let toml = kinesis_config_toml(
+            &self.kinesis.url,
+            &self.es.url(),
+            self.stream,
+            format,
+            &db,
+            http_port,
+            routes,
+            "",
+        );
+        std::fs::write(&config, toml).unwrap();
+        Sluice::start_with_config(&config, http_port, dir)
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("sluice.db")
+    }
 }
 
 /// Acceptance 1 and 6: three tables, 5,000 random load/insert/update/delete changes as DMS
@@ -130,24 +163,9 @@ fn start_sluice(
 /// /metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
-    let kinesis = KinesisEmulator::kinesalite();
-    let k = kinesis.client();
-    let es = Es::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    create_stream(&k, "rds-changes", 4).await;
-    for t in &TABLES {
-        es.delete_index(t.index).await;
-    }
-    let db = dir.path().join("sluice.db");
-    let mut sluice = start_sluice(
-        &kinesis.url,
-        &es.url(),
-        "rds-changes",
-        "dms",
-        &db,
-        dir.path(),
-        ROUTES,
-    );
+    let bed = StreamBed::new("rds-changes", 4, &TABLES.map(|t| t.index)).await;
+    let (k, es) = (&bed.k, &bed.es);
+    let mut sluice = bed.start_sluice("dms", ROUTES);
     sluice.wait_ready(Duration::from_secs(30)).await;
 
     let mut rng = fastrand::Rng::with_seed(2024);
@@ -158,7 +176,7 @@ async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
     let control = json!({"control": {"table-def": {"columns": {}, "primary-key": ["customer_id"]}},
         "metadata": {"record-type": "control", "operation": "create-table", "partition-key-type": "task-id",
                      "schema-name": "public", "table-name": "customers", "timestamp": "2024-07-29T00:00:00Z"}});
-    put(&k, "rds-changes", "task", &control.to_string()).await;
+    put(k, "rds-changes", "task", &control.to_string()).await;
     let mut changes = 0;
     for n in 0..5000u64 {
         let ti = rng.usize(0..3);
@@ -207,7 +225,7 @@ async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
         }
         changes += 1;
         if n == 1500 {
-            let open = open_shards(&k, "rds-changes").await;
+            let open = open_shards(k, "rds-changes").await;
             let (shard, lo, hi) = &open[0];
             k.split_shard()
                 .stream_name("rds-changes")
@@ -216,22 +234,14 @@ async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
                 .send()
                 .await
                 .expect("split");
-            wait_active(&k, "rds-changes").await;
+            wait_active(k, "rds-changes").await;
         }
         if n == 2500 {
             sluice.kill9();
-            sluice = start_sluice(
-                &kinesis.url,
-                &es.url(),
-                "rds-changes",
-                "dms",
-                &db,
-                dir.path(),
-                ROUTES,
-            );
+            sluice = bed.start_sluice("dms", ROUTES);
         }
         if n == 3000 {
-            let open = open_shards(&k, "rds-changes").await;
+            let open = open_shards(k, "rds-changes").await;
             let pair = open
                 .windows(2)
                 .rev()
@@ -244,7 +254,7 @@ async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
                 .send()
                 .await
                 .expect("merge");
-            wait_active(&k, "rds-changes").await;
+            wait_active(k, "rds-changes").await;
         }
     }
     for (ti, t) in TABLES.iter().enumerate() {
@@ -252,7 +262,7 @@ async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
             .iter()
             .map(|(key, row)| (id_of(key), row.clone()))
             .collect();
-        assert_index_equals(&es, t.index, &expected, Duration::from_secs(180)).await;
+        assert_index_equals(es, t.index, &expected, Duration::from_secs(180)).await;
     }
     let (_, metrics) = sluice.get("/metrics").await.unwrap();
     assert!(
@@ -263,7 +273,7 @@ async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
         metrics.contains("sluice_records_read_total{shard=\"shardId-"),
         "records read per shard:\n{metrics}"
     );
-    let shards = open_shards(&k, "rds-changes").await.len();
+    let shards = open_shards(k, "rds-changes").await.len();
     println!("DMS: {changes} changes, 3 tables, split + merge ({shards} open shards at the end), kill -9 once: every index equals its table");
 }
 
@@ -271,12 +281,8 @@ async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
 /// before image; without one, the old document stays (documented limitation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_key_changes_move_the_document_when_a_before_image_is_present() {
-    let kinesis = KinesisEmulator::kinesalite();
-    let k = kinesis.client();
-    let es = Es::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    create_stream(&k, "pk-moves", 1).await;
-    es.delete_index("customers").await;
+    let bed = StreamBed::new("pk-moves", 1, &["customers"]).await;
+    let (k, es) = (&bed.k, &bed.es);
     let t = &TABLES[0];
     let mut rng = fastrand::Rng::with_seed(1);
     let r1 = row(t, &[1], 1, &mut rng);
@@ -284,7 +290,7 @@ async fn primary_key_changes_move_the_document_when_a_before_image_is_present() 
     r2["customer_id"] = json!(2);
     let mut r3 = r1.clone();
     r3["customer_id"] = json!(3);
-    put(&k, "pk-moves", "a", &dms_message(t, "insert", &r1, None)).await;
+    put(k, "pk-moves", "a", &dms_message(t, "insert", &r1, None)).await;
     put(
         &k,
         "pk-moves",
@@ -292,32 +298,19 @@ async fn primary_key_changes_move_the_document_when_a_before_image_is_present() 
         &dms_message(t, "update", &r2, Some(&json!({"customer_id": 1}))),
     )
     .await;
-    put(&k, "pk-moves", "a", &dms_message(t, "update", &r3, None)).await;
-    let db = dir.path().join("sluice.db");
-    let sluice = start_sluice(
-        &kinesis.url,
-        &es.url(),
-        "pk-moves",
-        "dms",
-        &db,
-        dir.path(),
-        ROUTES,
-    );
+    put(k, "pk-moves", "a", &dms_message(t, "update", &r3, None)).await;
+    let sluice = bed.start_sluice("dms", ROUTES);
     sluice.wait_ready(Duration::from_secs(30)).await;
     let expected: BTreeMap<String, Value> = [("2".to_string(), r2), ("3".to_string(), r3)].into();
-    assert_index_equals(&es, "customers", &expected, Duration::from_secs(60)).await;
+    assert_index_equals(es, "customers", &expected, Duration::from_secs(60)).await;
 }
 
 /// Acceptance 3: DynamoDB changes in Kinesis, delivered out of order and with duplicates
 /// (including same-item changes 1 µs and 1 ms apart) → the index equals the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_changes_out_of_order_and_duplicated_converge() {
-    let kinesis = KinesisEmulator::kinesalite();
-    let k = kinesis.client();
-    let es = Es::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    create_stream(&k, "ddb-changes", 2).await;
-    es.delete_index("ddb-kinesis").await;
+    let bed = StreamBed::new("ddb-changes", 2, &["ddb-kinesis"]).await;
+    let (k, es) = (&bed.k, &bed.es);
     let mut rng = fastrand::Rng::with_seed(77);
     let base: u64 = 1_719_347_890_000_000; // µs
     let mut records: Vec<(String, String)> = Vec::new();
@@ -372,26 +365,17 @@ async fn dynamodb_changes_out_of_order_and_duplicated_converge() {
         .collect();
     records.extend(dups);
     rng.shuffle(&mut records);
-    let db = dir.path().join("sluice.db");
-    let sluice = start_sluice(
-        &kinesis.url,
-        &es.url(),
-        "ddb-changes",
-        "dynamodb",
-        &db,
-        dir.path(),
-        "",
-    );
+    let sluice = bed.start_sluice("dynamodb", "");
     sluice.wait_ready(Duration::from_secs(30)).await;
     // delivered in chunks while sluice runs, so late changes arrive in later bulk requests than
     // newer ones and only their versions keep them out
     for chunk in records.chunks(records.len() / 8 + 1) {
         for (key, rec) in chunk {
-            put(&k, "ddb-changes", key, rec).await;
+            put(k, "ddb-changes", key, rec).await;
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    assert_index_equals(&es, "ddb-kinesis", &table, Duration::from_secs(120)).await;
+    assert_index_equals(es, "ddb-kinesis", &table, Duration::from_secs(120)).await;
     assert!(
         sluice.metric("sluice_documents_total", "stale").await > 0.0,
         "late and duplicate changes were refused as stale"
@@ -403,19 +387,15 @@ async fn dynamodb_changes_out_of_order_and_duplicated_converge() {
 /// column) go to the dead-letter table with their reason and a metric; the shard keeps going.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_dms_messages_are_dead_lettered_and_the_shard_keeps_going() {
-    let kinesis = KinesisEmulator::kinesalite();
-    let k = kinesis.client();
-    let es = Es::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    create_stream(&k, "bad", 1).await;
-    es.delete_index("customers").await;
+    let bed = StreamBed::new("bad", 1, &["customers"]).await;
+    let (k, es) = (&bed.k, &bed.es);
     let t = &TABLES[0];
     let mut rng = fastrand::Rng::with_seed(5);
     let good = |n: u64, rng: &mut fastrand::Rng| row(t, &[n], n, rng);
     let (g1, g2) = (good(1, &mut rng), good(2, &mut rng));
-    put(&k, "bad", "p", &dms_message(t, "insert", &g1, None)).await;
-    put(&k, "bad", "p", "this is { not json").await;
-    put(&k, "bad", "p", r#"{"data": {"customer_id": 9}}"#).await;
+    put(k, "bad", "p", &dms_message(t, "insert", &g1, None)).await;
+    put(k, "bad", "p", "this is { not json").await;
+    put(k, "bad", "p", r#"{"data": {"customer_id": 9}}"#).await;
     put(
         &k,
         "bad",
@@ -430,23 +410,14 @@ async fn malformed_dms_messages_are_dead_lettered_and_the_shard_keeps_going() {
         &dms_message(t, "insert", &json!({"name": "no key"}), None),
     )
     .await;
-    put(&k, "bad", "p", &dms_message(t, "insert", &g2, None)).await;
-    let db = dir.path().join("sluice.db");
-    let sluice = start_sluice(
-        &kinesis.url,
-        &es.url(),
-        "bad",
-        "dms",
-        &db,
-        dir.path(),
-        ROUTES,
-    );
+    put(k, "bad", "p", &dms_message(t, "insert", &g2, None)).await;
+    let sluice = bed.start_sluice("dms", ROUTES);
     sluice.wait_ready(Duration::from_secs(30)).await;
     let expected: BTreeMap<String, Value> = [("1".to_string(), g1), ("2".to_string(), g2)].into();
-    assert_index_equals(&es, "customers", &expected, Duration::from_secs(60)).await;
+    assert_index_equals(es, "customers", &expected, Duration::from_secs(60)).await;
     assert_eq!(sluice.metric("sluice_decode_errors_total", "").await, 4.0);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    let conn = rusqlite::Connection::open(bed.db()).unwrap();
     let errors: Vec<String> = conn
         .prepare("SELECT error FROM dead_letters WHERE action = 'decode' ORDER BY id")
         .unwrap()

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, StreamViewType};
+use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use es_fake::Faults;
 
@@ -13,46 +13,31 @@ use es_fake::Faults;
 /// (versions are reproduced on replay, so a repeated (id, version) is a re-delivered change).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_three_times_during_the_workload_loses_nothing() {
-    let moto = Moto::start();
-    let ddb = moto.dynamodb().await;
-    let es = Es::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    create_table(&ddb, "Posts", StreamViewType::NewAndOldImages).await;
-    es.delete_index("posts-kill").await;
+    let bed = PostsBed::new("posts-kill").await;
     // realistic cluster latency: a kill usually finds a request in flight
-    es.fake.set_faults(Faults {
+    bed.es.fake.set_faults(Faults {
         delay_ms: 80,
         ..Faults::default()
     });
-    let db = dir.path().join("sluice.db");
-    let opts = SluiceOptions {
-        moto: &moto.url,
-        es: &es.url(),
-        table: "Posts",
-        index: "posts-kill",
-        db: &db,
-        extra: "",
-    };
-
     let writer = {
-        let ddb = ddb.clone();
+        let ddb = bed.ddb.clone();
         tokio::spawn(async move { random_workload(&ddb, "Posts", 600, 2000, 11).await })
     };
     let mut rng = fastrand::Rng::with_seed(42);
-    let mut sluice = Sluice::start(&opts, dir.path());
+    let mut sluice = bed.start_sluice();
     let mut report = Vec::new();
     for round in 1..=3 {
         tokio::time::sleep(Duration::from_millis(rng.u64(1500..4500))).await;
-        let before = es.fake.stats().redelivered;
+        let before = bed.es.fake.stats().redelivered;
         sluice.kill9();
-        sluice = Sluice::start(&opts, dir.path());
+        sluice = bed.start_sluice();
         sluice.wait_ready(Duration::from_secs(30)).await;
         // let the restarted process re-read from its checkpoint
         tokio::time::sleep(Duration::from_secs(2)).await;
-        report.push((round, es.fake.stats().redelivered - before));
+        report.push((round, bed.es.fake.stats().redelivered - before));
     }
     let changes = writer.await.unwrap();
-    assert_converges(&es, "posts-kill", &ddb, "Posts", Duration::from_secs(120)).await;
+    bed.assert_converges(Duration::from_secs(120)).await;
     for (round, redelivered) in &report {
         println!("kill -9 #{round}: {redelivered} changes re-delivered after restart");
     }
@@ -64,13 +49,8 @@ async fn kill_9_three_times_during_the_workload_loses_nothing() {
 /// everything else is indexed, the shard keeps going.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_faults_converge_and_mapping_errors_are_dead_lettered() {
-    let moto = Moto::start();
-    let ddb = moto.dynamodb().await;
-    let es = Es::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    create_table(&ddb, "Posts", StreamViewType::NewAndOldImages).await;
-    es.delete_index("posts-faults").await;
-    es.fake.set_faults(Faults {
+    let bed = PostsBed::new("posts-faults").await;
+    bed.es.fake.set_faults(Faults {
         bulk_429_rate: 0.30,
         item_429_rate: 0.10,
         bulk_503_rate: 0.05,
@@ -78,40 +58,30 @@ async fn elasticsearch_faults_converge_and_mapping_errors_are_dead_lettered() {
         stall_ms: 2000,
         ..Faults::default()
     });
-    let db = dir.path().join("sluice.db");
-    let sluice = Sluice::start(
-        &SluiceOptions {
-            moto: &moto.url,
-            es: &es.url(),
-            table: "Posts",
-            index: "posts-faults",
-            db: &db,
-            extra: "",
-        },
-        dir.path(),
-    );
+    let sluice = bed.start_sluice();
     sluice.wait_ready(Duration::from_secs(30)).await;
     let mut rng = fastrand::Rng::with_seed(3);
     // `views` is a number everywhere (dynamic mapping: long) …
-    random_workload(&ddb, "Posts", 300, 600, 5).await;
+    random_workload(&bed.ddb, "Posts", 300, 600, 5).await;
     // … except in this one item, which Elasticsearch must refuse with mapper_parsing_exception
     let mut bad = post("post-bad", 1, &mut rng);
     bad.insert("views".into(), AttributeValue::S("a great many".into()));
-    ddb.put_item()
+    bed.ddb
+        .put_item()
         .table_name("Posts")
         .set_item(Some(bad))
         .send()
         .await
         .unwrap();
     // and the shard keeps going after it
-    random_workload(&ddb, "Posts", 300, 300, 6).await;
+    random_workload(&bed.ddb, "Posts", 300, 300, 6).await;
 
-    let mut expected = scan_table(&ddb, "Posts").await;
+    let mut expected = scan_table(&bed.ddb, "Posts").await;
     expected
         .remove("post-bad")
         .expect("the bad item is in the table");
-    assert_index_equals(&es, "posts-faults", &expected, Duration::from_secs(180)).await;
-    let stats = es.fake.stats();
+    assert_index_equals(&bed.es, bed.index, &expected, Duration::from_secs(180)).await;
+    let stats = bed.es.fake.stats();
     assert!(
         stats.bulk_429 > 0 && stats.item_429 > 0 && stats.bulk_503 > 0,
         "faults were injected: {stats:?}"
@@ -119,7 +89,7 @@ async fn elasticsearch_faults_converge_and_mapping_errors_are_dead_lettered() {
 
     // give the committer a moment, then read the dead letters from the SQLite file
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    let conn = rusqlite::Connection::open(&bed.db).unwrap();
     let letters: Vec<(String, String, String)> = conn
         .prepare("SELECT doc_id, action, error FROM dead_letters")
         .unwrap()
@@ -154,30 +124,16 @@ async fn elasticsearch_faults_converge_and_mapping_errors_are_dead_lettered() {
 /// a restart re-delivers nothing that was already acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_flushes_commits_and_exits_zero() {
-    let moto = Moto::start();
-    let ddb = moto.dynamodb().await;
-    let es = Es::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    create_table(&ddb, "Posts", StreamViewType::NewAndOldImages).await;
-    es.delete_index("posts-term").await;
+    let bed = PostsBed::new("posts-term").await;
     // a slow cluster keeps requests in flight when the signal arrives
-    es.fake.set_faults(Faults {
+    bed.es.fake.set_faults(Faults {
         delay_ms: 150,
         ..Faults::default()
     });
-    let db = dir.path().join("sluice.db");
-    let opts = SluiceOptions {
-        moto: &moto.url,
-        es: &es.url(),
-        table: "Posts",
-        index: "posts-term",
-        db: &db,
-        extra: "",
-    };
-    let mut sluice = Sluice::start(&opts, dir.path());
+    let mut sluice = bed.start_sluice();
     sluice.wait_ready(Duration::from_secs(30)).await;
     let writer = {
-        let ddb = ddb.clone();
+        let ddb = bed.ddb.clone();
         tokio::spawn(async move { random_workload(&ddb, "Posts", 400, 1500, 9).await })
     };
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -204,12 +160,12 @@ async fn sigterm_under_load_flushes_commits_and_exits_zero() {
     );
     println!("SIGTERM → exit 0 in {took:?}");
 
-    let before = es.fake.stats().redelivered;
-    let sluice = Sluice::start(&opts, dir.path());
+    let before = bed.es.fake.stats().redelivered;
+    let sluice = bed.start_sluice();
     sluice.wait_ready(Duration::from_secs(30)).await;
     writer.await.unwrap();
-    assert_converges(&es, "posts-term", &ddb, "Posts", Duration::from_secs(120)).await;
-    let redelivered = es.fake.stats().redelivered - before;
+    bed.assert_converges(Duration::from_secs(120)).await;
+    let redelivered = bed.es.fake.stats().redelivered - before;
     assert_eq!(
         redelivered, 0,
         "a restart after a clean shutdown re-delivers nothing"

@@ -55,6 +55,27 @@ struct ScriptedStreams {
 }
 
 impl ScriptedStreams {
+    fn new(shards: Vec<ScriptedShard>, checkpoint_db: PathBuf) -> Self {
+        ScriptedStreams {
+            shards,
+            errors: Mutex::default(),
+            trim_to: HashMap::new(),
+            horizon: Mutex::default(),
+            calls: Mutex::default(),
+            record_calls: Mutex::default(),
+            checkpoint_db,
+        }
+    }
+
+    /// GetRecords call number `n` (1-based) on `shard` answers the paired error.
+    fn failing(self, shard: &str, errors: Vec<(usize, ApiError)>) -> Self {
+        self.errors
+            .lock()
+            .unwrap()
+            .insert(shard.to_string(), errors.into());
+        self
+    }
+
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }
@@ -316,19 +337,12 @@ async fn child_shards_wait_for_their_parents_acknowledgements() {
     let child: Vec<Record> = (41..=50)
         .map(|i| put(i, if i % 2 == 0 { "a" } else { "b" }, i - 10, t))
         .collect();
-    let api = Arc::new(ScriptedStreams {
-        shards: vec![
-            shard("child", &["p1", "p2"], false, child),
-            shard("p1", &[], true, p1),
-            shard("p2", &[], true, p2),
-        ],
-        errors: Mutex::default(),
-        trim_to: HashMap::new(),
-        horizon: Mutex::default(),
-        calls: Mutex::default(),
-        record_calls: Mutex::default(),
-        checkpoint_db: dir.path().join("sluice.db"),
-    });
+    let shards = vec![
+        shard("child", &["p1", "p2"], false, child),
+        shard("p1", &[], true, p1),
+        shard("p2", &[], true, p2),
+    ];
+    let api = Arc::new(ScriptedStreams::new(shards, dir.path().join("sluice.db")));
     let run = start(api.clone(), config(dir.path(), &es.url(), 7));
     wait_for(
         &es,
@@ -382,21 +396,13 @@ async fn expired_iterator_renews_after_the_last_record_read() {
     let records: Vec<Record> = (1..=30)
         .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000 + i as i64))
         .collect();
-    let api = Arc::new(ScriptedStreams {
-        shards: vec![shard("s", &[], false, records)],
-        errors: Mutex::new(
-            [(
-                "s".to_string(),
-                VecDeque::from([(2, ApiError::ExpiredIterator)]),
-            )]
-            .into(),
-        ),
-        trim_to: HashMap::new(),
-        horizon: Mutex::default(),
-        calls: Mutex::default(),
-        record_calls: Mutex::default(),
-        checkpoint_db: dir.path().join("sluice.db"),
-    });
+    let api = Arc::new(
+        ScriptedStreams::new(
+            vec![shard("s", &[], false, records)],
+            dir.path().join("sluice.db"),
+        )
+        .failing("s", vec![(2, ApiError::ExpiredIterator)]),
+    );
     let run = start(api.clone(), config(dir.path(), &es.url(), 10));
     let expected: BTreeMap<String, Value> = (1..=30).map(|i| doc(&format!("d{i}"), 1)).collect();
     wait_for(&es, &expected, Duration::from_secs(20)).await;
@@ -439,22 +445,13 @@ async fn trimmed_data_is_reported_and_reading_resumes() {
         .collect();
     // records 11..=20 age out while the reader is away: its second call sees TrimmedData and
     // the trim horizon is then record 21
-    let s = shard("s", &[], false, records);
-    let api = Arc::new(ScriptedStreams {
-        shards: vec![s],
-        errors: Mutex::new(
-            [(
-                "s".to_string(),
-                VecDeque::from([(2, ApiError::TrimmedData("scripted".into()))]),
-            )]
-            .into(),
-        ),
-        trim_to: [("s".to_string(), 20)].into(),
-        horizon: Mutex::default(),
-        calls: Mutex::default(),
-        record_calls: Mutex::default(),
-        checkpoint_db: dir.path().join("sluice.db"),
-    });
+    let mut api = ScriptedStreams::new(
+        vec![shard("s", &[], false, records)],
+        dir.path().join("sluice.db"),
+    )
+    .failing("s", vec![(2, ApiError::TrimmedData("scripted".into()))]);
+    api.trim_to = [("s".to_string(), 20)].into();
+    let api = Arc::new(api);
     let run = start(api.clone(), config(dir.path(), &es.url(), 10));
     let expected: BTreeMap<String, Value> = (1..=10)
         .chain(21..=30)
@@ -492,15 +489,13 @@ async fn throttling_backs_off_and_recovers() {
     let throttled = (1..=4)
         .map(|n| (n, ApiError::Throttled("LimitExceededException".into())))
         .collect();
-    let api = Arc::new(ScriptedStreams {
-        shards: vec![shard("s", &[], false, records)],
-        errors: Mutex::new([("s".to_string(), throttled)].into()),
-        trim_to: HashMap::new(),
-        horizon: Mutex::default(),
-        calls: Mutex::default(),
-        record_calls: Mutex::default(),
-        checkpoint_db: dir.path().join("sluice.db"),
-    });
+    let api = Arc::new(
+        ScriptedStreams::new(
+            vec![shard("s", &[], false, records)],
+            dir.path().join("sluice.db"),
+        )
+        .failing("s", throttled),
+    );
     let run = start(api.clone(), config(dir.path(), &es.url(), 10));
     let expected: BTreeMap<String, Value> = (1..=5).map(|i| doc(&format!("d{i}"), 1)).collect();
     wait_for(&es, &expected, Duration::from_secs(20)).await;

@@ -329,6 +329,61 @@ pub async fn assert_index_equals(
     }
 }
 
+/// moto with a `Posts` table (NEW_AND_OLD_IMAGES stream), Elasticsearch without `index`, and a
+/// scratch folder for sluice's config, log and checkpoint file.
+pub struct PostsBed {
+    pub moto: Moto,
+    pub ddb: aws_sdk_dynamodb::Client,
+    pub es: Es,
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub index: &'static str,
+    es_url: String,
+}
+
+impl PostsBed {
+    pub async fn new(index: &'static str) -> PostsBed {
+        let moto = Moto::start();
+        let ddb = moto.dynamodb().await;
+        let es = Es::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        create_table(&ddb, "Posts", StreamViewType::NewAndOldImages).await;
+        es.delete_index(index).await;
+        let db = dir.path().join("sluice.db");
+        let es_url = es.url();
+        PostsBed {
+            moto,
+            ddb,
+            es,
+            dir,
+            db,
+            index,
+            es_url,
+        }
+    }
+
+    pub fn options(&self) -> SluiceOptions<'_> {
+        SluiceOptions {
+            moto: &self.moto.url,
+            es: &self.es_url,
+            table: "Posts",
+            index: self.index,
+            db: &self.db,
+            extra: "",
+        }
+    }
+
+    /// Starts `sluice run` on this bed (again after a kill: same checkpoint file).
+    pub fn start_sluice(&self) -> Sluice {
+        Sluice::start(&self.options(), self.dir.path())
+    }
+
+    /// Polls until the index equals a full scan of the table.
+    pub async fn assert_converges(&self, within: Duration) {
+        assert_converges(&self.es, self.index, &self.ddb, "Posts", within).await;
+    }
+}
+
 /// A `sluice run` process.
 pub struct Sluice {
     pub child: Option<Child>,
