@@ -402,16 +402,21 @@ pub struct SluiceOptions<'a> {
 }
 
 pub fn config_toml(o: &SluiceOptions, http_port: u16) -> String {
+    let source = format!(
+        "[source]\ntype = \"dynamodb_streams\"\ntable = \"{}\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\npoll_interval = \"100ms\"\ndiscovery_interval = \"2s\"\n",
+        o.table, o.moto
+    );
     format!(
-        r#"[source]
-type = "dynamodb_streams"
-table = "{table}"
-region = "us-east-1"
-endpoint_url = "{moto}"
-poll_interval = "100ms"
-discovery_interval = "2s"
+        "{source}\n{}{}\n",
+        sink_sections(o.es, o.index, o.db, http_port),
+        o.extra
+    )
+}
 
-[sink]
+/// Everything after `[source]`: test-friendly batching and retries, this test's ports and files.
+fn sink_sections(es: &str, index: &str, db: &Path, http_port: u16) -> String {
+    format!(
+        r#"[sink]
 url = "{es}"
 index = "{index}"
 backoff_initial = "20ms"
@@ -435,14 +440,8 @@ level = "info,sluice=debug"
 
 [shutdown]
 timeout = "10s"
-{extra}
 "#,
-        table = o.table,
-        moto = o.moto,
-        es = o.es,
-        index = o.index,
-        db = o.db.display(),
-        extra = o.extra
+        db = db.display()
     )
 }
 
@@ -882,42 +881,11 @@ pub fn kinesis_config_toml(
     routes: &str,
     extra_source: &str,
 ) -> String {
+    let source = format!(
+        "[source]\ntype = \"kinesis\"\nstream = \"{stream}\"\nformat = \"{format}\"\nregion = \"us-east-1\"\nendpoint_url = \"{kinesis}\"\npoll_interval = \"100ms\"\ndiscovery_interval = \"1s\"\n{extra_source}\n"
+    );
     format!(
-        r#"[source]
-type = "kinesis"
-stream = "{stream}"
-format = "{format}"
-region = "us-east-1"
-endpoint_url = "{kinesis}"
-poll_interval = "100ms"
-discovery_interval = "1s"
-{extra_source}
-
-[sink]
-url = "{es}"
-index = "ddb-kinesis"
-backoff_initial = "20ms"
-backoff_max = "1s"
-request_timeout = "5s"
-
-[batch]
-max_documents = 200
-max_bytes = "1MiB"
-max_wait = "100ms"
-
-[checkpoint]
-path = "{db}"
-
-[http]
-listen = "127.0.0.1:{http_port}"
-
-[log]
-level = "info,sluice=debug"
-
-[shutdown]
-timeout = "10s"
-{routes}
-"#,
-        db = db.display()
+        "{source}\n{}{routes}\n",
+        sink_sections(es, "ddb-kinesis", db, http_port)
     )
 }
