@@ -91,3 +91,46 @@ async fn keys_only_stream_is_refused_at_start() {
         );
     }
 }
+
+/// /healthz answers while the process runs; /readyz says what is missing (here: the sink) with
+/// 503, and opens once Elasticsearch is reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_sink_and_says_what_is_missing() {
+    let moto = Moto::start();
+    let ddb = moto.dynamodb().await;
+    create_table(&ddb, "Posts", StreamViewType::NewAndOldImages).await;
+    let dir = tempfile::tempdir().unwrap();
+    let es_port = free_port();
+    let es_url = format!("http://127.0.0.1:{es_port}");
+    let db = dir.path().join("sluice.db");
+    let opts = SluiceOptions {
+        moto: &moto.url,
+        es: &es_url,
+        table: "Posts",
+        index: "ready",
+        db: &db,
+        extra: "",
+    };
+    let sluice = Sluice::start(&opts, dir.path());
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        match sluice.get("/readyz").await {
+            Some((503, body))
+                if body.contains("sink not reachable") && !body.contains("shards") =>
+            {
+                break body
+            }
+            _ if std::time::Instant::now() > until => {
+                panic!("no 503 naming the sink; log:\n{}", sluice.log_text())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert!(body.starts_with("not ready"), "{body}");
+    assert_eq!(sluice.get("/healthz").await.map(|r| r.0), Some(200));
+    // Elasticsearch comes up on the configured address: readiness follows
+    let _es = es_fake::FakeEs::start_with(format!("127.0.0.1:{es_port}").parse().unwrap(), None)
+        .await
+        .unwrap();
+    sluice.wait_ready(Duration::from_secs(20)).await;
+}
