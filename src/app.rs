@@ -94,21 +94,9 @@ async fn run_kinesis(
     tokio::pin!(shutdown);
     let stream = config.source.stream.clone().unwrap_or_default();
     let api = tokio::select! {
-        r = async {
-            let mut attempt = 0;
-            loop {
-                match Kinesis::connect(&config.source).await {
-                    Ok(api) => return Ok(api),
-                    Err(ApiError::NotFound(e)) => return Err(anyhow::anyhow!("Kinesis stream `{stream}` not found (source.stream): {e}")),
-                    Err(e) if attempt < 8 => {
-                        attempt += 1;
-                        tracing::warn!(error = %e, attempt, "cannot reach the Kinesis stream yet; retrying");
-                        tokio::time::sleep(Backoff::AWS.delay(attempt)).await;
-                    }
-                    Err(e) => return Err(anyhow::anyhow!("Kinesis stream `{stream}`: {e}")),
-                }
-            }
-        } => r?,
+        r = retry_setup("the Kinesis stream", || Kinesis::connect(&config.source), |e| !matches!(e, ApiError::NotFound(_))) => {
+            r.map_err(|e| anyhow::anyhow!("Kinesis stream `{stream}` (source.stream): {e}"))?
+        }
         _ = &mut shutdown => return Ok(()),
     };
     let decode: Decoder<aws_sdk_kinesis::types::Record> = match config.source.format {
@@ -284,19 +272,32 @@ fn initial_position(config: &Config) -> anyhow::Result<StartAt> {
     })
 }
 
-/// Finds the stream; AWS hiccups at start are retried, a wrong stream is not.
+/// Finds the DynamoDB stream; a wrong stream (none, wrong view type) is not retried.
 async fn connect(config: &Config) -> anyhow::Result<(Arc<DynamoDbStreams>, StreamMeta)> {
+    Ok(retry_setup(
+        "the DynamoDB stream",
+        || DynamoDbStreams::connect(&config.source),
+        |e| matches!(e, SetupError::Aws(_)),
+    )
+    .await?)
+}
+
+/// Start-up calls to AWS: failures `transient` says may pass (the service or an emulator still
+/// starting) are retried a few times with backoff; a definite answer is returned at once.
+async fn retry_setup<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut call: impl FnMut() -> F,
+    transient: impl Fn(&E) -> bool,
+) -> Result<T, E> {
     let mut attempt = 0;
     loop {
-        match DynamoDbStreams::connect(&config.source).await {
-            Ok(ok) => return Ok(ok),
-            Err(SetupError::Aws(e)) if attempt < 8 => {
+        match call().await {
+            Err(e) if transient(&e) && attempt < 8 => {
                 attempt += 1;
-                let delay = Backoff::AWS.delay(attempt);
-                tracing::warn!(error = %e, attempt, "cannot reach the stream yet; retrying");
-                tokio::time::sleep(delay).await;
+                tracing::warn!(error = %e, attempt, "cannot reach {what} yet; retrying");
+                tokio::time::sleep(Backoff::AWS.delay(attempt)).await;
             }
-            Err(e) => return Err(e.into()),
+            result => return result,
         }
     }
 }

@@ -79,6 +79,17 @@ impl ScriptedStreams {
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }
+
+    /// Where each GetShardIterator asked to start, in order.
+    fn iterator_starts(&self) -> Vec<StartAt> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Iterator { at, .. } => Some(at),
+                Call::Records { .. } => None,
+            })
+            .collect()
+    }
     fn shard(&self, id: &str) -> &ScriptedShard {
         self.shards
             .iter()
@@ -406,17 +417,7 @@ async fn expired_iterator_renews_after_the_last_record_read() {
     let run = start(api.clone(), config(dir.path(), &es.url(), 10));
     let expected: BTreeMap<String, Value> = (1..=30).map(|i| doc(&format!("d{i}"), 1)).collect();
     wait_for(&es, &expected, Duration::from_secs(20)).await;
-    let iterators: Vec<StartAt> = api
-        .calls()
-        .into_iter()
-        .filter_map(|c| {
-            if let Call::Iterator { at, .. } = c {
-                Some(at)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let iterators = api.iterator_starts();
     assert_eq!(
         iterators,
         vec![
@@ -463,17 +464,7 @@ async fn trimmed_data_is_reported_and_reading_resumes() {
         1,
         "the loss is counted"
     );
-    let iterators: Vec<StartAt> = api
-        .calls()
-        .into_iter()
-        .filter_map(|c| {
-            if let Call::Iterator { at, .. } = c {
-                Some(at)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let iterators = api.iterator_starts();
     assert_eq!(iterators, vec![StartAt::TrimHorizon, StartAt::TrimHorizon]);
     stop(run).await;
 }

@@ -51,22 +51,19 @@ async fn faulted_items_are_answered_by_the_proxy_and_the_rest_reach_the_cluster_
     assert_eq!(r["errors"], true);
     assert_eq!(proxy.stats().item_429, 40 - applied);
     // the cluster holds exactly the applied items; reads through the proxy reach it
-    let count: Value = http
-        .get(format!("{}/p/_count", proxy.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(count["count"], applied);
-    let direct: Value = http
-        .get(format!("{}/p/_count", cluster.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let count = |url: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{url}/p/_count"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(proxy.url()).await["count"], applied);
+    let direct = count(cluster.url()).await;
     assert_eq!(direct["count"], applied);
 }
