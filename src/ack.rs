@@ -8,17 +8,24 @@
 //! lanes finish in.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{CheckpointStore, ShardCheckpoint};
+use crate::http::Health;
 use crate::metrics::Metrics;
 
 pub type ShardId = Arc<str>;
+
+/// Segments one shard may have pending (read, not yet checkpointed). Segments with operations
+/// are bounded by the pipeline's byte budget; this bounds the rest, and consecutive segments
+/// without operations are merged, so a shard whose records are all skipped while Elasticsearch
+/// is down does not grow memory without end.
+pub const MAX_PENDING_SEGMENTS: usize = 1024;
 
 /// One page of one shard: complete when `remaining` reaches zero.
 #[derive(Debug)]
@@ -26,6 +33,8 @@ pub struct Segment {
     checkpoint: ShardCheckpoint,
     records: usize,
     remaining: AtomicUsize,
+    /// Registered with no operations: no [`Ack`] refers to it, so it may absorb the next one.
+    without_ops: bool,
     tracker: Arc<Inner>,
 }
 
@@ -55,7 +64,18 @@ impl Segment {
 #[derive(Debug, Default)]
 struct Inner {
     pending: Mutex<HashMap<ShardId, VecDeque<Arc<Segment>>>>,
+    /// Wakes the committer.
     wake: Notify,
+    /// Wakes readers waiting for room (segments were committed).
+    room: Notify,
+}
+
+/// A shard's complete segments at the front of its queue: what one commit covers.
+struct Prefix {
+    shard: ShardId,
+    checkpoint: ShardCheckpoint,
+    records: usize,
+    segments: Vec<Arc<Segment>>,
 }
 
 /// Shared by readers (register) and the committer (drain). Cheap to clone.
@@ -75,43 +95,106 @@ impl AckTracker {
         records: usize,
         ops: usize,
     ) -> Vec<Ack> {
+        let mut pending = self.inner.pending.lock().expect("tracker lock");
+        let queue = pending.entry(shard.clone()).or_default();
+        let mut records = records;
+        if ops == 0 && queue.back().is_some_and(|s| s.without_ops) {
+            // Two pages in a row without operations: one segment ending at the later one.
+            let merged = queue.pop_back().expect("back checked");
+            records += merged.records;
+        }
         let segment = Arc::new(Segment {
             checkpoint,
             records,
             remaining: AtomicUsize::new(ops),
+            without_ops: ops == 0,
             tracker: self.inner.clone(),
         });
-        self.inner
-            .pending
-            .lock()
-            .expect("tracker lock")
-            .entry(shard.clone())
-            .or_default()
-            .push_back(segment.clone());
+        queue.push_back(segment.clone());
+        drop(pending);
         if ops == 0 {
             self.inner.wake.notify_one();
         }
         (0..ops).map(|_| Ack(segment.clone())).collect()
     }
 
-    /// Pops every complete prefix; returns the newest checkpoint per shard among them.
-    fn drain_complete(&self) -> Vec<(ShardId, ShardCheckpoint, usize)> {
-        let mut pending = self.inner.pending.lock().expect("tracker lock");
-        let mut out = Vec::new();
-        for (shard, queue) in pending.iter_mut() {
-            let mut newest = None;
-            let mut records = 0;
-            while queue.front().is_some_and(|s| s.is_complete()) {
-                let s = queue.pop_front().expect("front checked");
-                records += s.records;
-                newest = Some(s.checkpoint.clone());
+    /// Waits until `shard` has fewer than [`MAX_PENDING_SEGMENTS`] pending segments.
+    pub async fn room_for(&self, shard: &ShardId) {
+        loop {
+            let committed = self.inner.room.notified();
+            tokio::pin!(committed);
+            committed.as_mut().enable();
+            if self.pending_segments(shard) < MAX_PENDING_SEGMENTS {
+                return;
             }
-            if let Some(cp) = newest {
-                out.push((shard.clone(), cp, records));
+            committed.await;
+        }
+    }
+
+    /// Segments of `shard` read and not yet checkpointed.
+    pub fn pending_segments(&self, shard: &ShardId) -> usize {
+        let pending = self.inner.pending.lock().expect("tracker lock");
+        pending.get(shard).map_or(0, VecDeque::len)
+    }
+
+    /// The complete prefix of every shard, without removing it.
+    fn complete_prefixes(&self) -> Vec<Prefix> {
+        let pending = self.inner.pending.lock().expect("tracker lock");
+        let mut out = Vec::new();
+        for (shard, queue) in pending.iter() {
+            let segments: Vec<Arc<Segment>> = queue
+                .iter()
+                .take_while(|s| s.is_complete())
+                .cloned()
+                .collect();
+            if let Some(last) = segments.last() {
+                out.push(Prefix {
+                    shard: shard.clone(),
+                    checkpoint: last.checkpoint.clone(),
+                    records: segments.iter().map(|s| s.records).sum(),
+                    segments,
+                });
             }
         }
-        pending.retain(|_, q| !q.is_empty());
         out
+    }
+
+    /// Forgets the segments of a prefix whose checkpoint is committed. Only the committer
+    /// removes segments, so they are still at the front — except the last one, which a reader
+    /// may have merged into a newer segment meanwhile: that one stays, to be committed next.
+    fn committed(&self, prefix: &Prefix) {
+        let mut pending = self.inner.pending.lock().expect("tracker lock");
+        if let Some(queue) = pending.get_mut(&prefix.shard) {
+            for seg in &prefix.segments {
+                if queue.front().is_some_and(|f| Arc::ptr_eq(f, seg)) {
+                    queue.pop_front();
+                } else {
+                    break;
+                }
+            }
+            if queue.is_empty() {
+                pending.remove(&prefix.shard);
+            }
+        }
+        drop(pending);
+        self.inner.room.notify_waiters();
+    }
+
+    /// Pops every complete prefix; returns the newest checkpoint per shard among them.
+    #[cfg(test)]
+    fn drain_complete(&self) -> Vec<(ShardId, ShardCheckpoint, usize)> {
+        let done = self.complete_prefixes();
+        for p in &done {
+            self.committed(p);
+        }
+        done.into_iter()
+            .map(|p| (p.shard, p.checkpoint, p.records))
+            .collect()
+    }
+
+    /// Records acknowledged (complete prefixes) but not yet checkpointed.
+    pub fn committable_records(&self) -> usize {
+        self.complete_prefixes().iter().map(|p| p.records).sum()
     }
 
     /// Records read but not yet checkpointed, per shard.
@@ -131,20 +214,29 @@ pub struct Committer {
     pub store: CheckpointStore,
     pub stream: String,
     pub metrics: Metrics,
+    pub health: Arc<Health>,
+    /// Readiness closes when no checkpoint advances for this long while records are pending.
+    pub stall_after: Duration,
     pub finished: mpsc::UnboundedSender<ShardId>,
+    /// Set once any checkpoint was committed by this process (shutdown reports it).
+    pub committed_any: Arc<AtomicBool>,
 }
 
 impl Committer {
-    /// Runs until `stop` is cancelled, then commits whatever is complete one last time.
+    /// Runs until `stop` is cancelled, then commits whatever is complete one last time. The
+    /// caller bounds that last pass by the shutdown deadline (a hung file system must not keep
+    /// the process alive): segments are removed only once committed, so whatever is left in the
+    /// tracker is exactly what will be re-delivered.
     pub async fn run(self, stop: CancellationToken) {
+        let mut last_advance = Instant::now();
         loop {
             let stopping = tokio::select! {
                 _ = self.tracker.inner.wake.notified() => false,
-                // a safety net; every completion also wakes us
+                // a safety net, and the stall check; every completion also wakes us
                 _ = tokio::time::sleep(Duration::from_secs(1)) => false,
                 _ = stop.cancelled() => true,
             };
-            self.commit_complete().await;
+            self.commit_complete(&mut last_advance).await;
             if stopping {
                 return;
             }
@@ -152,35 +244,44 @@ impl Committer {
     }
 
     /// One pass: commit every complete prefix. Retries a failed SQLite write until it succeeds
-    /// or the process stops (the acknowledged work is not lost: it would be re-delivered).
-    pub async fn commit_complete(&self) {
-        let done = self.tracker.drain_complete();
+    /// (the acknowledged work is not lost meanwhile: it would be re-delivered).
+    async fn commit_complete(&self, last_advance: &mut Instant) {
+        let done = self.tracker.complete_prefixes();
         if !done.is_empty() {
             let updates: Vec<(String, ShardCheckpoint)> = done
                 .iter()
-                .map(|(s, cp, _)| (s.to_string(), cp.clone()))
+                .map(|p| (p.shard.to_string(), p.checkpoint.clone()))
                 .collect();
             let mut delay = Duration::from_millis(50);
             while let Err(e) = self.store.commit(&self.stream, updates.clone()).await {
                 tracing::error!(error = %e, "checkpoint commit failed; retrying");
                 self.metrics.checkpoint_errors.inc();
+                self.check_stall(*last_advance);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
+            self.committed_any.store(true, Ordering::Release);
+            *last_advance = Instant::now();
             self.metrics.checkpoint_commits.inc();
-            for (shard, cp, _) in &done {
-                if cp.finished {
-                    tracing::info!(shard_id = %shard, "shard finished: read to its end and fully acknowledged");
-                    let _ = self.finished.send(shard.clone());
+            for prefix in &done {
+                self.tracker.committed(prefix);
+                if prefix.checkpoint.finished {
+                    tracing::info!(shard_id = %prefix.shard, "shard finished: read to its end and fully acknowledged");
+                    let _ = self.finished.send(prefix.shard.clone());
                 }
             }
         }
         let lag = self.tracker.unacknowledged_records();
-        for (shard, _, _) in &done {
-            if !lag.contains_key(shard) {
+        if lag.is_empty() {
+            // Nothing pending: nothing is stalled, however long since the last commit.
+            *last_advance = Instant::now();
+        }
+        self.check_stall(*last_advance);
+        for prefix in &done {
+            if !lag.contains_key(&prefix.shard) {
                 self.metrics
                     .checkpoint_lag_records
-                    .with_label_values(&[shard])
+                    .with_label_values(&[&prefix.shard])
                     .set(0);
             }
         }
@@ -190,6 +291,18 @@ impl Committer {
                 .with_label_values(&[&shard])
                 .set(n as i64);
         }
+    }
+
+    fn check_stall(&self, last_advance: Instant) {
+        let pending: usize = self.tracker.unacknowledged_records().values().sum();
+        let still = last_advance.elapsed();
+        self.health
+            .set_stalled((pending > 0 && still >= self.stall_after).then(|| {
+                format!(
+                    "no checkpoint has advanced for {}s while {pending} records are pending",
+                    still.as_secs()
+                )
+            }));
     }
 }
 
@@ -233,6 +346,37 @@ mod tests {
         assert!(t.drain_complete().is_empty());
         a.into_iter().for_each(Ack::done);
         assert_eq!(t.drain_complete()[0].1, cp(2));
+    }
+
+    #[test]
+    fn pages_without_operations_merge_so_pending_segments_stay_bounded() {
+        let t = AckTracker::default();
+        let shard: ShardId = "s1".into();
+        let blocked = t.register(&shard, cp(1), 1, 1);
+        for seq in 2..10_000 {
+            let _ = t.register(&shard, cp(seq), 1, 0);
+        }
+        assert_eq!(t.pending_segments(&shard), 2);
+        assert!(t.drain_complete().is_empty());
+        blocked.into_iter().for_each(Ack::done);
+        let done = t.drain_complete();
+        assert_eq!((done[0].1.clone(), done[0].2), (cp(9_999), 9_999));
+    }
+
+    #[test]
+    fn a_segment_merged_while_its_prefix_is_committed_is_committed_next() {
+        let t = AckTracker::default();
+        let shard: ShardId = "s1".into();
+        let _ = t.register(&shard, cp(1), 1, 0);
+        let seen = t.complete_prefixes();
+        // a reader merges a later empty page (the shard's end) into the segment being committed
+        let end = ShardCheckpoint {
+            finished: true,
+            ..cp(2)
+        };
+        let _ = t.register(&shard, end.clone(), 1, 0);
+        t.committed(&seen[0]);
+        assert_eq!(t.drain_complete()[0].1, end, "the end is not lost");
     }
 
     proptest! {

@@ -4,6 +4,7 @@
 //! hold → wait for their acknowledgements → commit checkpoints → stop the HTTP endpoint.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ use crate::transform::{self, DocIdSpec};
 /// Runs sluice until `shutdown` resolves (SIGTERM/SIGINT in the binary; anything in tests).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(config.health.sink_error_grace));
     let background = CancellationToken::new();
     let http = http::serve(
         config.http.listen,
@@ -52,6 +53,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         metrics,
         health,
         store,
+        tracker: AckTracker::default(),
     };
     let result = match config.source.kind {
         SourceType::DynamodbStreams => run_dynamodb_streams(&config, services, shutdown).await,
@@ -147,6 +149,8 @@ pub struct Services {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub store: CheckpointStore,
+    /// Pages read and not yet checkpointed (shutdown reports from it; tests observe it).
+    pub tracker: AckTracker,
 }
 
 /// Source → batcher → sink → committer for any [`ShardApi`], until `shutdown`.
@@ -162,6 +166,7 @@ pub async fn run_pipeline<A: ShardApi>(
         metrics,
         health,
         store,
+        tracker,
     } = services;
     let background = CancellationToken::new();
     let sink = Arc::new(BulkSink::new(
@@ -180,17 +185,20 @@ pub async fn run_pipeline<A: ShardApi>(
     ));
 
     let (router, mut lanes) = batch::start(&config.batch, sink.clone(), metrics.clone());
-    let tracker = AckTracker::default();
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let committing = CancellationToken::new();
+    let committed_any = Arc::new(AtomicBool::new(false));
     let committer = Committer {
         tracker: tracker.clone(),
         store: store.clone(),
         stream: stream.clone(),
         metrics: metrics.clone(),
+        health: health.clone(),
+        stall_after: config.health.stall_after,
         finished: finished_tx,
+        committed_any: committed_any.clone(),
     };
-    let committer = tokio::spawn(committer.run(committing.clone()));
+    let mut committer = tokio::spawn(committer.run(committing.clone()));
 
     let ctx = Arc::new(ReaderContext {
         stream: stream.into(),
@@ -213,6 +221,7 @@ pub async fn run_pipeline<A: ShardApi>(
         health: health.clone(),
         initial: initial_position(config)?,
         discovery_interval: config.source.discovery_interval,
+        parent_timeout: config.health.parent_timeout,
         finished: finished_rx,
     };
     let mut coordinator = tokio::spawn(coordinator.run(reading.clone()));
@@ -222,15 +231,15 @@ pub async fn run_pipeline<A: ShardApi>(
         _ = &mut shutdown => tracing::info!("shutdown requested: stop reading, flush, commit"),
         r = &mut coordinator => anyhow::bail!("shard coordinator stopped unexpectedly: {r:?}"),
     }
-    let deadline = tokio::time::Instant::now()
-        + config
-            .shutdown
-            .timeout
-            .saturating_sub(Duration::from_millis(500));
+    // One deadline for everything; the last part of it is kept for the final commit.
+    let started = tokio::time::Instant::now();
+    let timeout = config.shutdown.timeout;
+    let drain_deadline = started + timeout.mul_f64(0.8);
+    let commit_deadline = started + timeout.mul_f64(0.95);
     reading.cancel();
     // Readers stop; when the last one is gone the router is dropped and each lane flushes
     // what it holds, waits for Elasticsearch's answer, and ends.
-    let drained = tokio::time::timeout_at(deadline, async {
+    let drained = tokio::time::timeout_at(drain_deadline, async {
         let _ = (&mut coordinator).await;
         for lane in lanes.iter_mut() {
             let _ = lane.await;
@@ -245,13 +254,29 @@ pub async fn run_pipeline<A: ShardApi>(
         }
     }
     committing.cancel();
-    let _ = committer.await;
+    // A hung checkpoint store (an EFS mount that stopped answering) must not keep the process
+    // past its deadline: the committer is abandoned there, and what it had not committed is
+    // re-delivered on restart (with the same versions: harmless).
+    let committed = tokio::time::timeout_at(commit_deadline, &mut committer)
+        .await
+        .is_ok();
+    if !committed {
+        committer.abort();
+    }
     background.cancel();
     let unacknowledged: usize = tracker.unacknowledged_records().values().sum();
-    if drained {
+    if drained && committed {
         tracing::info!("shutdown complete: every acknowledged change is checkpointed");
+    } else if committed {
+        tracing::warn!(will_be_redelivered = unacknowledged, "shutdown deadline reached: acknowledged changes are checkpointed; the rest will be re-delivered on restart");
     } else {
-        tracing::warn!(unacknowledged, "shutdown deadline reached: acknowledged changes are checkpointed; the rest will be re-delivered on restart");
+        tracing::error!(will_be_redelivered = unacknowledged, "shutdown deadline reached while the checkpoint store was not answering; the records read since the last committed checkpoint will be re-delivered on restart");
+    }
+    let committable = tracker.committable_records();
+    if committable > 0 && !committed_any.load(Ordering::Acquire) {
+        anyhow::bail!(
+            "no checkpoint could be committed while this process ran ({committable} acknowledged records will be re-delivered): is checkpoint.path on storage that answers?"
+        );
     }
     Ok(())
 }
@@ -312,7 +337,7 @@ async fn probe_while_unreachable(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-        if health.not_ready().is_some_and(|w| w.contains("sink")) {
+        if !health.sink_reachable() {
             sink.probe().await;
         }
     }

@@ -64,6 +64,7 @@ enum Command {
     DeadLetter(Vec<DeadLetter>, oneshot::Sender<Result<(), StoreError>>),
     Forget(String, Vec<String>, oneshot::Sender<Result<(), StoreError>>),
     DeadLetters(oneshot::Sender<Result<Vec<DeadLetter>, StoreError>>),
+    CountDeadLetters(oneshot::Sender<Result<u64, StoreError>>),
 }
 
 /// Handle to the store thread. Cheap to clone.
@@ -174,6 +175,11 @@ impl CheckpointStore {
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         self.ask(Command::DeadLetters).await
     }
+
+    /// Rows in the dead-letter table (the `sluice_dead_letters` gauge).
+    pub async fn count_dead_letters(&self) -> Result<u64, StoreError> {
+        self.ask(Command::CountDeadLetters).await
+    }
 }
 
 fn now_ms() -> i64 {
@@ -201,6 +207,15 @@ fn serve(mut conn: Connection, rx: std_mpsc::Receiver<Command>) {
             }
             Command::DeadLetters(reply) => {
                 let _ = reply.send(dead_letters(&conn));
+            }
+            Command::CountDeadLetters(reply) => {
+                let count = conn
+                    .query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|n| n as u64)
+                    .map_err(StoreError::from);
+                let _ = reply.send(count);
             }
         }
     }

@@ -29,6 +29,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
     /// format = "dms": one route per source table.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -52,9 +54,33 @@ pub struct RouteConfig {
     pub exclude: Vec<String>,
 }
 
+/// Enums of the file are deserialized by name, and an unknown name is refused with the list of
+/// allowed ones ("`postgres` is not one of dynamodb_streams, kinesis"), not serde's wording.
+macro_rules! choices {
+    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                match text.as_str() {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(serde::de::Error::custom(format!(
+                        "`{text}` is not one of {}",
+                        [$($name),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+choices!(KinesisFormat { "dms" => Dms, "dynamodb" => Dynamodb });
+choices!(SourceType { "dynamodb_streams" => DynamodbStreams, "kinesis" => Kinesis });
+choices!(StartPosition { "trim_horizon" => TrimHorizon, "latest" => Latest, "at_timestamp" => AtTimestamp });
+choices!(JournalMode { "wal" => Wal, "delete" => Delete });
+choices!(LogFormat { "text" => Text, "json" => Json });
+
 /// What the records in a Kinesis stream are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KinesisFormat {
     /// AWS DMS messages (RDS → Kinesis).
     Dms,
@@ -62,15 +88,13 @@ pub enum KinesisFormat {
     Dynamodb,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceType {
     DynamodbStreams,
     Kinesis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPosition {
     /// Oldest record still retained (24 h for DynamoDB Streams).
     TrimHorizon,
@@ -176,8 +200,7 @@ pub struct BatchConfig {
     pub max_in_flight: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JournalMode {
     /// Write-ahead log: for local disks.
     Wal,
@@ -204,8 +227,7 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
@@ -228,6 +250,43 @@ pub struct ShutdownConfig {
     /// Deadline for stop-reading → flush → wait for acks → commit. ECS kills 30 s after SIGTERM.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+}
+
+/// When `/readyz` says sluice cannot make progress.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Not ready once the sink has answered only errors (401/403/5xx, blocks, missing index)
+    /// for this long.
+    #[serde(default = "default_sink_error_grace", deserialize_with = "duration")]
+    pub sink_error_grace: Duration,
+    /// Not ready once no checkpoint has advanced for this long while records are pending.
+    #[serde(default = "default_stall_after", deserialize_with = "duration")]
+    pub stall_after: Duration,
+    /// Not ready once a shard has waited on a parent that nobody reads for a discovery cycle
+    /// plus this long.
+    #[serde(default = "default_parent_timeout", deserialize_with = "duration")]
+    pub parent_timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            sink_error_grace: default_sink_error_grace(),
+            stall_after: default_stall_after(),
+            parent_timeout: default_parent_timeout(),
+        }
+    }
+}
+
+fn default_sink_error_grace() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_stall_after() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_parent_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_region() -> String {
@@ -565,8 +624,20 @@ impl Config {
                 return err(&key("include"), "set include or exclude, not both");
             }
         }
-        if s.poll_interval.is_zero() {
-            return err("source.poll_interval", "must be greater than zero");
+        for (key, d) in [
+            ("source.poll_interval", s.poll_interval),
+            ("source.discovery_interval", s.discovery_interval),
+            ("sink.request_timeout", self.sink.request_timeout),
+            ("sink.backoff_initial", self.sink.backoff_initial),
+            ("sink.backoff_max", self.sink.backoff_max),
+            ("shutdown.timeout", self.shutdown.timeout),
+            ("health.sink_error_grace", self.health.sink_error_grace),
+            ("health.stall_after", self.health.stall_after),
+            ("health.parent_timeout", self.health.parent_timeout),
+        ] {
+            if d.is_zero() {
+                return err(key, "must be greater than zero");
+            }
         }
         if s.records_per_call == 0
             || (s.kind == SourceType::DynamodbStreams && s.records_per_call > 1000)
@@ -697,6 +768,47 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(bad_size.contains("max_bytes"), "{bad_size}");
+    }
+
+    #[test]
+    fn unknown_choices_list_the_allowed_values_and_zero_durations_are_refused() {
+        let e = load("[source]\ntype = \"postgres\"\ntable = \"Posts\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("source.type")
+                && e.contains("`postgres` is not one of dynamodb_streams, kinesis"),
+            "{e}"
+        );
+        let e = load(
+            &format!("{MINIMAL}[checkpoint]\njournal_mode = \"memory\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("checkpoint.journal_mode") && e.contains("wal, delete"),
+            "{e}"
+        );
+        for (section, key) in [
+            ("source", "discovery_interval"),
+            ("source", "poll_interval"),
+            ("sink", "request_timeout"),
+            ("shutdown", "timeout"),
+            ("health", "sink_error_grace"),
+            ("health", "stall_after"),
+        ] {
+            let toml = if section == "source" {
+                format!("{MINIMAL}{key} = \"0s\"\n")
+            } else {
+                format!("{MINIMAL}[{section}]\n{key} = \"0ms\"\n")
+            };
+            let e = load(&toml, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{section}.{key}")) && e.contains("greater than zero"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

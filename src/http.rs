@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,14 +15,42 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 /// Readiness conditions. The config is loaded before this exists, so it is not a condition.
-#[derive(Debug, Default)]
+/// Readiness closes, with the reason, whenever sluice cannot make progress: the store is not
+/// open, shards are not discovered, the sink is unreachable or has answered only errors for
+/// longer than `health.sink_error_grace`, a shard waits on a parent nobody is reading, or no
+/// checkpoint has advanced for `health.stall_after` while records are pending.
+#[derive(Debug)]
 pub struct Health {
     store_open: AtomicBool,
     shards_discovered: AtomicBool,
     sink_reachable: AtomicBool,
+    sink_error_grace: Duration,
+    /// Since when every answer of the sink was an error, and the last one.
+    sink_failing: Mutex<Option<(Instant, String)>>,
+    /// Shards stuck behind parents that nobody is reading (set by the coordinator).
+    orphaned_waits: Mutex<Option<String>>,
+    /// Records pending and no checkpoint advancing (set by the committer).
+    stalled: Mutex<Option<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(60))
+    }
 }
 
 impl Health {
+    pub fn new(sink_error_grace: Duration) -> Self {
+        Self {
+            store_open: AtomicBool::new(false),
+            shards_discovered: AtomicBool::new(false),
+            sink_reachable: AtomicBool::new(false),
+            sink_error_grace,
+            sink_failing: Mutex::default(),
+            orphaned_waits: Mutex::default(),
+            stalled: Mutex::default(),
+        }
+    }
     pub fn set_store_open(&self, v: bool) {
         self.store_open.store(v, Ordering::Relaxed);
     }
@@ -31,19 +60,52 @@ impl Health {
     pub fn set_sink_reachable(&self, v: bool) {
         self.sink_reachable.store(v, Ordering::Relaxed);
     }
+    pub fn sink_reachable(&self) -> bool {
+        self.sink_reachable.load(Ordering::Relaxed)
+    }
+    /// The sink accepted at least one write (or judged it stale or dead-lettered it).
+    pub fn sink_succeeded(&self) {
+        *self.sink_failing.lock().expect("health lock") = None;
+    }
+    /// The sink answered with an error that is not the document's fault.
+    pub fn sink_failed(&self, error: &str) {
+        let mut failing = self.sink_failing.lock().expect("health lock");
+        let since = failing.as_ref().map_or_else(Instant::now, |(at, _)| *at);
+        *failing = Some((since, error.to_string()));
+    }
+    pub fn set_orphaned_waits(&self, what: Option<String>) {
+        *self.orphaned_waits.lock().expect("health lock") = what;
+    }
+    pub fn set_stalled(&self, what: Option<String>) {
+        *self.stalled.lock().expect("health lock") = what;
+    }
 
     /// `None` when ready, else what is missing.
     pub fn not_ready(&self) -> Option<String> {
-        let missing: Vec<&str> = [
+        let mut missing: Vec<String> = [
             (&self.store_open, "checkpoint store not open"),
             (&self.shards_discovered, "shards not discovered"),
             (&self.sink_reachable, "sink not reachable"),
         ]
         .into_iter()
         .filter(|(flag, _)| !flag.load(Ordering::Relaxed))
-        .map(|(_, what)| what)
+        .map(|(_, what)| what.to_string())
         .collect();
-        (!missing.is_empty()).then(|| missing.join(", "))
+        if let Some((since, error)) = &*self.sink_failing.lock().expect("health lock") {
+            let failing_for = since.elapsed();
+            if failing_for >= self.sink_error_grace {
+                missing.push(format!(
+                    "sink has answered only errors for {}s (last: {error})",
+                    failing_for.as_secs()
+                ));
+            }
+        }
+        for what in [&self.orphaned_waits, &self.stalled] {
+            if let Some(why) = &*what.lock().expect("health lock") {
+                missing.push(why.clone());
+            }
+        }
+        (!missing.is_empty()).then(|| missing.join("; "))
     }
 }
 

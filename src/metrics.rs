@@ -28,6 +28,7 @@ pub struct Metrics {
     pub shards_owned: IntGauge,
     pub shards_finished: IntCounter,
     pub pipeline_bytes: IntGauge,
+    pub dead_letters: IntGauge,
 }
 
 /// Results of document operations (`sluice_documents_total{result}`).
@@ -36,6 +37,57 @@ pub mod result {
     pub const DELETED: &str = "deleted";
     pub const STALE: &str = "stale";
     pub const DEAD_LETTERED: &str = "dead_lettered";
+    pub const ALL: [&str; 4] = [INDEXED, DELETED, STALE, DEAD_LETTERED];
+}
+
+/// Every label value known in advance, exported at 0 from the start so that alerts and
+/// dashboards see each series before its first event.
+pub mod labels {
+    /// `sluice_retries_total{reason}`: the source's and the sink's.
+    pub const RETRY_REASONS: [&str; 21] = [
+        // source
+        "expired_iterator",
+        "trimmed_data",
+        "source_throttled",
+        "not_found",
+        "source_transient",
+        // whole bulk requests
+        "http_429",
+        "http_5xx",
+        "http_400",
+        "http_4xx",
+        "http_413_split",
+        "http_400_split",
+        "timeout",
+        "connection",
+        "malformed_response",
+        // bulk items
+        "item_429",
+        "item_5xx",
+        "cluster_block",
+        "index_not_found",
+        "index_closed",
+        "index_target",
+        "security",
+    ];
+    /// Item retries for an error type sluice does not know (retried, loudly).
+    pub const ITEM_UNKNOWN: &str = "item_unknown";
+    /// `sluice_bulk_requests_total{outcome}`.
+    pub const BULK_OUTCOMES: [&str; 9] = [
+        "ok",
+        "http_429",
+        "http_5xx",
+        "http_413",
+        "http_400",
+        "http_4xx",
+        "timeout",
+        "connection",
+        "malformed_response",
+    ];
+    /// `sluice_data_loss_events_total{reason}`.
+    pub const DATA_LOSS_REASONS: [&str; 2] = ["trimmed", "shard_gone"];
+    /// `sluice_records_skipped_total{reason}`.
+    pub const SKIP_REASONS: [&str; 2] = ["control_record", "no_route"];
 }
 
 impl Metrics {
@@ -146,6 +198,25 @@ impl Metrics {
             "sluice_pipeline_bytes",
             "Encoded bytes of operations read and not yet acknowledged (bounded by the pipeline budget)"
         ));
+        let dead_letters = reg!(IntGauge::new(
+            "sluice_dead_letters",
+            "Rows in the dead-letter table (refused operations and undecodable records)"
+        ));
+        for r in result::ALL {
+            documents.with_label_values(&[r]);
+        }
+        for r in labels::RETRY_REASONS.iter().chain([&labels::ITEM_UNKNOWN]) {
+            retries.with_label_values(&[r]);
+        }
+        for o in labels::BULK_OUTCOMES {
+            bulk_requests.with_label_values(&[o]);
+        }
+        for r in labels::DATA_LOSS_REASONS {
+            data_loss.with_label_values(&[r]);
+        }
+        for r in labels::SKIP_REASONS {
+            records_skipped.with_label_values(&[r]);
+        }
         Self {
             registry,
             records_read,
@@ -166,6 +237,7 @@ impl Metrics {
             shards_owned,
             shards_finished,
             pipeline_bytes,
+            dead_letters,
         }
     }
 
@@ -184,6 +256,49 @@ impl Metrics {
         let _ = self.iterator_age.remove_label_values(&[shard]);
         let _ = self.behind_latest.remove_label_values(&[shard]);
         let _ = self.checkpoint_lag_records.remove_label_values(&[shard]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_label_value_is_exported_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for r in result::ALL {
+            assert!(
+                text.contains(&format!("sluice_documents_total{{result=\"{r}\"}} 0")),
+                "{r}"
+            );
+        }
+        for r in labels::RETRY_REASONS {
+            assert!(
+                text.contains(&format!("sluice_retries_total{{reason=\"{r}\"}} 0")),
+                "{r}"
+            );
+        }
+        for o in labels::BULK_OUTCOMES {
+            assert!(
+                text.contains(&format!("sluice_bulk_requests_total{{outcome=\"{o}\"}} 0")),
+                "{o}"
+            );
+        }
+        for r in labels::DATA_LOSS_REASONS {
+            assert!(
+                text.contains(&format!(
+                    "sluice_data_loss_events_total{{reason=\"{r}\"}} 0"
+                )),
+                "{r}"
+            );
+        }
+        for r in labels::SKIP_REASONS {
+            assert!(
+                text.contains(&format!("sluice_records_skipped_total{{reason=\"{r}\"}} 0")),
+                "{r}"
+            );
+        }
+        assert!(text.contains("sluice_dead_letters 0"));
     }
 }
 

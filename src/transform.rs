@@ -55,6 +55,10 @@ pub struct Skip {
 pub struct Decoded {
     pub changes: Vec<DocChange>,
     pub skipped: Option<Skip>,
+    /// The record's place in an order that holds across shards, in version units, when the
+    /// record carries one (DMS `timestamp`): the shard's version clock never goes below it.
+    /// `None` → the record's creation or arrival time.
+    pub version_floor: Option<u64>,
 }
 
 impl From<DocChange> for Decoded {
@@ -62,6 +66,7 @@ impl From<DocChange> for Decoded {
         Decoded {
             changes: vec![c],
             skipped: None,
+            version_floor: None,
         }
     }
 }
@@ -221,14 +226,22 @@ pub fn dynamodb_kinesis_change(payload: &[u8], ids: &DocIdSpec) -> Result<Decode
         .get("ApproximateCreationDateTimePrecision")
         .and_then(Value::as_str)
     {
-        Some("MICROSECOND") => created,
-        None | Some("MILLISECOND") => created.saturating_mul(1000),
+        Some("MICROSECOND") => Some(created),
+        None | Some("MILLISECOND") => created.checked_mul(1000),
         Some(other) => {
             return Err(DecodeError(format!(
                 "unknown ApproximateCreationDateTimePrecision `{other}`"
             )))
         }
     };
+    // The version is the record's own time: one Elasticsearch cannot store would make the
+    // whole bulk request fail, so the record is refused here, with the reason.
+    let micros = micros.filter(|v| crate::version::in_range(*v)).ok_or_else(|| {
+        DecodeError(format!(
+            "dynamodb.ApproximateCreationDateTime {created} gives a version outside Elasticsearch's external version range 1..={}",
+            crate::version::MAX_EXTERNAL_VERSION
+        ))
+    })?;
     let action = match record.get("eventName").and_then(Value::as_str) {
         Some("INSERT") | Some("MODIFY") => {
             let image = ddb.get("NewImage").ok_or_else(|| {

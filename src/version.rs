@@ -23,6 +23,22 @@
 /// Largest version Elasticsearch accepts for `version_type=external`.
 pub const MAX_EXTERNAL_VERSION: u64 = i64::MAX as u64;
 
+/// Smallest version sluice writes: 0 is accepted by Elasticsearch but loses to every write.
+pub const MIN_EXTERNAL_VERSION: u64 = 1;
+
+/// Can Elasticsearch store this as an external version? Outside this range a `_bulk` request is
+/// refused as a whole, so such an operation is dead-lettered before it reaches a lane.
+pub fn in_range(version: u64) -> bool {
+    (MIN_EXTERNAL_VERSION..=MAX_EXTERNAL_VERSION).contains(&version)
+}
+
+/// The out-of-range message, for dead letters.
+pub fn out_of_range(version: u64) -> String {
+    format!(
+        "version {version} is outside Elasticsearch's external version range {MIN_EXTERNAL_VERSION}..={MAX_EXTERNAL_VERSION}"
+    )
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VersionClock {
     last: u64,
@@ -41,14 +57,13 @@ impl VersionClock {
         }
     }
 
-    /// The version for the next record, created at `created_at_micros` (if the source says).
-    pub fn next(&mut self, created_at_micros: Option<u64>) -> u64 {
-        let floor = created_at_micros.unwrap_or(0);
-        let v = self
-            .last
-            .saturating_add(1)
-            .max(floor)
-            .min(MAX_EXTERNAL_VERSION);
+    /// The version for the next record, whose source time (in version units: µs, or the DMS
+    /// scale) is `floor`, if the source says. A floor Elasticsearch could not store is ignored
+    /// (it is only a hint); a clock that has run out of range yields out-of-range versions,
+    /// which the reader dead-letters rather than writing them with a repeated version.
+    pub fn next(&mut self, floor: Option<u64>) -> u64 {
+        let floor = floor.filter(|f| *f <= MAX_EXTERNAL_VERSION).unwrap_or(0);
+        let v = self.last.saturating_add(1).max(floor);
         self.last = v;
         v
     }
@@ -143,9 +158,15 @@ mod tests {
     }
 
     #[test]
-    fn never_exceeds_the_elasticsearch_maximum() {
+    fn a_floor_beyond_the_elasticsearch_range_is_ignored_and_an_exhausted_clock_is_out_of_range() {
+        let mut c = VersionClock::resume(41);
+        assert_eq!(c.next(Some(u64::MAX)), 42);
+        assert!(in_range(42));
         let mut c = VersionClock::resume(MAX_EXTERNAL_VERSION - 1);
         assert_eq!(c.next(None), MAX_EXTERNAL_VERSION);
-        assert_eq!(c.next(Some(u64::MAX)), MAX_EXTERNAL_VERSION);
+        assert!(in_range(MAX_EXTERNAL_VERSION));
+        // never the same version twice: the next one is out of range, and dead-lettered
+        assert!(!in_range(c.next(None)));
+        assert!(!in_range(0));
     }
 }

@@ -11,21 +11,22 @@ use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record, Stre
 use aws_smithy_types::DateTime;
 use es_fake::{FakeEs, Faults};
 use serde_json::{json, Value};
+use sluice::ack::AckTracker;
 use sluice::app::{run_pipeline, Services};
-use sluice::checkpoint::{read_checkpoints, CheckpointStore};
+use sluice::checkpoint::{read_checkpoints, CheckpointStore, ShardCheckpoint};
 use sluice::config::Config;
 use sluice::http::Health;
 use sluice::metrics::Metrics;
 use sluice::source::reader::Decoder;
 use sluice::source::{ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt};
-use sluice::transform::{dynamodb_change, DocIdSpec};
+use sluice::transform::{dynamodb_change, dynamodb_kinesis_change, Decoded, DocIdSpec, Skip};
 
 const STREAM: &str = "arn:aws:dynamodb:us-east-1:000000000000:table/Posts/stream/scripted";
 
 /// One scripted shard: its records and whether it is closed.
-struct ScriptedShard {
+struct ScriptedShard<R = Record> {
     info: ShardInfo,
-    records: Vec<Record>,
+    records: Vec<R>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,9 +43,14 @@ enum Call {
 }
 
 /// A shard API that plays a script: records per shard, and errors to return on given
-/// GetRecords calls (counted per shard, 1-based).
-struct ScriptedStreams {
-    shards: Vec<ScriptedShard>,
+/// GetRecords calls (counted per shard, 1-based). A shard that is not in the script answers
+/// ResourceNotFound, as a shard that aged out of the stream does.
+struct ScriptedStreams<R = Record> {
+    shards: Vec<ScriptedShard<R>>,
+    /// Listed, but GetShardIterator answers ResourceNotFound (gone between list and read).
+    gone: std::collections::HashSet<String>,
+    /// The service's pacing: shortest gap between GetRecords, read bytes per second.
+    pacing: (Duration, Option<u64>),
     errors: Mutex<HashMap<String, VecDeque<(usize, ApiError)>>>,
     /// When a TrimmedData error is returned, the shard's trim horizon moves to this position.
     trim_to: HashMap<String, usize>,
@@ -54,10 +60,12 @@ struct ScriptedStreams {
     checkpoint_db: PathBuf,
 }
 
-impl ScriptedStreams {
-    fn new(shards: Vec<ScriptedShard>, checkpoint_db: PathBuf) -> Self {
+impl<R: SourceRecord + Clone> ScriptedStreams<R> {
+    fn new(shards: Vec<ScriptedShard<R>>, checkpoint_db: PathBuf) -> Self {
         ScriptedStreams {
             shards,
+            gone: Default::default(),
+            pacing: (Duration::ZERO, None),
             errors: Mutex::default(),
             trim_to: HashMap::new(),
             horizon: Mutex::default(),
@@ -90,23 +98,42 @@ impl ScriptedStreams {
             })
             .collect()
     }
-    fn shard(&self, id: &str) -> &ScriptedShard {
+    fn shard(&self, id: &str) -> Result<&ScriptedShard<R>, ApiError> {
         self.shards
             .iter()
-            .find(|s| &*s.info.id == id)
-            .expect("scripted shard")
+            .find(|s| &*s.info.id == id && !self.gone.contains(id))
+            .ok_or_else(|| ApiError::NotFound(format!("Requested resource not found: Shard {id}")))
+    }
+
+    /// When each GetRecords call on `shard` was made.
+    fn record_call_times(&self, shard: &str) -> Vec<Instant> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Records { shard: s, at } if s == shard => Some(at),
+                _ => None,
+            })
+            .collect()
     }
 }
 
-impl ShardApi for ScriptedStreams {
-    type Record = Record;
+impl<R: SourceRecord + Clone> ShardApi for ScriptedStreams<R> {
+    type Record = R;
+
+    fn min_poll_gap(&self) -> Duration {
+        self.pacing.0
+    }
+
+    fn max_read_bytes_per_sec(&self) -> Option<u64> {
+        self.pacing.1
+    }
 
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, ApiError> {
         Ok(self.shards.iter().map(|s| s.info.clone()).collect())
     }
 
     async fn shard_iterator(&self, shard: &str, at: &StartAt) -> Result<String, ApiError> {
-        let s = self.shard(shard);
+        let found = self.shard(shard);
         let horizon = self
             .horizon
             .lock()
@@ -115,16 +142,18 @@ impl ShardApi for ScriptedStreams {
             .copied()
             .unwrap_or(0);
         let cps = read_checkpoints(&self.checkpoint_db, STREAM).unwrap_or_default();
-        let parents_finished = s
-            .info
-            .parents
-            .iter()
-            .all(|p| cps.get(&**p).is_some_and(|c| c.finished));
+        let parents_finished = found.as_ref().map_or(true, |s| {
+            s.info
+                .parents
+                .iter()
+                .all(|p| cps.get(&**p).is_some_and(|c| c.finished))
+        });
         self.calls.lock().unwrap().push(Call::Iterator {
             shard: shard.into(),
             at: at.clone(),
             parents_finished,
         });
+        let s = found?;
         let pos = match at {
             StartAt::TrimHorizon => horizon,
             StartAt::Latest => s.records.len(),
@@ -146,11 +175,7 @@ impl ShardApi for ScriptedStreams {
         Ok(format!("{shard}|{pos}"))
     }
 
-    async fn get_records(
-        &self,
-        iterator: &str,
-        limit: u32,
-    ) -> Result<RecordPage<Record>, ApiError> {
+    async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordPage<R>, ApiError> {
         let (shard, pos) = iterator.split_once('|').unwrap();
         let pos: usize = pos.parse().unwrap();
         self.calls.lock().unwrap().push(Call::Records {
@@ -172,7 +197,7 @@ impl ShardApi for ScriptedStreams {
                 return Err(err);
             }
         }
-        let s = self.shard(shard);
+        let s = self.shard(shard)?;
         let end = (pos + limit as usize).min(s.records.len());
         let records = s.records[pos..end].to_vec();
         let next = if s.info.closed && end == s.records.len() {
@@ -212,7 +237,7 @@ fn put(seq: u64, id: &str, n: u64, t: i64) -> Record {
         .build()
 }
 
-fn shard(id: &str, parents: &[&str], closed: bool, records: Vec<Record>) -> ScriptedShard {
+fn shard<R>(id: &str, parents: &[&str], closed: bool, records: Vec<R>) -> ScriptedShard<R> {
     ScriptedShard {
         info: ShardInfo {
             id: id.into(),
@@ -224,6 +249,11 @@ fn shard(id: &str, parents: &[&str], closed: bool, records: Vec<Record>) -> Scri
 }
 
 fn config(dir: &Path, es: &str, records_per_call: u32) -> Config {
+    config_with(dir, es, records_per_call, "")
+}
+
+/// The scripted pipeline's configuration, with `extra` sections appended.
+fn config_with(dir: &Path, es: &str, records_per_call: u32, extra: &str) -> Config {
     let path = dir.join("sluice.toml");
     std::fs::write(
         &path,
@@ -244,6 +274,7 @@ max_documents = 20
 max_wait = "20ms"
 [checkpoint]
 path = "{}"
+{extra}
 "#,
             dir.join("sluice.db").display()
         ),
@@ -254,23 +285,36 @@ path = "{}"
 
 struct Run {
     metrics: Metrics,
+    health: Arc<Health>,
+    tracker: AckTracker,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 fn start(api: Arc<ScriptedStreams>, config: Config) -> Run {
-    let metrics = Metrics::new();
-    let store =
-        CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode).unwrap();
     let ids = DocIdSpec {
         attributes: vec!["id".into()],
         separator: "|".into(),
     };
-    let decode: Decoder<Record> = Arc::new(move |r| dynamodb_change(r, &ids));
+    start_with(api, config, Arc::new(move |r| dynamodb_change(r, &ids)))
+}
+
+fn start_with<R: SourceRecord + Clone>(
+    api: Arc<ScriptedStreams<R>>,
+    config: Config,
+    decode: Decoder<R>,
+) -> Run {
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::new(config.health.sink_error_grace));
+    health.set_store_open(true);
+    let tracker = AckTracker::default();
+    let store =
+        CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode).unwrap();
     let services = Services {
         metrics: metrics.clone(),
-        health: Arc::new(Health::default()),
+        health: health.clone(),
         store,
+        tracker: tracker.clone(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -281,6 +325,8 @@ fn start(api: Arc<ScriptedStreams>, config: Config) -> Run {
     });
     Run {
         metrics,
+        health,
+        tracker,
         stop,
         task,
     }
@@ -514,4 +560,380 @@ async fn throttling_backs_off_and_recovers() {
         4
     );
     stop(run).await;
+}
+
+/// A DynamoDB→Kinesis change record for item `id`, created at `micros` µs.
+fn kinesis_change(seq: u64, id: &str, n: u64, micros: u64) -> aws_sdk_kinesis::types::Record {
+    let payload = json!({"eventName": "MODIFY", "dynamodb": {
+        "ApproximateCreationDateTime": micros, "ApproximateCreationDateTimePrecision": "MICROSECOND",
+        "Keys": {"id": {"S": id}}, "NewImage": {"id": {"S": id}, "n": {"N": n.to_string()}}}});
+    kinesis_record(seq, payload.to_string().into_bytes())
+}
+
+fn kinesis_record(seq: u64, data: Vec<u8>) -> aws_sdk_kinesis::types::Record {
+    aws_sdk_kinesis::types::Record::builder()
+        .sequence_number(format!("{seq:030}"))
+        .partition_key("pk")
+        .data(aws_smithy_types::Blob::new(data))
+        .approximate_arrival_timestamp(DateTime::from_secs(1_700_000_000))
+        .build()
+        .unwrap()
+}
+
+fn kinesis_decoder() -> Decoder<aws_sdk_kinesis::types::Record> {
+    let ids = DocIdSpec {
+        attributes: vec!["id".into()],
+        separator: "|".into(),
+    };
+    Arc::new(move |r| dynamodb_kinesis_change(r.data().as_ref(), &ids))
+}
+
+async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Edges 2: a parent whose checkpoint says "unfinished" but that the stream no longer lists (it
+/// aged out during a long outage) is read from its checkpoint; GetShardIterator answers
+/// ResourceNotFound, so the loss is recorded (metric, error log with the last sequence number)
+/// and the parent is finished — its child starts instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_that_aged_out_unfinished_is_recorded_as_lost_and_its_child_starts() {
+    let es = FakeEs::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sluice.db");
+    let store = CheckpointStore::open(&db, sluice::config::JournalMode::Wal).unwrap();
+    let reached = ShardCheckpoint {
+        sequence_number: Some(format!("{:030}", 7)),
+        clock: 1_700_000_000_000_000,
+        finished: false,
+    };
+    store
+        .commit(STREAM, vec![("aged-out".into(), reached)])
+        .await
+        .unwrap();
+    drop(store);
+    let child: Vec<Record> = (20..=24)
+        .map(|i| put(i, &format!("c{i}"), 1, 1_700_000_100))
+        .collect();
+    let api = Arc::new(ScriptedStreams::new(
+        vec![shard("child", &["aged-out"], false, child)],
+        db.clone(),
+    ));
+    let run = start(api.clone(), config(dir.path(), &es.url(), 10));
+    let expected: BTreeMap<String, Value> = (20..=24).map(|i| doc(&format!("c{i}"), 1)).collect();
+    wait_for(&es, &expected, Duration::from_secs(20)).await;
+    assert_eq!(
+        run.metrics
+            .data_loss
+            .with_label_values(&["shard_gone"])
+            .get(),
+        1
+    );
+    let aged = api.calls().into_iter().find_map(|c| match c {
+        Call::Iterator { shard, at, .. } if shard == "aged-out" => Some(at),
+        _ => None,
+    });
+    assert_eq!(
+        aged,
+        Some(StartAt::AfterSequence(format!("{:030}", 7))),
+        "read from its checkpoint"
+    );
+    stop(run).await;
+    let cps = read_checkpoints(&db, STREAM).unwrap();
+    assert!(cps.get("aged-out").is_none_or(|c| c.finished), "{cps:?}");
+    assert!(
+        cps["child"].clock > 1_700_000_000_000_000,
+        "versions continue above the lost parent"
+    );
+}
+
+/// Edges 2: a listed parent whose GetShardIterator answers ResourceNotFound is not retried for
+/// ever: the loss is recorded and its children start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_whose_iterator_is_not_found_ends_and_its_children_start() {
+    let es = FakeEs::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let parent: Vec<Record> = (1..=3).map(|i| put(i, "p", i, 1_700_000_000)).collect();
+    let child: Vec<Record> = (10..=12)
+        .map(|i| put(i, &format!("c{i}"), 1, 1_700_000_100))
+        .collect();
+    let mut api = ScriptedStreams::new(
+        vec![
+            shard("parent", &[], true, parent),
+            shard("child", &["parent"], false, child),
+        ],
+        dir.path().join("sluice.db"),
+    );
+    api.gone.insert("parent".into());
+    let api = Arc::new(api);
+    let run = start(api.clone(), config(dir.path(), &es.url(), 10));
+    let expected: BTreeMap<String, Value> = (10..=12).map(|i| doc(&format!("c{i}"), 1)).collect();
+    wait_for(&es, &expected, Duration::from_secs(20)).await;
+    assert_eq!(
+        run.metrics
+            .data_loss
+            .with_label_values(&["shard_gone"])
+            .get(),
+        1
+    );
+    assert_eq!(run.health.not_ready(), None, "nothing is stuck");
+    stop(run).await;
+}
+
+/// Edges 3 and 10: a record whose version Elasticsearch cannot store (a huge
+/// ApproximateCreationDateTime) and records that are not DynamoDB changes at all are
+/// dead-lettered by the decoder with their reason; every other record is indexed and the
+/// checkpoint passes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_versions_and_garbage_are_dead_lettered_with_the_reason() {
+    let es = FakeEs::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = 1_700_000_000_000_000;
+    let records = vec![
+        kinesis_change(1, "a", 1, t),
+        kinesis_change(2, "huge", 1, 10_000_000_000_000_000_000),
+        kinesis_record(3, b"\xff\xfe not json".to_vec()),
+        kinesis_record(4, br#"{"dynamodb": {"Keys": {"id": {"N": 5}}}}"#.to_vec()),
+        kinesis_record(5, b"[]".to_vec()),
+        kinesis_change(6, "b", 1, t + 1),
+    ];
+    let api = Arc::new(ScriptedStreams::new(
+        vec![shard("s", &[], false, records)],
+        dir.path().join("sluice.db"),
+    ));
+    let run = start_with(api, config(dir.path(), &es.url(), 10), kinesis_decoder());
+    wait_for(
+        &es,
+        &[doc("a", 1), doc("b", 1)].into(),
+        Duration::from_secs(20),
+    )
+    .await;
+    let db = dir.path().join("sluice.db");
+    wait_until(
+        "the checkpoint passes every record",
+        Duration::from_secs(10),
+        || {
+            read_checkpoints(&db, STREAM).unwrap()["s"].sequence_number
+                == Some(format!("{:030}", 6))
+        },
+    )
+    .await;
+    stop(run).await;
+    let store = CheckpointStore::open(&db, sluice::config::JournalMode::Wal).unwrap();
+    let letters = store.dead_letters().await.unwrap();
+    let by_seq: BTreeMap<String, String> = letters
+        .iter()
+        .map(|d| {
+            (
+                d.sequence_number.trim_start_matches('0').to_string(),
+                d.error.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_seq.keys().collect::<Vec<_>>(),
+        ["2", "3", "4", "5"],
+        "{letters:?}"
+    );
+    assert!(
+        by_seq["2"].contains("external version range"),
+        "{}",
+        by_seq["2"]
+    );
+    assert!(by_seq["3"].contains("not JSON"), "{}", by_seq["3"]);
+    assert!(
+        by_seq["4"].contains("Keys") || by_seq["4"].contains("key"),
+        "{}",
+        by_seq["4"]
+    );
+    assert!(!by_seq["5"].is_empty());
+}
+
+/// Edges 4: Kinesis reads are paced by the bytes actually read: after a 10 MiB page the next
+/// GetRecords waits about 5 s (2 MiB/s per shard), after a 2 MiB page about 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_reads_are_paced_by_the_bytes_read() {
+    let es = FakeEs::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    const MIB: usize = 1 << 20;
+    let records: Vec<_> = (1..=12)
+        .map(|i| kinesis_record(i, vec![b' '; MIB - 2]))
+        .collect();
+    let mut api = ScriptedStreams::new(
+        vec![shard("k", &[], false, records)],
+        dir.path().join("sluice.db"),
+    );
+    api.pacing = (Duration::from_millis(200), Some(2 * MIB as u64));
+    let api = Arc::new(api);
+    // the payloads are not DynamoDB changes: what is read is what counts, not what is written
+    let skip: Decoder<aws_sdk_kinesis::types::Record> = Arc::new(|_| {
+        Ok(Decoded {
+            skipped: Some(Skip {
+                reason: "no_route",
+                detail: "pacing test".into(),
+            }),
+            ..Decoded::default()
+        })
+    });
+    let run = start_with(api.clone(), config(dir.path(), &es.url(), 10), skip);
+    wait_until("three GetRecords calls", Duration::from_secs(20), || {
+        api.record_call_times("k").len() >= 3
+    })
+    .await;
+    let at = api.record_call_times("k");
+    let (after_10_mib, after_2_mib) = (at[1] - at[0], at[2] - at[1]);
+    assert!(
+        after_10_mib >= Duration::from_millis(4900) && after_10_mib < Duration::from_secs(7),
+        "{after_10_mib:?}"
+    );
+    assert!(
+        after_2_mib >= Duration::from_millis(950) && after_2_mib < Duration::from_secs(3),
+        "{after_2_mib:?}"
+    );
+    stop(run).await;
+}
+
+/// Edges 5: while Elasticsearch does not answer, pages whose records are all skipped do not
+/// pile up as pending segments (they merge), and everything is checkpointed once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_without_operations_do_not_pile_up_while_elasticsearch_is_down() {
+    let es = FakeEs::start().await.unwrap();
+    es.hold();
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Record> = std::iter::once(put(1, "kept", 1, 1_700_000_000))
+        .chain((2..=3000).map(|i| put(i, &format!("skip{i}"), 1, 1_700_000_000)))
+        .collect();
+    let api = Arc::new(ScriptedStreams::new(
+        vec![shard("s", &[], false, records)],
+        dir.path().join("sluice.db"),
+    ));
+    let ids = DocIdSpec {
+        attributes: vec!["id".into()],
+        separator: "|".into(),
+    };
+    let decode: Decoder<Record> = Arc::new(move |r| {
+        let d = dynamodb_change(r, &ids)?;
+        if d.changes[0].id.starts_with("skip") {
+            return Ok(Decoded {
+                skipped: Some(Skip {
+                    reason: "no_route",
+                    detail: "not wanted".into(),
+                }),
+                ..Decoded::default()
+            });
+        }
+        Ok(d)
+    });
+    let run = start_with(api.clone(), config(dir.path(), &es.url(), 1), decode);
+    wait_until("every record read", Duration::from_secs(60), || {
+        api.record_call_times("s").len() > 3000
+    })
+    .await;
+    let shard_id: sluice::ack::ShardId = "s".into();
+    let pending = run.tracker.pending_segments(&shard_id);
+    assert!(pending <= 2, "{pending} segments pending for 3,000 pages");
+    es.release();
+    wait_for(&es, &[doc("kept", 1)].into(), Duration::from_secs(30)).await;
+    let db = dir.path().join("sluice.db");
+    wait_until(
+        "the checkpoint reaches the last record",
+        Duration::from_secs(10),
+        || {
+            read_checkpoints(&db, STREAM).unwrap()["s"].sequence_number
+                == Some(format!("{:030}", 3000))
+        },
+    )
+    .await;
+    stop(run).await;
+}
+
+/// Edges 6: shutdown meets its deadline when SQLite cannot commit (another holder of the
+/// write lock stands in for a hung EFS mount). Checkpoints were committed earlier in the run,
+/// so the exit is clean; what was not committed is re-delivered on restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_meets_its_deadline_when_the_checkpoint_store_cannot_commit() {
+    let es = FakeEs::start().await.unwrap();
+    es.set_faults(Faults {
+        delay_ms: 500,
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sluice.db");
+    let records: Vec<Record> = (1..=200)
+        .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000))
+        .collect();
+    let api = Arc::new(ScriptedStreams::new(
+        vec![shard("s", &[], false, records)],
+        db.clone(),
+    ));
+    let cfg = config_with(dir.path(), &es.url(), 2, "[shutdown]\ntimeout = \"2s\"\n");
+    let run = start(api, cfg);
+    wait_until("a first checkpoint", Duration::from_secs(20), || {
+        read_checkpoints(&db, STREAM)
+            .ok()
+            .and_then(|c| c.get("s").and_then(|c| c.sequence_number.clone()))
+            .is_some()
+    })
+    .await;
+    // the store stops answering: every commit now waits for the lock, then fails
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let asked = Instant::now();
+    let _ = run.stop.send(());
+    let result = run.task.await.unwrap();
+    let took = asked.elapsed();
+    assert!(took < Duration::from_millis(2600), "shutdown took {took:?}");
+    assert!(
+        result.is_ok(),
+        "checkpoints were committed before the store hung: {result:?}"
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+}
+
+/// Edges 6: when the checkpoint store never accepted a commit, shutdown still meets its
+/// deadline, and the exit is an error that names the checkpoint store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_within_its_deadline_when_nothing_could_be_committed() {
+    let es = FakeEs::start().await.unwrap();
+    es.hold();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sluice.db");
+    let records: Vec<Record> = (1..=10)
+        .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000))
+        .collect();
+    let api = Arc::new(ScriptedStreams::new(
+        vec![shard("s", &[], false, records)],
+        db.clone(),
+    ));
+    let run = start(
+        api.clone(),
+        config_with(dir.path(), &es.url(), 10, "[shutdown]\ntimeout = \"2s\"\n"),
+    );
+    wait_until("records read", Duration::from_secs(20), || {
+        !api.record_call_times("s").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    es.release();
+    wait_for(
+        &es,
+        &(1..=10).map(|i| doc(&format!("d{i}"), 1)).collect(),
+        Duration::from_secs(10),
+    )
+    .await;
+    let asked = Instant::now();
+    let _ = run.stop.send(());
+    let result = run.task.await.unwrap();
+    let took = asked.elapsed();
+    assert!(took < Duration::from_millis(2600), "shutdown took {took:?}");
+    let err = result.expect_err("nothing was committed").to_string();
+    assert!(err.contains("checkpoint"), "{err}");
+    blocker.execute_batch("ROLLBACK").unwrap();
 }

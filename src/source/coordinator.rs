@@ -2,7 +2,10 @@
 //!
 //! A shard starts only when each of its parents is finished — read to its end **and** every
 //! record acknowledged and checkpointed (the committer reports that). A parent that is no longer
-//! listed and was never seen unfinished is treated as done (it aged out of the stream).
+//! listed and was never seen unfinished is treated as done (it aged out of the stream). A shard
+//! with an unfinished checkpoint that is no longer listed is read from its checkpoint all the
+//! same: to its end if the service still serves it, else the reader records the loss
+//! (ResourceNotFound → `shard_gone`) and finishes it — either way its children start.
 //!
 //! This is also the seam for shard leases: today one process owns every shard; a lease table
 //! would filter `eligible` down to the shards this process holds.
@@ -111,6 +114,9 @@ pub struct Coordinator<A: ShardApi> {
     /// Where shards with no checkpoint and no parent we read start: TRIM_HORIZON, LATEST or AT_TIMESTAMP.
     pub initial: StartAt,
     pub discovery_interval: Duration,
+    /// Readiness closes when a shard has waited this long (plus a discovery cycle) on parents
+    /// that no reader is reading.
+    pub parent_timeout: Duration,
     /// Shards the committer has finished (end reached, everything acknowledged).
     pub finished: mpsc::UnboundedReceiver<ShardId>,
 }
@@ -172,14 +178,27 @@ impl<A: ShardApi> Coordinator<A> {
         let shards = self.api.list_shards().await?;
         let checkpoints = self.store.load(&self.ctx.stream).await?;
         let listed: HashSet<ShardId> = shards.iter().map(|s| s.id.clone()).collect();
-        for shard in &shards {
+        let mut waiting: HashMap<ShardId, Vec<ShardId>> = HashMap::new();
+        for shard in shards
+            .iter()
+            .chain(&unlisted_unfinished(&listed, &checkpoints))
+        {
             if owned.is_owned(&shard.id)
                 || checkpoints.get(&*shard.id).is_some_and(|cp| cp.finished)
             {
                 continue;
             }
             let (start, clock) = match plan(shard, &listed, &checkpoints, &self.initial) {
-                Plan::Wait => continue,
+                Plan::Wait => {
+                    let blocking = shard
+                        .parents
+                        .iter()
+                        .filter(|p| !checkpoints.get(&***p).is_some_and(|cp| cp.finished))
+                        .cloned()
+                        .collect();
+                    waiting.insert(shard.id.clone(), blocking);
+                    continue;
+                }
                 Plan::SkipFinished(clock) => {
                     tracing::info!(shard_id = %shard.id, "closed shard skipped (start_position = latest)");
                     let done = ShardCheckpoint {
@@ -228,7 +247,85 @@ impl<A: ShardApi> Coordinator<A> {
             .ended
             .retain(|id| !checkpoints.get(&**id).is_some_and(|cp| cp.finished));
         self.metrics.shards_owned.set(owned.reading.len() as i64);
+        self.report_orphaned_waits(waiting, owned);
+        if let Ok(n) = self.store.count_dead_letters().await {
+            self.metrics.dead_letters.set(n as i64);
+        }
         Ok(())
+    }
+
+    /// Readiness: a shard waiting on parents that no reader here is reading (nor, through its
+    /// own parents, waiting on one that is) cannot make progress; say so once it has waited a
+    /// discovery cycle plus `parent_timeout`.
+    fn report_orphaned_waits(&self, waiting: HashMap<ShardId, Vec<ShardId>>, owned: &mut Shards) {
+        let progressing = progressing_waits(&waiting, |s| owned.is_owned(s));
+        let now = tokio::time::Instant::now();
+        owned
+            .orphaned_since
+            .retain(|s, _| waiting.contains_key(s) && !progressing.contains(s));
+        let limit = self.discovery_interval + self.parent_timeout;
+        let mut stuck: Vec<String> = Vec::new();
+        for (shard, parents) in &waiting {
+            if progressing.contains(shard) {
+                continue;
+            }
+            let since = *owned.orphaned_since.entry(shard.clone()).or_insert(now);
+            let waited = now.duration_since(since);
+            if waited >= limit {
+                tracing::warn!(shard_id = %shard, ?parents, waited_s = waited.as_secs(), "shard is waiting on parents that nobody is reading");
+                stuck.push(format!("{shard} (parents {})", parents.join(", ")));
+            }
+        }
+        stuck.sort();
+        self.health.set_orphaned_waits((!stuck.is_empty()).then(|| {
+            format!(
+                "shards waiting on parents nobody is reading for over {}s: {}",
+                limit.as_secs(),
+                stuck.join(", ")
+            )
+        }));
+    }
+}
+
+/// Shards with an unfinished checkpoint that the service no longer lists (aged out during an
+/// outage, or listed no more for any reason): they are read from their checkpoint like any
+/// other, so that their loss — if they are gone — is recorded and their children can start.
+fn unlisted_unfinished(
+    listed: &HashSet<ShardId>,
+    checkpoints: &HashMap<String, ShardCheckpoint>,
+) -> Vec<ShardInfo> {
+    let mut out: Vec<ShardInfo> = checkpoints
+        .iter()
+        .filter(|(id, cp)| !cp.finished && !listed.contains(id.as_str()))
+        .map(|(id, _)| ShardInfo {
+            id: id.as_str().into(),
+            parents: Vec::new(),
+            closed: true,
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// Of the waiting shards (each with the parents it waits on), those whose every parent is
+/// being read here or is itself a waiting shard that makes progress. Pure.
+pub fn progressing_waits(
+    waiting: &HashMap<ShardId, Vec<ShardId>>,
+    owned: impl Fn(&ShardId) -> bool,
+) -> HashSet<ShardId> {
+    let mut progressing: HashSet<ShardId> = HashSet::new();
+    loop {
+        let before = progressing.len();
+        for (shard, parents) in waiting {
+            if !progressing.contains(shard)
+                && parents.iter().all(|p| owned(p) || progressing.contains(p))
+            {
+                progressing.insert(shard.clone());
+            }
+        }
+        if progressing.len() == before {
+            return progressing;
+        }
     }
 }
 
@@ -239,6 +336,8 @@ struct Shards {
     reading: HashMap<tokio::task::Id, ShardId>,
     /// Read to their end; waiting for their last writes to be acknowledged.
     ended: HashSet<ShardId>,
+    /// Waiting shards whose parents nobody reads, since when.
+    orphaned_since: HashMap<ShardId, tokio::time::Instant>,
 }
 
 impl Shards {
@@ -363,6 +462,51 @@ mod tests {
             ),
             Plan::Read(StartAt::TrimHorizon, 77)
         );
+    }
+
+    #[test]
+    fn unfinished_shards_that_are_no_longer_listed_are_read_from_their_checkpoint() {
+        let l = listed(&["child"]);
+        let cps: HashMap<_, _> = [
+            ("aged-out".to_string(), cp(Some("17"), 40, false)),
+            ("done".to_string(), cp(Some("1"), 1, true)),
+        ]
+        .into();
+        let unlisted = unlisted_unfinished(&l, &cps);
+        assert_eq!(unlisted.len(), 1);
+        assert_eq!(&*unlisted[0].id, "aged-out");
+        // it resumes after its checkpoint; its child waits for it, not for ever but until the
+        // reader has finished it (read to the end, or recorded as lost)
+        assert_eq!(
+            plan(&unlisted[0], &l, &cps, &StartAt::TrimHorizon),
+            Plan::Read(StartAt::AfterSequence("17".into()), 40)
+        );
+        assert_eq!(
+            plan(
+                &shard("child", &["aged-out"], false),
+                &l,
+                &cps,
+                &StartAt::TrimHorizon
+            ),
+            Plan::Wait
+        );
+    }
+
+    #[test]
+    fn a_wait_makes_progress_only_if_every_parent_is_read_here_or_itself_progresses() {
+        let w = |pairs: &[(&str, &[&str])]| -> HashMap<ShardId, Vec<ShardId>> {
+            pairs
+                .iter()
+                .map(|(s, ps)| ((*s).into(), ps.iter().map(|p| (*p).into()).collect()))
+                .collect()
+        };
+        let owned = |s: &ShardId| &**s == "reading";
+        // grandchild → child → reading: both progress
+        let chain = w(&[("child", &["reading"]), ("grandchild", &["child"])]);
+        assert_eq!(progressing_waits(&chain, owned).len(), 2);
+        // a merge child with one parent nobody reads does not progress, nor does its child
+        let orphan = w(&[("merge", &["reading", "nobody"]), ("next", &["merge"])]);
+        assert!(progressing_waits(&orphan, owned).is_empty());
     }
 
     #[test]

@@ -148,10 +148,28 @@ impl SourceRecord for Record {
     fn describe(&self) -> String {
         format!("{self:?}")
     }
+
+    fn size_bytes(&self) -> usize {
+        self.dynamodb
+            .as_ref()
+            .and_then(|d| d.size_bytes())
+            .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+    }
 }
 
 impl ShardApi for DynamoDbStreams {
     type Record = Record;
+
+    /// DynamoDB Streams documents no per-shard call rate (Lambda polls about four times a
+    /// second); the idle back-off of the reader is the only pacing.
+    fn min_poll_gap(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// No per-shard read throughput is documented; a GetRecords answer is capped at 1 MB.
+    fn max_read_bytes_per_sec(&self) -> Option<u64> {
+        None
+    }
 
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, ApiError> {
         let mut shards = Vec::new();

@@ -74,6 +74,11 @@ impl SourceRecord for Record {
             String::from_utf8_lossy(self.data().as_ref())
         )
     }
+
+    /// Kinesis counts the data blob and the partition key against a shard's 2 MB/s.
+    fn size_bytes(&self) -> usize {
+        self.data().as_ref().len() + self.partition_key().map_or(0, str::len)
+    }
 }
 
 impl ShardApi for Kinesis {

@@ -83,10 +83,8 @@ pub trait SourceRecord: Send + Sync + 'static {
     fn created_at_micros(&self) -> Option<u64>;
     /// The record as text, for the dead-letter table.
     fn describe(&self) -> String;
-    /// Bytes the service counts against the shard's read throughput.
-    fn size_bytes(&self) -> usize {
-        0
-    }
+    /// Bytes the service counts against the shard's read throughput (what paces the reads).
+    fn size_bytes(&self) -> usize;
 }
 
 /// The service calls a shard reader makes. Implemented over the SDK for each service, and by
@@ -107,14 +105,10 @@ pub trait ShardApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<RecordPage<Self::Record>, ApiError>> + Send;
 
     /// Shortest time between two GetRecords calls on one shard (service rate limits).
-    fn min_poll_gap(&self) -> Duration {
-        Duration::ZERO
-    }
+    fn min_poll_gap(&self) -> Duration;
 
     /// Read throughput per shard the service allows, in bytes per second (None: no pacing).
-    fn max_read_bytes_per_sec(&self) -> Option<u64> {
-        None
-    }
+    fn max_read_bytes_per_sec(&self) -> Option<u64>;
 }
 
 /// An AWS timestamp in µs since 1970 (None before 1970).

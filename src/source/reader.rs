@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::sink::{BulkOp, Origin};
 use crate::transform::{DecodeError, Decoded};
-use crate::version::VersionClock;
+use crate::version::{self, VersionClock};
 
 /// Turns one source record into document operations (pure; see `transform.rs`).
 pub type Decoder<R> = Arc<dyn Fn(&R) -> Result<Decoded, DecodeError> + Send + Sync>;
@@ -57,6 +57,14 @@ pub struct ShardReader<A: ShardApi> {
     pub ctx: Arc<ReaderContext<A::Record>>,
 }
 
+/// What asking for a shard iterator came to.
+enum Iterator {
+    At(String),
+    Cancelled,
+    /// ResourceNotFound: the shard is no longer in the stream.
+    ShardGone(String),
+}
+
 /// Consecutive failures with one iterator before it is replaced.
 const RENEW_AFTER_FAILURES: u32 = 3;
 
@@ -67,8 +75,10 @@ impl<A: ShardApi> ShardReader<A> {
             StartAt::AfterSequence(s) => Some(s.clone()),
             _ => None,
         };
-        let Some(mut iterator) = self.iterator_at(self.start.clone(), &cancel).await else {
-            return ReaderExit::Cancelled;
+        let mut iterator = match self.iterator_at(self.start.clone(), &cancel).await {
+            Iterator::At(it) => it,
+            Iterator::Cancelled => return ReaderExit::Cancelled,
+            Iterator::ShardGone(detail) => return self.shard_gone(None, &detail),
         };
         let mut failures: u32 = 0;
         let mut empty_polls: u32 = 0;
@@ -154,21 +164,15 @@ impl<A: ShardApi> ShardReader<A> {
                         ApiError::TrimmedData(detail) => {
                             self.report_trimmed(last_read.as_deref(), &detail);
                             iterator = match self.iterator_at(StartAt::TrimHorizon, &cancel).await {
-                                Some(it) => it,
-                                None => return ReaderExit::Cancelled,
+                                Iterator::At(it) => it,
+                                Iterator::Cancelled => return ReaderExit::Cancelled,
+                                Iterator::ShardGone(detail) => {
+                                    return self.shard_gone(last_read, &detail)
+                                }
                             };
                             continue;
                         }
-                        ApiError::NotFound(detail) => {
-                            // The shard aged out of the stream: nothing more can be read from it.
-                            tracing::error!(shard_id = %shard, error = %detail, after_sequence_number = ?last_read, "shard no longer exists; treating it as ended (records after the last one read, if any, are lost)");
-                            self.ctx
-                                .metrics
-                                .data_loss
-                                .with_label_values(&["shard_gone"])
-                                .inc();
-                            return self.end_of_shard(last_read);
-                        }
+                        ApiError::NotFound(detail) => return self.shard_gone(last_read, &detail),
                         ApiError::Throttled(_) | ApiError::Transient(_) => {
                             failures += 1;
                             let delay = self.ctx.backoff.delay(failures);
@@ -186,8 +190,9 @@ impl<A: ShardApi> ShardReader<A> {
                     }
                     failures = 0;
                     iterator = match self.iterator_at(resume, &cancel).await {
-                        Some(it) => it,
-                        None => return ReaderExit::Cancelled,
+                        Iterator::At(it) => it,
+                        Iterator::Cancelled => return ReaderExit::Cancelled,
+                        Iterator::ShardGone(detail) => return self.shard_gone(last_read, &detail),
                     };
                 }
             }
@@ -206,16 +211,30 @@ impl<A: ShardApi> ShardReader<A> {
         ReaderExit::ShardEnded
     }
 
-    /// Gets an iterator, retrying with backoff. `None` only when cancelled.
-    async fn iterator_at(&mut self, mut at: StartAt, cancel: &CancellationToken) -> Option<String> {
+    /// The shard no longer exists (aged out of the stream, or the stream is gone): what was not
+    /// read is lost. Said loudly, counted, and the shard ends so its children can start.
+    fn shard_gone(&self, last_read: Option<String>, detail: &str) -> ReaderExit {
+        tracing::error!(shard_id = %self.shard, error = %detail, last_sequence_number_read = last_read.as_deref().unwrap_or("(none)"), "DATA LOSS: shard no longer exists; treating it as ended (records after the last one read, if any, are lost)");
+        self.ctx
+            .metrics
+            .data_loss
+            .with_label_values(&["shard_gone"])
+            .inc();
+        self.end_of_shard(last_read)
+    }
+
+    /// Gets an iterator, retrying transient failures with backoff.
+    async fn iterator_at(&mut self, mut at: StartAt, cancel: &CancellationToken) -> Iterator {
         let mut attempt = 0;
         loop {
             let answer = tokio::select! {
                 a = self.api.shard_iterator(&self.shard, &at) => a,
-                _ = cancel.cancelled() => return None,
+                _ = cancel.cancelled() => return Iterator::Cancelled,
             };
             match answer {
-                Ok(it) => return Some(it),
+                Ok(it) => return Iterator::At(it),
+                // Retrying cannot bring a shard back: waiting here would stall its lineage.
+                Err(ApiError::NotFound(detail)) => return Iterator::ShardGone(detail),
                 Err(ApiError::TrimmedData(detail)) => {
                     let from = match &at {
                         StartAt::AfterSequence(s) => Some(s.clone()),
@@ -234,7 +253,7 @@ impl<A: ShardApi> ShardReader<A> {
                     let delay = self.ctx.backoff.delay(attempt);
                     tracing::warn!(shard_id = %self.shard, error = %err, attempt, "GetShardIterator failed; backing off");
                     if !sleep_or_cancel(delay, cancel).await {
-                        return None;
+                        return Iterator::Cancelled;
                     }
                 }
             }
@@ -269,13 +288,19 @@ impl<A: ShardApi> ShardReader<A> {
         let mut ops = Vec::with_capacity(records.len());
         let mut dead = Vec::new();
         for record in &records {
-            let version = self.clock.next(record.created_at_micros());
+            let decoded = (ctx.decode)(record);
+            let floor = decoded
+                .as_ref()
+                .ok()
+                .and_then(|d| d.version_floor)
+                .or_else(|| record.created_at_micros());
+            let version = self.clock.next(floor);
             let origin = Origin {
                 stream: ctx.stream.clone(),
                 shard: self.shard.clone(),
                 sequence_number: record.sequence_number().to_owned(),
             };
-            match (ctx.decode)(record) {
+            match decoded {
                 Ok(decoded) => {
                     if let Some(skip) = decoded.skipped {
                         tracing::debug!(shard_id = %self.shard, sequence_number = %origin.sequence_number, reason = skip.reason, detail = %skip.detail, "record skipped");
@@ -287,33 +312,24 @@ impl<A: ShardApi> ShardReader<A> {
                     for change in decoded.changes {
                         let index = change.index.unwrap_or_else(|| ctx.index.clone());
                         let version = change.version.unwrap_or(version);
-                        ops.push(BulkOp::new(
-                            index,
-                            change.id,
-                            version,
-                            change.action,
-                            origin.clone(),
-                        ));
+                        let op =
+                            BulkOp::new(index, change.id, version, change.action, origin.clone());
+                        if version::in_range(version) {
+                            ops.push(op);
+                        } else {
+                            // Elasticsearch would refuse the whole bulk request for it.
+                            dead.push(self.refuse(
+                                &ctx,
+                                record,
+                                Some(&op),
+                                version::out_of_range(version),
+                                version,
+                            ));
+                        }
                     }
                 }
                 Err(e) => {
-                    tracing::error!(shard_id = %self.shard, sequence_number = %origin.sequence_number, error = %e, "record cannot be decoded; dead-lettered");
-                    ctx.metrics.decode_errors.inc();
-                    ctx.metrics
-                        .documents
-                        .with_label_values(&[crate::metrics::result::DEAD_LETTERED])
-                        .inc();
-                    dead.push(DeadLetter {
-                        stream: ctx.stream.to_string(),
-                        shard_id: self.shard.to_string(),
-                        sequence_number: origin.sequence_number,
-                        index: None,
-                        doc_id: None,
-                        version: Some(version),
-                        action: "decode".into(),
-                        payload: record.describe(),
-                        error: e.0,
-                    });
+                    dead.push(self.refuse(&ctx, record, None, e.0, version));
                 }
             }
         }
@@ -325,8 +341,9 @@ impl<A: ShardApi> ShardReader<A> {
         }
         // Dead letters are durable before the checkpoint can pass them.
         if !dead.is_empty() {
+            let stored = dead.len() as i64;
             tokio::select! {
-                _ = ctx.store.dead_letter_durably(dead) => {}
+                _ = ctx.store.dead_letter_durably(dead) => ctx.metrics.dead_letters.add(stored),
                 _ = cancel.cancelled() => return false,
             }
         }
@@ -336,6 +353,12 @@ impl<A: ShardApi> ShardReader<A> {
             clock: self.clock.last(),
             finished: false,
         };
+        // Pages that produce no operation take no budget: this bound keeps them from piling up
+        // while Elasticsearch is down (the tracker also merges consecutive ones).
+        tokio::select! {
+            _ = ctx.tracker.room_for(&self.shard) => {}
+            _ = cancel.cancelled() => return false,
+        }
         let acks = ctx
             .tracker
             .register(&self.shard, checkpoint, records.len(), ops.len());
@@ -347,6 +370,37 @@ impl<A: ShardApi> ShardReader<A> {
             }
         }
         true
+    }
+}
+
+impl<A: ShardApi> ShardReader<A> {
+    /// A record (or one of its operations) that cannot be written: counted, logged, and turned
+    /// into a dead letter that names the reason.
+    fn refuse(
+        &self,
+        ctx: &ReaderContext<A::Record>,
+        record: &A::Record,
+        op: Option<&BulkOp>,
+        error: String,
+        version: u64,
+    ) -> DeadLetter {
+        tracing::error!(shard_id = %self.shard, sequence_number = record.sequence_number(), error = %error, "record cannot be written; dead-lettered");
+        ctx.metrics.decode_errors.inc();
+        ctx.metrics
+            .documents
+            .with_label_values(&[crate::metrics::result::DEAD_LETTERED])
+            .inc();
+        DeadLetter {
+            stream: ctx.stream.to_string(),
+            shard_id: self.shard.to_string(),
+            sequence_number: record.sequence_number().to_owned(),
+            index: op.map(|o| o.index.to_string()),
+            doc_id: op.map(|o| o.id.clone()),
+            version: Some(version),
+            action: op.map_or("decode", |o| o.kind.as_str()).into(),
+            payload: record.describe(),
+            error,
+        }
     }
 }
 

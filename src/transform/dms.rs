@@ -35,11 +35,24 @@ pub struct DmsRoutes {
 
 const BEFORE_IMAGE_PREFIX: &str = "BI_";
 
+/// Versions of DMS records are the message's `timestamp` in µs times this, plus the shard
+/// clock's `+1` steps: room for 1,000 records of one shard within one microsecond before a
+/// version could reach the next microsecond's (ARCHITECTURE.md, "Versions for DMS records").
+pub const DMS_VERSIONS_PER_MICROSECOND: u64 = 1000;
+
 impl DmsRoutes {
-    /// One DMS message → operations, a counted skip, or an error (dead letter).
+    /// One DMS message → operations, a counted skip, or an error (dead letter). The message's
+    /// `timestamp` becomes the version floor, so versions order across shards.
     pub fn decode(&self, payload: &[u8]) -> Result<Decoded, DecodeError> {
         let message: Value = serde_json::from_slice(payload)
             .map_err(|e| DecodeError(format!("not valid JSON: {e}")))?;
+        let floor = version_floor(&message)?;
+        let mut decoded = self.decode_message(&message)?;
+        decoded.version_floor = floor;
+        Ok(decoded)
+    }
+
+    fn decode_message(&self, message: &Value) -> Result<Decoded, DecodeError> {
         let meta = message
             .get("metadata")
             .and_then(Value::as_object)
@@ -61,6 +74,7 @@ impl DmsRoutes {
                         reason: "control_record",
                         detail: format!("{operation} on {table}"),
                     }),
+                    version_floor: None,
                 })
             }
             other => return Err(DecodeError(format!("unknown DMS record-type `{other}`"))),
@@ -72,6 +86,7 @@ impl DmsRoutes {
                     reason: "no_route",
                     detail: table,
                 }),
+                version_floor: None,
             });
         };
         let data = message
@@ -88,7 +103,7 @@ impl DmsRoutes {
             "load" | "insert" | "update" => {
                 let mut changes = Vec::with_capacity(2);
                 if operation == "update" {
-                    if let Some(old_id) = self.before_image_id(route, &message, data, &table)? {
+                    if let Some(old_id) = self.before_image_id(route, message, data, &table)? {
                         if old_id != id {
                             // The primary key changed: the document moves.
                             changes.push(DocChange {
@@ -109,6 +124,7 @@ impl DmsRoutes {
                 Ok(Decoded {
                     changes,
                     skipped: None,
+                    version_floor: None,
                 })
             }
             "delete" => Ok(DocChange {
@@ -169,6 +185,28 @@ impl DmsRoutes {
             None => Ok(None),
         }
     }
+}
+
+/// `metadata.timestamp` (µs, written by the DMS task in the order it reads the source's log)
+/// in version units; `None` when absent.
+fn version_floor(message: &Value) -> Result<Option<u64>, DecodeError> {
+    let Some(text) = message
+        .get("metadata")
+        .and_then(|m| m.get("timestamp"))
+        .and_then(Value::as_str)
+    else {
+        return Ok(None);
+    };
+    let micros = humantime::parse_rfc3339_weak(text.trim_end_matches('Z'))
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_micros()).ok())
+        .ok_or_else(|| {
+            DecodeError(format!(
+                "DMS metadata.timestamp `{text}` is not a time like 2024-07-29T00:59:07.686557Z"
+            ))
+        })?;
+    Ok(micros.checked_mul(DMS_VERSIONS_PER_MICROSECOND))
 }
 
 /// A key column's value as `_id` text: strings as they are, numbers with DMS's exact digits.
@@ -354,6 +392,32 @@ mod tests {
     }
 
     #[test]
+    fn the_dms_timestamp_orders_versions_across_shards() {
+        let at = |ts: &str| {
+            let m = json!({"data": {"customer_id": 1}, "metadata": {"timestamp": ts, "record-type": "data",
+                "operation": "update", "schema-name": "public", "table-name": "customers"}});
+            routes()
+                .decode(m.to_string().as_bytes())
+                .unwrap()
+                .version_floor
+                .unwrap()
+        };
+        assert_eq!(at("2024-07-29T00:59:07.686557Z"), 1_722_214_747_686_557_000);
+        // one microsecond later is 1,000 versions later, whatever shard it is in
+        assert_eq!(
+            at("2024-07-29T00:59:07.686558Z") - at("2024-07-29T00:59:07.686557Z"),
+            1000
+        );
+        let garbled = json!({"data": {"customer_id": 1}, "metadata": {"timestamp": "yesterday", "record-type": "data",
+            "operation": "insert", "schema-name": "public", "table-name": "customers"}});
+        assert!(routes()
+            .decode(garbled.to_string().as_bytes())
+            .unwrap_err()
+            .0
+            .contains("metadata.timestamp `yesterday`"));
+    }
+
+    #[test]
     fn control_records_and_unrouted_tables_are_skipped_and_say_why() {
         let control = br#"{"control":{"table-def":{"columns":{},"primary-key":["id"]}},"metadata":{"timestamp":"2019-11-21T19:14:22.223792Z",
             "record-type":"control","operation":"create-table","partition-key-type":"task-id","schema-name":"sbtest","table-name":"t1"}}"#;
@@ -369,6 +433,10 @@ mod tests {
                 reason: "no_route",
                 detail: "public.other".into()
             })
+        );
+        assert!(
+            d.version_floor.is_some(),
+            "skipped records still carry their time"
         );
     }
 

@@ -83,6 +83,11 @@ struct Index {
     /// dynamic mapping: dotted field path → type
     mapping: HashMap<String, FieldType>,
     seq_no: u64,
+    /// `index.blocks.write`: every write answered 403 cluster_block_exception.
+    block_write: bool,
+    /// `index.blocks.read_only_allow_delete` (the flood-stage disk watermark): writes other
+    /// than deletes answered 429 cluster_block_exception (Elasticsearch 7.7+).
+    block_read_only_allow_delete: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +111,8 @@ struct Shared {
     seq: AtomicU64,
     seen: Mutex<std::collections::HashSet<(String, String, String)>>,
     max_content_length: usize,
+    /// `action.auto_create_index` (true by default, as in Elasticsearch).
+    auto_create_index: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -121,6 +128,7 @@ impl Shared {
             seq: AtomicU64::new(0),
             seen: Mutex::default(),
             max_content_length: 100 * 1024 * 1024,
+            auto_create_index: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }
@@ -226,6 +234,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_search", get(search).post(search))
         .route("/{index}/_refresh", post(refresh).get(refresh))
+        .route("/{index}/_settings", axum::routing::put(put_index_settings))
+        .route(
+            "/_cluster/settings",
+            axum::routing::put(put_cluster_settings),
+        )
         // Elasticsearch's http.max_content_length (100 MB by default); tests may lower it
         .layer(axum::extract::DefaultBodyLimit::max(
             shared.max_content_length,
@@ -377,6 +390,88 @@ async fn index_exists(
     } else {
         not_found_index(&index)
     }
+}
+
+/// A setting given nested (`{"index": {"blocks": {"write": true}}}`) or flat
+/// (`{"index.blocks.write": true}`), as Elasticsearch accepts both; `null` resets it.
+fn setting(body: &Value, dotted: &str) -> Option<Value> {
+    if let Some(v) = body.get(dotted) {
+        return Some(v.clone());
+    }
+    let parts: Vec<&str> = dotted.split('.').collect();
+    for split in 1..parts.len() {
+        let (head, tail) = parts.split_at(split);
+        if let Some(inner) = body.get(head.join(".")) {
+            if let Some(v) = setting(inner, &tail.join(".")) {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+fn flag(v: &Value) -> bool {
+    v.as_bool()
+        .or_else(|| v.as_str().map(|s| s == "true"))
+        .unwrap_or(false)
+}
+
+/// `PUT /{index}/_settings`: the write blocks (`index.blocks.write`,
+/// `index.blocks.read_only_allow_delete`).
+async fn put_index_settings(
+    State(s): State<Arc<Shared>>,
+    Path(index): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return es_error(StatusCode::BAD_REQUEST, "parse_exception", &e.to_string()),
+    };
+    let mut indices = s.indices.lock().unwrap();
+    let Some(idx) = indices.get_mut(&index) else {
+        return not_found_index(&index);
+    };
+    if let Some(v) = setting(&req, "index.blocks.write") {
+        idx.block_write = flag(&v);
+    }
+    if let Some(v) = setting(&req, "index.blocks.read_only_allow_delete") {
+        idx.block_read_only_allow_delete = flag(&v);
+    }
+    es_json(StatusCode::OK, json!({"acknowledged": true}))
+}
+
+/// `PUT /_cluster/settings`: `action.auto_create_index` (persistent or transient).
+async fn put_cluster_settings(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return es_error(StatusCode::BAD_REQUEST, "parse_exception", &e.to_string()),
+    };
+    for scope in ["persistent", "transient"] {
+        if let Some(v) = req
+            .get(scope)
+            .and_then(|b| setting(b, "action.auto_create_index"))
+        {
+            let on = v.is_null() || flag(&v);
+            s.auto_create_index.store(on, Ordering::Relaxed);
+        }
+    }
+    es_json(
+        StatusCode::OK,
+        json!({"acknowledged": true, "persistent": req.get("persistent").cloned().unwrap_or(json!({})), "transient": req.get("transient").cloned().unwrap_or(json!({}))}),
+    )
 }
 
 fn not_found_index(index: &str) -> Response {
@@ -723,6 +818,11 @@ async fn bulk(
         Ok(a) => a,
         Err(e) => return es_error(StatusCode::BAD_REQUEST, "illegal_argument_exception", &e),
     };
+    // Elasticsearch validates every action before writing any (BulkRequest.validate): one
+    // invalid version refuses the whole request with 400.
+    if let Some(e) = validate_bulk(&actions) {
+        return e;
+    }
     let started = Instant::now();
     let mut results: Vec<Option<Value>> = vec![None; actions.len()];
     let mut to_apply = Vec::new();
@@ -820,6 +920,47 @@ async fn forward_bulk<'a>(
     Ok(items)
 }
 
+/// The whole-request validation Elasticsearch does before any write: versions must be longs,
+/// and external versions at least 0 ("Validation Failed: 1: illegal version value …").
+fn validate_bulk(actions: &[Action]) -> Option<Response> {
+    let mut failures = Vec::new();
+    for a in actions {
+        let external = matches!(
+            a.version_type.as_deref(),
+            Some("external") | Some("external_gt") | Some("external_gte")
+        );
+        let Some(Value::Number(n)) = &a.version else {
+            continue;
+        };
+        match n.as_i64() {
+            None => {
+                return Some(es_error(
+                    StatusCode::BAD_REQUEST,
+                    "x_content_parse_exception",
+                    &format!("[1:1] failed to parse field [version]: Numeric value ({n}) out of range of long"),
+                ))
+            }
+            Some(v) if external && v < 0 => failures.push(format!(
+                "illegal version value [{n}] for version type [EXTERNAL]"
+            )),
+            Some(_) => {}
+        }
+    }
+    if failures.is_empty() {
+        return None;
+    }
+    let listed: String = failures
+        .iter()
+        .enumerate()
+        .map(|(i, f)| format!("{}: {f};", i + 1))
+        .collect();
+    Some(es_error(
+        StatusCode::BAD_REQUEST,
+        "action_request_validation_exception",
+        &format!("Validation Failed: {listed}"),
+    ))
+}
+
 /// Counts externally versioned items already received once, at receipt (before any fault).
 fn count_redelivered(s: &Shared, body: &[u8], path_index: Option<&str>) {
     let Ok(actions) = parse_bulk(body, path_index) else {
@@ -907,7 +1048,37 @@ fn apply(s: &Shared, a: &Action) -> Value {
         );
     }
     let mut indices = s.indices.lock().unwrap();
+    if !indices.contains_key(&a.index) && !s.auto_create_index.load(Ordering::Relaxed) {
+        return item_error(
+            a,
+            404,
+            "index_not_found_exception",
+            &format!(
+                "no such index [{}] and [action.auto_create_index] is [false]",
+                a.index
+            ),
+        );
+    }
     let idx = indices.entry(a.index.clone()).or_default();
+    if idx.block_write {
+        return item_error(
+            a,
+            403,
+            "cluster_block_exception",
+            &format!(
+                "index [{}] blocked by: [FORBIDDEN/8/index write (api)];",
+                a.index
+            ),
+        );
+    }
+    if idx.block_read_only_allow_delete && a.op != "delete" {
+        return item_error(
+            a,
+            429,
+            "cluster_block_exception",
+            &format!("index [{}] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];", a.index),
+        );
+    }
     let id = match &a.id {
         Some(id) => id.clone(),
         None if a.op == "index" || a.op == "create" => {
