@@ -56,12 +56,31 @@ index = "order-lines"
 id = ["order_id", "line"]
 "#;
 
+/// The `timestamp` DMS writes when it builds a message: µs, increasing in the order the task
+/// builds them (the source's commit order).
+fn dms_timestamp() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let us = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(now.max(last + 1))
+        })
+        .map(|last| now.max(last + 1))
+        .unwrap();
+    let t = std::time::UNIX_EPOCH + Duration::from_micros(us);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
 fn dms_message(t: &Table, op: &str, data: &Value, before: Option<&Value>) -> String {
     let pk: Vec<String> = t.pk.iter().map(|c| data[*c].to_string()).collect();
     let mut m = json!({
         "data": data,
         "metadata": {
-            "timestamp": "2024-07-29T01:09:25.375525Z", "record-type": "data", "operation": op,
+            "timestamp": dms_timestamp(), "record-type": "data", "operation": op,
             "partition-key-type": "primary-key", "partition-key-value": format!("{}.{}.{}", t.schema, t.name, pk.join(".")),
             "schema-name": t.schema, "table-name": t.name, "transaction-id": 1144
         }
@@ -303,6 +322,71 @@ async fn primary_key_changes_move_the_document_when_a_before_image_is_present() 
     sluice.wait_ready(Duration::from_secs(30)).await;
     let expected: BTreeMap<String, Value> = [("2".to_string(), r2), ("3".to_string(), r3)].into();
     assert_index_equals(es, "customers", &expected, Duration::from_secs(60)).await;
+}
+
+/// Edges 9: DMS partitions by primary key, so the message that moves a row from key A to key B
+/// lands in B's shard while A's earlier changes are in A's. 200 times: A is inserted and updated
+/// in its shard, then moved to B in another shard, all in one PutRecords call (one arrival
+/// time, as under load). The move's delete of A must win over A's last update in every case:
+/// versions follow the DMS `timestamp`, which orders across shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_key_moves_across_shards_always_delete_the_old_document() {
+    const SHARDS: usize = 4;
+    let bed = StreamBed::new("pk-moves-across", SHARDS as i32, &["customers"]).await;
+    let (k, es) = (&bed.k, &bed.es);
+    let ranges = open_shards(k, "pk-moves-across").await;
+    assert_eq!(ranges.len(), SHARDS);
+    // DMS hashes the primary key; here the key picks its shard outright, so A and B are
+    // guaranteed to be in different shards
+    let hash_key = |key: u64| {
+        let (_, lo, hi) = &ranges[key as usize % SHARDS];
+        (lo + (hi - lo) / 2).to_string()
+    };
+    let t = &TABLES[0];
+    let mut rng = fastrand::Rng::with_seed(9);
+    let mut expected = BTreeMap::new();
+    let sluice = bed.start_sluice("dms", ROUTES);
+    sluice.wait_ready(Duration::from_secs(30)).await;
+    for batch in 0..4u64 {
+        let mut entries = Vec::new();
+        for i in 0..50u64 {
+            let a = 4 * (batch * 50 + i); // shard a % 4 = 0
+            let b = a + 1 + rng.u64(0..3); // another shard
+            let mut push = |key: u64, data: String| {
+                entries.push(
+                    aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                        .partition_key(format!("public.customers.{key}"))
+                        .explicit_hash_key(hash_key(key))
+                        .data(Blob::new(data.into_bytes()))
+                        .build()
+                        .unwrap(),
+                );
+            };
+            push(a, dms_message(t, "insert", &row(t, &[a], 1, &mut rng), None));
+            for rev in 2..=4 {
+                push(a, dms_message(t, "update", &row(t, &[a], rev, &mut rng), None));
+            }
+            let moved = row(t, &[b], 5, &mut rng);
+            push(
+                b,
+                dms_message(t, "update", &moved, Some(&json!({"customer_id": a}))),
+            );
+            expected.insert(b.to_string(), moved);
+        }
+        let out = k
+            .put_records()
+            .stream_name("pk-moves-across")
+            .set_records(Some(entries))
+            .send()
+            .await
+            .expect("put records");
+        assert_eq!(out.failed_record_count(), Some(0));
+    }
+    assert_index_equals(es, "customers", &expected, Duration::from_secs(90)).await;
+    println!(
+        "200 primary-key moves across {SHARDS} shards: every old document deleted; {} writes judged stale",
+        sluice.metric("sluice_documents_total", "stale").await
+    );
 }
 
 /// Acceptance 3: DynamoDB changes in Kinesis, delivered out of order and with duplicates

@@ -90,3 +90,66 @@ async fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered(
         1
     );
 }
+
+/// Elasticsearch validates every action of a `_bulk` request before writing any: one version it
+/// cannot parse refuses the whole request with 400. The request is split until the operation at
+/// fault is alone; it is dead-lettered with the cluster's error, every other one is indexed, and
+/// nothing is retried for ever.
+#[tokio::test]
+async fn a_whole_request_400_is_split_until_the_operation_at_fault_is_dead_lettered() {
+    let es = FakeEs::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(&dir.path().join("s.db"), JournalMode::Wal).unwrap();
+    let metrics = Metrics::new();
+    let cfg = SinkConfig {
+        url: es.url(),
+        backoff_initial: std::time::Duration::from_millis(5),
+        ..SinkConfig::default()
+    };
+    let sink = BulkSink::new(
+        &cfg,
+        store.clone(),
+        metrics.clone(),
+        Arc::new(Health::default()),
+    )
+    .unwrap();
+    let tracker = AckTracker::default();
+    let shard = "shard-1".into();
+    let mut acks = tracker.register(&shard, ShardCheckpoint::default(), 16, 16);
+    let ops: Vec<BulkOp> = (0..16u64)
+        .map(|i| {
+            // a version Elasticsearch cannot store, as a decoder bug or a corrupt record
+            // could produce if nothing stopped it earlier
+            let version = if i == 11 { u64::MAX } else { 5 };
+            let mut op = BulkOp::new(
+                "vers".into(),
+                format!("d{i}"),
+                version,
+                DocAction::Index(json!({"n": i})),
+                Origin {
+                    stream: "s".into(),
+                    shard: "shard-1".into(),
+                    sequence_number: i.to_string(),
+                },
+            );
+            op.acks.push(acks.pop().unwrap());
+            op
+        })
+        .collect();
+    tokio::time::timeout(std::time::Duration::from_secs(20), sink.write(ops))
+        .await
+        .expect("a 400 is never retried for ever");
+    let indexed: Value = reqwest::get(format!("{}/vers/_count", es.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(indexed["count"], 15);
+    let letters = store.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].doc_id.as_deref(), Some("d11"));
+    assert!(letters[0].error.contains("HTTP 400"), "{}", letters[0].error);
+    assert!(metrics.retries.with_label_values(&["http_400_split"]).get() >= 4);
+    assert_eq!(metrics.dead_letters.get(), 1);
+}
