@@ -53,6 +53,22 @@ async fn a_write_block_for_ten_seconds_loses_nothing_and_closes_readiness() {
     let bed = PostsBed::new("posts-block").await;
     let sluice = Sluice::start(&options_with_short_grace(&bed), bed.dir.path());
     sluice.wait_ready(Duration::from_secs(30)).await;
+    // before any event, every series alerts and dashboards need is there, at 0
+    let (_, fresh) = sluice.get("/metrics").await.expect("metrics");
+    for series in [
+        "sluice_retries_total{reason=\"cluster_block\"} 0",
+        "sluice_retries_total{reason=\"index_not_found\"} 0",
+        "sluice_retries_total{reason=\"http_429\"} 0",
+        "sluice_documents_total{result=\"dead_lettered\"} 0",
+        "sluice_documents_total{result=\"stale\"} 0",
+        "sluice_bulk_requests_total{outcome=\"http_5xx\"} 0",
+        "sluice_data_loss_events_total{reason=\"shard_gone\"} 0",
+        "sluice_data_loss_events_total{reason=\"trimmed\"} 0",
+        "sluice_records_skipped_total{reason=\"no_route\"} 0",
+        "sluice_dead_letters 0",
+    ] {
+        assert!(fresh.contains(series), "{series} missing from a fresh /metrics");
+    }
     let writer = {
         let ddb = bed.ddb.clone();
         tokio::spawn(async move { random_workload(&ddb, "Posts", 200, 900, 21).await })
