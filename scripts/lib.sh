@@ -3,12 +3,21 @@ CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice}"
 MOTO_VENV="$CACHE/moto-venv"
 MOTO_SERVER="$MOTO_VENV/bin/moto_server"
 
+# Pinned: a fresh machine gets what the suite was tested with. A cache holding another version
+# is reinstalled.
+MOTO_VERSION="5.2.5"
+KINESALITE_VERSION="3.3.3"
+KINESIS_LOCAL_VERSION="0.6.2"
+
 ensure_moto() {
-  if [ ! -x "$MOTO_SERVER" ]; then
-    echo "installing moto into $MOTO_VENV (once; about 80 s)…" >&2
+  if [ ! -x "$MOTO_SERVER" ] || [ "$(cat "$MOTO_VENV/.sluice-pin" 2>/dev/null)" != "$MOTO_VERSION" ]; then
+    echo "installing moto $MOTO_VERSION into $MOTO_VENV (once; about 80 s)…" >&2
     mkdir -p "$CACHE"
     python3 -m venv "$MOTO_VENV"
-    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]'
+    # every transitive package pinned too (scripts/moto-constraints.txt, from pip freeze)
+    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check \
+      -c "$(dirname "${BASH_SOURCE[0]}")/moto-constraints.txt" "moto[server]==$MOTO_VERSION"
+    echo "$MOTO_VERSION" >"$MOTO_VENV/.sluice-pin"
   fi
 }
 
@@ -36,11 +45,15 @@ NODE_MODULES="$NODE_DIR/node_modules"
 # kinesalite and kinesis-local (npm). kinesis-local hard-codes a 0.0.0.0 bind: the cached copy
 # is patched to bind 127.0.0.1, so no test server listens beyond loopback.
 ensure_kinesis_emulators() {
-  if [ ! -f "$NODE_MODULES/kinesalite/package.json" ] || [ ! -f "$NODE_MODULES/kinesis-local/main.js" ]; then
-    echo "installing kinesalite and kinesis-local into $NODE_DIR (once)…" >&2
+  local pin="kinesalite@$KINESALITE_VERSION kinesis-local@$KINESIS_LOCAL_VERSION"
+  if [ ! -f "$NODE_MODULES/kinesalite/package.json" ] || [ ! -f "$NODE_MODULES/kinesis-local/main.js" ] \
+    || [ "$(cat "$NODE_DIR/.sluice-pin" 2>/dev/null)" != "$pin" ]; then
+    echo "installing $pin into $NODE_DIR (once)…" >&2
     mkdir -p "$NODE_DIR"
     [ -f "$NODE_DIR/package.json" ] || echo '{"name":"sluice-emulators","private":true}' >"$NODE_DIR/package.json"
-    (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund kinesalite@3 kinesis-local@0.6)
+    # shellcheck disable=SC2086
+    (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund --save-exact $pin)
+    echo "$pin" >"$NODE_DIR/.sluice-pin"
   fi
   sed -i 's/Host$().em("0.0.0.0")/Host$().em("127.0.0.1")/' "$NODE_MODULES/kinesis-local/main.js"
 }
