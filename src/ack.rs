@@ -228,7 +228,7 @@ impl Committer {
     /// the process alive): segments are removed only once committed, so whatever is left in the
     /// tracker is exactly what will be re-delivered.
     pub async fn run(self, stop: CancellationToken) {
-        let mut last_advance = Instant::now();
+        let mut last_advance = HashMap::new();
         loop {
             let stopping = tokio::select! {
                 _ = self.tracker.inner.wake.notified() => false,
@@ -245,7 +245,7 @@ impl Committer {
 
     /// One pass: commit every complete prefix. Retries a failed SQLite write until it succeeds
     /// (the acknowledged work is not lost meanwhile: it would be re-delivered).
-    async fn commit_complete(&self, last_advance: &mut Instant) {
+    async fn commit_complete(&self, last_advance: &mut HashMap<ShardId, Instant>) {
         let done = self.tracker.complete_prefixes();
         if !done.is_empty() {
             let updates: Vec<(String, ShardCheckpoint)> = done
@@ -256,12 +256,15 @@ impl Committer {
             while let Err(e) = self.store.commit(&self.stream, updates.clone()).await {
                 tracing::error!(error = %e, "checkpoint commit failed; retrying");
                 self.metrics.checkpoint_errors.inc();
-                self.check_stall(*last_advance);
+                self.check_stall(last_advance);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             self.committed_any.store(true, Ordering::Release);
-            *last_advance = Instant::now();
+            let now = Instant::now();
+            for prefix in &done {
+                last_advance.insert(prefix.shard.clone(), now);
+            }
             self.metrics.checkpoint_commits.inc();
             for prefix in &done {
                 self.tracker.committed(prefix);
@@ -272,11 +275,15 @@ impl Committer {
             }
         }
         let lag = self.tracker.unacknowledged_records();
-        if lag.is_empty() {
-            // Nothing pending: nothing is stalled, however long since the last commit.
-            *last_advance = Instant::now();
+        // A shard with nothing pending is not stalled, however long since its last commit; one
+        // with records pending is measured from its last commit, or from when it had some.
+        last_advance.retain(|shard, _| lag.contains_key(shard));
+        for shard in lag.keys() {
+            last_advance
+                .entry(shard.clone())
+                .or_insert_with(Instant::now);
         }
-        self.check_stall(*last_advance);
+        self.check_stall(last_advance);
         for prefix in &done {
             if !lag.contains_key(&prefix.shard) {
                 self.metrics
@@ -293,16 +300,29 @@ impl Committer {
         }
     }
 
-    fn check_stall(&self, last_advance: Instant) {
-        let pending: usize = self.tracker.unacknowledged_records().values().sum();
-        let still = last_advance.elapsed();
-        self.health
-            .set_stalled((pending > 0 && still >= self.stall_after).then(|| {
+    /// Readiness: any shard with records pending whose checkpoint has not advanced for
+    /// `stall_after` (one shard stuck behind a blocked index counts, even while others move).
+    fn check_stall(&self, last_advance: &HashMap<ShardId, Instant>) {
+        let lag = self.tracker.unacknowledged_records();
+        let mut stalled: Vec<String> = last_advance
+            .iter()
+            .filter(|(shard, at)| lag.contains_key(*shard) && at.elapsed() >= self.stall_after)
+            .map(|(shard, at)| {
                 format!(
-                    "no checkpoint has advanced for {}s while {pending} records are pending",
-                    still.as_secs()
+                    "{shard} ({}s, {} records pending)",
+                    at.elapsed().as_secs(),
+                    lag[shard]
                 )
-            }));
+            })
+            .collect();
+        stalled.sort();
+        self.health.set_stalled((!stalled.is_empty()).then(|| {
+            format!(
+                "no checkpoint has advanced for over {}s while records are pending: {}",
+                self.stall_after.as_secs(),
+                stalled.join(", ")
+            )
+        }));
     }
 }
 
@@ -361,6 +381,36 @@ mod tests {
         blocked.into_iter().for_each(Ack::done);
         let done = t.drain_complete();
         assert_eq!((done[0].1.clone(), done[0].2), (cp(9_999), 9_999));
+    }
+
+    #[tokio::test]
+    async fn a_reader_waits_for_room_when_a_shard_has_too_many_pending_segments() {
+        let t = AckTracker::default();
+        let shard: ShardId = "s1".into();
+        let mut first = None;
+        let mut rest = Vec::new();
+        for seq in 0..MAX_PENDING_SEGMENTS as u64 {
+            let acks = t.register(&shard, cp(seq), 1, 1);
+            if seq == 0 {
+                first = Some(acks);
+            } else {
+                rest.push(acks);
+            }
+        }
+        let waiting = tokio::spawn({
+            let t = t.clone();
+            let shard = shard.clone();
+            async move { t.room_for(&shard).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "no room at the bound");
+        first.unwrap().into_iter().for_each(Ack::done);
+        assert_eq!(t.drain_complete().len(), 1);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the committed segment makes room")
+            .unwrap();
+        drop(rest);
     }
 
     #[test]

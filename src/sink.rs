@@ -167,15 +167,14 @@ pub fn fault_of(ty: &str, reason: &str) -> Fault {
         | "parse_exception"
         | "not_x_content_exception"
         | "action_request_validation_exception"
-        | "document_source_missing_exception"
-        | "illegal_argument_exception"
-            if !names_the_target(reason) =>
-        {
-            Fault::Document
-        }
+        | "document_source_missing_exception" => Fault::Document,
         // "no write index is defined for alias [a]", "… is a data stream": the alias or index
         // is being changed; the write will pass once it points somewhere writable.
-        "illegal_argument_exception" => Fault::Cluster("index_target"),
+        "illegal_argument_exception" if names_the_target(reason) => Fault::Cluster("index_target"),
+        // Broad: about a field or value (the document's), but also "pipeline with id [x] does
+        // not exist" or a full shard (the cluster's). Only reasons about the document count as
+        // its fault; the rest is retried, loudly.
+        "illegal_argument_exception" if names_the_document(reason) => Fault::Document,
         "cluster_block_exception" => Fault::Cluster("cluster_block"),
         "index_not_found_exception" => Fault::Cluster("index_not_found"),
         "index_closed_exception" => Fault::Cluster("index_closed"),
@@ -204,6 +203,24 @@ pub fn fault_of(ty: &str, reason: &str) -> Fault {
         | "cluster_manager_not_discovered_exception" => Fault::Cluster("item_5xx"),
         _ => Fault::Unknown,
     }
+}
+
+/// An `illegal_argument_exception` about the document's content: a field, a value, its size.
+fn names_the_document(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    [
+        "field",
+        "failed to parse",
+        "immense term",
+        "too long",
+        "nested",
+        "depth",
+        "mapper",
+        "mapping",
+        "version",
+    ]
+    .iter()
+    .any(|w| r.contains(w))
 }
 
 /// An `illegal_argument_exception` about the index or alias written to, not about the document.
@@ -675,8 +692,9 @@ impl BulkSink {
 }
 
 /// Is a whole-request 400 about the operations in it (split, then dead-letter the one at
-/// fault) rather than about the cluster (retry)? A 400 that names a block, a missing index
-/// or permissions is the cluster's; anything else refused before any write is the request's.
+/// fault)? Only when its error type says so (validation, parsing); a 400 without one — an HTML
+/// page from a proxy, a target that rejects the request shape — or naming the cluster is
+/// retried, loudly, never turned into dead letters.
 fn document_at_fault(failure: &RequestFailure) -> bool {
     let field = |name: &str| {
         failure
@@ -686,7 +704,7 @@ fn document_at_fault(failure: &RequestFailure) -> bool {
             .and_then(Value::as_str)
             .unwrap_or("")
     };
-    !matches!(fault_of(field("type"), field("reason")), Fault::Cluster(_))
+    fault_of(field("type"), field("reason")) == Fault::Document
 }
 
 /// The items of a 2xx `_bulk` answer, in request order. Never panics, whatever the bytes.
@@ -884,6 +902,64 @@ mod tests {
                 "{ty}"
             );
         }
+    }
+
+    #[test]
+    fn an_illegal_argument_that_is_not_about_the_document_is_retried() {
+        let pipeline = err(
+            "illegal_argument_exception",
+            "pipeline with id [enrich] does not exist",
+        );
+        assert_eq!(
+            retry_reason(judge_item(OpKind::Index, 400, Some(&pipeline))),
+            "item_unknown"
+        );
+        let full = err(
+            "illegal_argument_exception",
+            "number of documents in the index cannot exceed 2147483519",
+        );
+        assert_eq!(
+            retry_reason(judge_item(OpKind::Index, 400, Some(&full))),
+            "item_unknown"
+        );
+        let field = err(
+            "illegal_argument_exception",
+            "mapper [n] cannot be changed from type [long] to [text]",
+        );
+        assert!(matches!(
+            judge_item(OpKind::Index, 400, Some(&field)),
+            ItemOutcome::DeadLetter(_)
+        ));
+    }
+
+    #[test]
+    fn only_a_whole_request_400_about_the_request_content_is_split() {
+        let failure = |error: Option<Value>| RequestFailure {
+            reason: "http_400",
+            detail: String::new(),
+            error,
+        };
+        let validation = err(
+            "action_request_validation_exception",
+            "Validation Failed: 1: illegal version value [-5] for version type [EXTERNAL];",
+        );
+        assert!(document_at_fault(&failure(Some(validation))));
+        let parse = err(
+            "x_content_parse_exception",
+            "[1:1] failed to parse field [version]",
+        );
+        assert!(document_at_fault(&failure(Some(parse))));
+        // an HTML page from a proxy, or an unknown type: retried, never dead-lettered
+        assert!(!document_at_fault(&failure(None)));
+        assert!(!document_at_fault(&failure(Some(err(
+            "some_future_exception",
+            "?"
+        )))));
+        let block = err(
+            "cluster_block_exception",
+            "blocked by: [FORBIDDEN/8/index write (api)];",
+        );
+        assert!(!document_at_fault(&failure(Some(block))));
     }
 
     #[test]

@@ -39,7 +39,8 @@ fn any_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         "[0-9]{1,40}(\\.[0-9]{1,10})?(E[+-]?[0-9]{1,3})?"
             .prop_map(|n| serde_json::from_str(&n).unwrap_or(Value::Null)),
         "\\PC{0,20}".prop_map(Value::String),
@@ -59,7 +60,14 @@ fn dms_like() -> impl Strategy<Value = Value> {
         any_json(),
         prop::option::of(any_json()),
         prop::sample::select(vec!["data", "control", "other", ""]),
-        prop::sample::select(vec!["load", "insert", "update", "delete", "create-table", "x"]),
+        prop::sample::select(vec![
+            "load",
+            "insert",
+            "update",
+            "delete",
+            "create-table",
+            "x",
+        ]),
         prop::sample::select(vec!["public", "shop", ""]),
         prop::option::of("\\PC{0,30}"),
     )
@@ -77,8 +85,17 @@ fn dms_like() -> impl Strategy<Value = Value> {
 }
 
 fn ddb_kinesis_like() -> impl Strategy<Value = Value> {
-    (any_json(), any_json(), any::<u64>(), prop::sample::select(vec!["INSERT", "MODIFY", "REMOVE", "?"]),
-        prop::option::of(prop::sample::select(vec!["MICROSECOND", "MILLISECOND", "NANO"])))
+    (
+        any_json(),
+        any_json(),
+        any::<u64>(),
+        prop::sample::select(vec!["INSERT", "MODIFY", "REMOVE", "?"]),
+        prop::option::of(prop::sample::select(vec![
+            "MICROSECOND",
+            "MILLISECOND",
+            "NANO",
+        ])),
+    )
         .prop_map(|(keys, image, t, event, precision)| {
             let mut r = json!({"eventName": event, "dynamodb": {"Keys": keys, "NewImage": image,
                 "ApproximateCreationDateTime": t}});
@@ -110,8 +127,16 @@ fn any_attribute() -> impl Strategy<Value = AttributeValue> {
 
 fn any_stream_record() -> impl Strategy<Value = Record> {
     (
-        prop::option::of(prop::collection::hash_map("(id|[a-z]{0,3})", any_attribute(), 0..3)),
-        prop::option::of(prop::collection::hash_map("[a-z]{0,6}", any_attribute(), 0..5)),
+        prop::option::of(prop::collection::hash_map(
+            "(id|[a-z]{0,3})",
+            any_attribute(),
+            0..3,
+        )),
+        prop::option::of(prop::collection::hash_map(
+            "[a-z]{0,6}",
+            any_attribute(),
+            0..5,
+        )),
         prop::option::of(prop::sample::select(vec![
             OperationType::Insert,
             OperationType::Modify,
@@ -135,7 +160,9 @@ fn any_stream_record() -> impl Strategy<Value = Record> {
         })
 }
 
-fn refused_with_a_reason(r: Result<sluice::transform::Decoded, DecodeError>) -> Result<(), TestCaseError> {
+fn refused_with_a_reason(
+    r: Result<sluice::transform::Decoded, DecodeError>,
+) -> Result<(), TestCaseError> {
     if let Err(e) = r {
         prop_assert!(!e.0.trim().is_empty(), "a refusal names its reason");
     }
@@ -201,10 +228,16 @@ proptest! {
 
 #[test]
 fn key_attributes_of_the_wrong_kind_are_refused_with_their_name() {
-    let keys: HashMap<String, AttributeValue> = [("id".to_string(), AttributeValue::Bool(true))].into();
+    let keys: HashMap<String, AttributeValue> =
+        [("id".to_string(), AttributeValue::Bool(true))].into();
     let r = Record::builder()
         .event_name(OperationType::Remove)
-        .dynamodb(StreamRecord::builder().set_keys(Some(keys)).sequence_number("1").build())
+        .dynamodb(
+            StreamRecord::builder()
+                .set_keys(Some(keys))
+                .sequence_number("1")
+                .build(),
+        )
         .build();
     let e = dynamodb_change(&r, &ids()).unwrap_err();
     assert!(e.0.contains("`id`"), "{e}");

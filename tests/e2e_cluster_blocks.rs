@@ -67,7 +67,10 @@ async fn a_write_block_for_ten_seconds_loses_nothing_and_closes_readiness() {
         "sluice_records_skipped_total{reason=\"no_route\"} 0",
         "sluice_dead_letters 0",
     ] {
-        assert!(fresh.contains(series), "{series} missing from a fresh /metrics");
+        assert!(
+            fresh.contains(series),
+            "{series} missing from a fresh /metrics"
+        );
     }
     let writer = {
         let ddb = bed.ddb.clone();
@@ -76,7 +79,10 @@ async fn a_write_block_for_ten_seconds_loses_nothing_and_closes_readiness() {
     // the index exists once the first writes landed
     let started = Instant::now();
     while bed.es.documents(bed.index).await.is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no write landed");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no write landed"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let settings = format!("{}/{}/_settings", bed.es.url(), bed.index);
@@ -89,8 +95,10 @@ async fn a_write_block_for_ten_seconds_loses_nothing_and_closes_readiness() {
 
     assert!(blocked_retries > 0.0, "writes met the block");
     assert!(
-        reasons.iter().any(|r| r.contains("sink has answered only errors")
-            && r.contains("cluster_block_exception")),
+        reasons
+            .iter()
+            .any(|r| r.contains("sink has answered only errors")
+                && r.contains("cluster_block_exception")),
         "/readyz said why during the block: {reasons:?}"
     );
     assert_eq!(
@@ -100,7 +108,9 @@ async fn a_write_block_for_ten_seconds_loses_nothing_and_closes_readiness() {
     );
     assert_eq!(dead_letter_rows(&bed.db), 0, "nothing dead-lettered");
     assert_eq!(
-        sluice.metric("sluice_documents_total", "dead_lettered").await,
+        sluice
+            .metric("sluice_documents_total", "dead_lettered")
+            .await,
         0.0
     );
     assert!(
@@ -131,7 +141,9 @@ async fn a_missing_index_for_ten_seconds_loses_nothing_and_closes_readiness() {
         tokio::spawn(async move { random_workload(&ddb, "Posts", 200, 900, 22).await })
     };
     let reasons = not_ready_reasons(&sluice, Instant::now() + Duration::from_secs(10)).await;
-    let missing_retries = sluice.metric("sluice_retries_total", "index_not_found").await;
+    let missing_retries = sluice
+        .metric("sluice_retries_total", "index_not_found")
+        .await;
     put(format!("{}/{}", bed.es.url(), bed.index), json!({})).await;
     writer.await.unwrap();
     bed.assert_converges(Duration::from_secs(120)).await;

@@ -362,9 +362,15 @@ async fn primary_key_moves_across_shards_always_delete_the_old_document() {
                         .unwrap(),
                 );
             };
-            push(a, dms_message(t, "insert", &row(t, &[a], 1, &mut rng), None));
+            push(
+                a,
+                dms_message(t, "insert", &row(t, &[a], 1, &mut rng), None),
+            );
             for rev in 2..=4 {
-                push(a, dms_message(t, "update", &row(t, &[a], rev, &mut rng), None));
+                push(
+                    a,
+                    dms_message(t, "update", &row(t, &[a], rev, &mut rng), None),
+                );
             }
             let moved = row(t, &[b], 5, &mut rng);
             push(

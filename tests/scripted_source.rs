@@ -49,6 +49,8 @@ struct ScriptedStreams<R = Record> {
     shards: Vec<ScriptedShard<R>>,
     /// Listed, but GetShardIterator answers ResourceNotFound (gone between list and read).
     gone: std::collections::HashSet<String>,
+    /// GetShardIterator answers ResourceNotFound this many more times (a stream not ACTIVE yet).
+    not_found_for: Mutex<HashMap<String, usize>>,
     /// The service's pacing: shortest gap between GetRecords, read bytes per second.
     pacing: (Duration, Option<u64>),
     errors: Mutex<HashMap<String, VecDeque<(usize, ApiError)>>>,
@@ -65,6 +67,7 @@ impl<R: SourceRecord + Clone> ScriptedStreams<R> {
         ScriptedStreams {
             shards,
             gone: Default::default(),
+            not_found_for: Mutex::default(),
             pacing: (Duration::ZERO, None),
             errors: Mutex::default(),
             trim_to: HashMap::new(),
@@ -154,6 +157,14 @@ impl<R: SourceRecord + Clone> ShardApi for ScriptedStreams<R> {
             parents_finished,
         });
         let s = found?;
+        if let Some(left) = self.not_found_for.lock().unwrap().get_mut(shard) {
+            if *left > 0 {
+                *left -= 1;
+                return Err(ApiError::NotFound(format!(
+                    "Requested resource not found: Shard {shard} (scripted)"
+                )));
+            }
+        }
         let pos = match at {
             StartAt::TrimHorizon => horizon,
             StartAt::Latest => s.records.len(),
@@ -608,7 +619,8 @@ async fn a_parent_that_aged_out_unfinished_is_recorded_as_lost_and_its_child_sta
     let store = CheckpointStore::open(&db, sluice::config::JournalMode::Wal).unwrap();
     let reached = ShardCheckpoint {
         sequence_number: Some(format!("{:030}", 7)),
-        clock: 1_700_000_000_000_000,
+        // above every version the child's own timestamps would give
+        clock: 1_800_000_000_000_000,
         finished: false,
     };
     store
@@ -646,7 +658,7 @@ async fn a_parent_that_aged_out_unfinished_is_recorded_as_lost_and_its_child_sta
     let cps = read_checkpoints(&db, STREAM).unwrap();
     assert!(cps.get("aged-out").is_none_or(|c| c.finished), "{cps:?}");
     assert!(
-        cps["child"].clock > 1_700_000_000_000_000,
+        cps["child"].clock > 1_800_000_000_000_000,
         "versions continue above the lost parent"
     );
 }
@@ -681,6 +693,37 @@ async fn a_parent_whose_iterator_is_not_found_ends_and_its_children_start() {
         1
     );
     assert_eq!(run.health.not_ready(), None, "nothing is stuck");
+    stop(run).await;
+}
+
+/// Edges 2, the other side: ResourceNotFound for a shard the service still lists as open is
+/// transient (AWS answers it for a stream that is not ACTIVE yet): retried, never a data loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_for_a_shard_still_listed_as_open_is_retried_not_lost() {
+    let es = FakeEs::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Record> = (1..=4)
+        .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000))
+        .collect();
+    let api = ScriptedStreams::new(
+        vec![shard("open", &[], false, records)],
+        dir.path().join("sluice.db"),
+    );
+    api.not_found_for.lock().unwrap().insert("open".into(), 2);
+    let run = start(Arc::new(api), config(dir.path(), &es.url(), 10));
+    let expected: BTreeMap<String, Value> = (1..=4).map(|i| doc(&format!("d{i}"), 1)).collect();
+    wait_for(&es, &expected, Duration::from_secs(20)).await;
+    assert_eq!(
+        run.metrics
+            .data_loss
+            .with_label_values(&["shard_gone"])
+            .get(),
+        0
+    );
+    assert_eq!(
+        run.metrics.retries.with_label_values(&["not_found"]).get(),
+        2
+    );
     stop(run).await;
 }
 
@@ -885,7 +928,10 @@ async fn shutdown_meets_its_deadline_when_the_checkpoint_store_cannot_commit() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let asked = Instant::now();
     let _ = run.stop.send(());
-    let result = run.task.await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), run.task)
+        .await
+        .expect("shutdown never hangs")
+        .unwrap();
     let took = asked.elapsed();
     assert!(took < Duration::from_millis(2600), "shutdown took {took:?}");
     assert!(
@@ -930,10 +976,51 @@ async fn shutdown_fails_within_its_deadline_when_nothing_could_be_committed() {
     .await;
     let asked = Instant::now();
     let _ = run.stop.send(());
-    let result = run.task.await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), run.task)
+        .await
+        .expect("shutdown never hangs")
+        .unwrap();
     let took = asked.elapsed();
     assert!(took < Duration::from_millis(2600), "shutdown took {took:?}");
     let err = result.expect_err("nothing was committed").to_string();
     assert!(err.contains("checkpoint"), "{err}");
     blocker.execute_batch("ROLLBACK").unwrap();
+}
+
+/// Edges 7: while records are pending and no checkpoint advances for `health.stall_after`,
+/// readiness is closed with the reason; it opens again once checkpoints move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_closes_while_no_checkpoint_advances_and_opens_when_one_does() {
+    let es = FakeEs::start().await.unwrap();
+    // requests accepted and never answered: records pending, nothing acknowledged
+    es.hold();
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Record> = (1..=5)
+        .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000))
+        .collect();
+    let api = Arc::new(ScriptedStreams::new(
+        vec![shard("s", &[], false, records)],
+        dir.path().join("sluice.db"),
+    ));
+    let run = start(
+        api,
+        config_with(
+            dir.path(),
+            &es.url(),
+            10,
+            "[health]\nstall_after = \"1s\"\nsink_error_grace = \"1h\"\n",
+        ),
+    );
+    wait_until("readiness names the stall", Duration::from_secs(10), || {
+        run.health
+            .not_ready()
+            .is_some_and(|why| why.contains("no checkpoint has advanced"))
+    })
+    .await;
+    es.release();
+    wait_until("ready again", Duration::from_secs(10), || {
+        run.health.not_ready().is_none()
+    })
+    .await;
+    stop(run).await;
 }

@@ -149,7 +149,11 @@ async fn a_whole_request_400_is_split_until_the_operation_at_fault_is_dead_lette
     let letters = store.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].doc_id.as_deref(), Some("d11"));
-    assert!(letters[0].error.contains("HTTP 400"), "{}", letters[0].error);
+    assert!(
+        letters[0].error.contains("HTTP 400"),
+        "{}",
+        letters[0].error
+    );
     assert!(metrics.retries.with_label_values(&["http_400_split"]).get() >= 4);
     assert_eq!(metrics.dead_letters.get(), 1);
 }

@@ -78,7 +78,7 @@ impl<A: ShardApi> ShardReader<A> {
         let mut iterator = match self.iterator_at(self.start.clone(), &cancel).await {
             Iterator::At(it) => it,
             Iterator::Cancelled => return ReaderExit::Cancelled,
-            Iterator::ShardGone(detail) => return self.shard_gone(None, &detail),
+            Iterator::ShardGone(detail) => return self.shard_gone(last_read, &detail),
         };
         let mut failures: u32 = 0;
         let mut empty_polls: u32 = 0;
@@ -172,7 +172,13 @@ impl<A: ShardApi> ShardReader<A> {
                             };
                             continue;
                         }
-                        ApiError::NotFound(detail) => return self.shard_gone(last_read, &detail),
+                        ApiError::NotFound(detail) => {
+                            if self.still_open(&detail, failures, &cancel).await {
+                                failures += 1;
+                                continue;
+                            }
+                            return self.shard_gone(last_read, &detail);
+                        }
                         ApiError::Throttled(_) | ApiError::Transient(_) => {
                             failures += 1;
                             let delay = self.ctx.backoff.delay(failures);
@@ -223,6 +229,28 @@ impl<A: ShardApi> ShardReader<A> {
         self.end_of_shard(last_read)
     }
 
+    /// After ResourceNotFound: is the shard still listed and open? Then the answer was transient
+    /// (AWS also says ResourceNotFound for a stream that is not ACTIVE yet): count it, back off,
+    /// and `true`. A shard that is no longer listed, or closed, is gone: `false`.
+    async fn still_open(&self, detail: &str, attempt: u32, cancel: &CancellationToken) -> bool {
+        let listed = match self.api.list_shards().await {
+            Ok(shards) => shards.into_iter().find(|s| s.id == self.shard),
+            // Cannot tell: assume it is still there, and try again.
+            Err(_) => Some(super::ShardInfo {
+                id: self.shard.clone(),
+                parents: Vec::new(),
+                closed: false,
+            }),
+        };
+        if !listed.is_some_and(|s| !s.closed) {
+            return false;
+        }
+        let delay = self.ctx.backoff.delay(attempt.max(1));
+        tracing::warn!(shard_id = %self.shard, error = %detail, attempt, "shard not found although listed as open; retrying");
+        sleep_or_cancel(delay, cancel).await;
+        true
+    }
+
     /// Gets an iterator, retrying transient failures with backoff.
     async fn iterator_at(&mut self, mut at: StartAt, cancel: &CancellationToken) -> Iterator {
         let mut attempt = 0;
@@ -233,8 +261,22 @@ impl<A: ShardApi> ShardReader<A> {
             };
             match answer {
                 Ok(it) => return Iterator::At(it),
-                // Retrying cannot bring a shard back: waiting here would stall its lineage.
-                Err(ApiError::NotFound(detail)) => return Iterator::ShardGone(detail),
+                // A shard that left the stream does not come back: waiting here would stall its
+                // lineage. One the service still lists as open was only not ready: retry.
+                Err(ApiError::NotFound(detail)) => {
+                    attempt += 1;
+                    self.ctx
+                        .metrics
+                        .retries
+                        .with_label_values(&["not_found"])
+                        .inc();
+                    if !self.still_open(&detail, attempt, cancel).await {
+                        return Iterator::ShardGone(detail);
+                    }
+                    if cancel.is_cancelled() {
+                        return Iterator::Cancelled;
+                    }
+                }
                 Err(ApiError::TrimmedData(detail)) => {
                     let from = match &at {
                         StartAt::AfterSequence(s) => Some(s.clone()),

@@ -206,7 +206,17 @@ fn version_floor(message: &Value) -> Result<Option<u64>, DecodeError> {
                 "DMS metadata.timestamp `{text}` is not a time like 2024-07-29T00:59:07.686557Z"
             ))
         })?;
-    Ok(micros.checked_mul(DMS_VERSIONS_PER_MICROSECOND))
+    // A time whose version Elasticsearch could not store would be ignored as a floor and
+    // leave this change unordered against other shards: refuse it, with the reason.
+    micros
+        .checked_mul(DMS_VERSIONS_PER_MICROSECOND)
+        .filter(|v| crate::version::in_range(*v))
+        .map(Some)
+        .ok_or_else(|| {
+            DecodeError(format!(
+                "DMS metadata.timestamp `{text}` is beyond the versions Elasticsearch can store (after the year 2262)"
+            ))
+        })
 }
 
 /// A key column's value as `_id` text: strings as they are, numbers with DMS's exact digits.
@@ -415,6 +425,13 @@ mod tests {
             .unwrap_err()
             .0
             .contains("metadata.timestamp `yesterday`"));
+        let far = json!({"data": {"customer_id": 1}, "metadata": {"timestamp": "2300-01-01T00:00:00.000001Z",
+            "record-type": "data", "operation": "insert", "schema-name": "public", "table-name": "customers"}});
+        assert!(routes()
+            .decode(far.to_string().as_bytes())
+            .unwrap_err()
+            .0
+            .contains("beyond the versions Elasticsearch can store"));
     }
 
     #[test]
