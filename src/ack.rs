@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{CheckpointStore, ShardCheckpoint};
+use crate::checkpoint::ShardCheckpoint;
 use crate::http::Health;
+use crate::lease::keeper::LeaseEvent;
+use crate::lease::{FencedCheckpoint, LeaseTable};
 use crate::metrics::Metrics;
 
 pub type ShardId = Arc<str>;
@@ -35,6 +37,8 @@ pub struct Segment {
     remaining: AtomicUsize,
     /// Registered with no operations: no [`Ack`] refers to it, so it may absorb the next one.
     without_ops: bool,
+    /// The lease epoch it was read under: its checkpoint is committed only under that epoch.
+    epoch: u64,
     tracker: Arc<Inner>,
 }
 
@@ -73,6 +77,7 @@ struct Inner {
 /// A shard's complete segments at the front of its queue: what one commit covers.
 struct Prefix {
     shard: ShardId,
+    epoch: u64,
     checkpoint: ShardCheckpoint,
     records: usize,
     segments: Vec<Arc<Segment>>,
@@ -91,6 +96,7 @@ impl AckTracker {
     pub fn register(
         &self,
         shard: &ShardId,
+        epoch: u64,
         checkpoint: ShardCheckpoint,
         records: usize,
         ops: usize,
@@ -98,7 +104,7 @@ impl AckTracker {
         let mut pending = self.inner.pending.lock().expect("tracker lock");
         let queue = pending.entry(shard.clone()).or_default();
         let mut records = records;
-        if ops == 0 && queue.back().is_some_and(|s| s.without_ops) {
+        if ops == 0 && queue.back().is_some_and(|s| s.without_ops && s.epoch == epoch) {
             // Two pages in a row without operations: one segment ending at the later one.
             let merged = queue.pop_back().expect("back checked");
             records += merged.records;
@@ -108,6 +114,7 @@ impl AckTracker {
             records,
             remaining: AtomicUsize::new(ops),
             without_ops: ops == 0,
+            epoch,
             tracker: self.inner.clone(),
         });
         queue.push_back(segment.clone());
@@ -131,6 +138,17 @@ impl AckTracker {
         }
     }
 
+    /// Forgets everything pending for `shard` (its lease was lost: the new holder re-reads it
+    /// from the last committed checkpoint). Acks still out complete segments nobody looks at.
+    pub fn discard(&self, shard: &ShardId) {
+        self.inner
+            .pending
+            .lock()
+            .expect("tracker lock")
+            .remove(shard);
+        self.inner.room.notify_waiters();
+    }
+
     /// Segments of `shard` read and not yet checkpointed.
     pub fn pending_segments(&self, shard: &ShardId) -> usize {
         let pending = self.inner.pending.lock().expect("tracker lock");
@@ -142,14 +160,16 @@ impl AckTracker {
         let pending = self.inner.pending.lock().expect("tracker lock");
         let mut out = Vec::new();
         for (shard, queue) in pending.iter() {
+            let epoch = queue.front().map(|s| s.epoch);
             let segments: Vec<Arc<Segment>> = queue
                 .iter()
-                .take_while(|s| s.is_complete())
+                .take_while(|s| s.is_complete() && Some(s.epoch) == epoch)
                 .cloned()
                 .collect();
             if let Some(last) = segments.last() {
                 out.push(Prefix {
                     shard: shard.clone(),
+                    epoch: last.epoch,
                     checkpoint: last.checkpoint.clone(),
                     records: segments.iter().map(|s| s.records).sum(),
                     segments,
@@ -207,22 +227,24 @@ impl AckTracker {
     }
 }
 
-/// Commits checkpoints as acknowledgements complete segments. Tells the coordinator when a shard
-/// is finished (all its records acknowledged and its end reached), so children may start.
-pub struct Committer {
+/// Commits checkpoints as acknowledgements complete segments, each under the lease epoch it was
+/// read with (a refused commit means the lease is lost: the shard's pending work is dropped and
+/// the keeper told). Tells the coordinator when a shard is finished (all its records
+/// acknowledged and its end reached), so children may start.
+pub struct Committer<L: LeaseTable> {
     pub tracker: AckTracker,
-    pub store: CheckpointStore,
-    pub stream: String,
+    pub table: Arc<L>,
     pub metrics: Metrics,
     pub health: Arc<Health>,
     /// Readiness closes when no checkpoint advances for this long while records are pending.
     pub stall_after: Duration,
     pub finished: mpsc::UnboundedSender<ShardId>,
+    pub lease_events: mpsc::UnboundedSender<LeaseEvent>,
     /// Set once any checkpoint was committed by this process (shutdown reports it).
     pub committed_any: Arc<AtomicBool>,
 }
 
-impl Committer {
+impl<L: LeaseTable> Committer<L> {
     /// Runs until `stop` is cancelled, then commits whatever is complete one last time. The
     /// caller bounds that last pass by the shutdown deadline (a hung file system must not keep
     /// the process alive): segments are removed only once committed, so whatever is left in the
@@ -243,30 +265,44 @@ impl Committer {
         }
     }
 
-    /// One pass: commit every complete prefix. Retries a failed SQLite write until it succeeds
-    /// (the acknowledged work is not lost meanwhile: it would be re-delivered).
+    /// One pass: commit every complete prefix. Retries a failed write until it succeeds (the
+    /// acknowledged work is not lost meanwhile: it would be re-delivered).
     async fn commit_complete(&self, last_advance: &mut HashMap<ShardId, Instant>) {
         let done = self.tracker.complete_prefixes();
         if !done.is_empty() {
-            let updates: Vec<(String, ShardCheckpoint)> = done
+            let updates: Vec<FencedCheckpoint> = done
                 .iter()
-                .map(|p| (p.shard.to_string(), p.checkpoint.clone()))
+                .map(|p| FencedCheckpoint {
+                    shard: p.shard.clone(),
+                    epoch: p.epoch,
+                    checkpoint: p.checkpoint.clone(),
+                })
                 .collect();
             let mut delay = Duration::from_millis(50);
-            while let Err(e) = self.store.commit(&self.stream, updates.clone()).await {
-                tracing::error!(error = %e, "checkpoint commit failed; retrying");
-                self.metrics.checkpoint_errors.inc();
-                self.check_stall(last_advance);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+            let refused = loop {
+                match self.table.commit(updates.clone()).await {
+                    Ok(refused) => break refused,
+                    Err(e) => {
+                        tracing::error!(error = %e, "checkpoint commit failed; retrying");
+                        self.metrics.checkpoint_errors.inc();
+                        self.check_stall(last_advance);
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
             self.committed_any.store(true, Ordering::Release);
             let now = Instant::now();
-            for prefix in &done {
-                last_advance.insert(prefix.shard.clone(), now);
-            }
             self.metrics.checkpoint_commits.inc();
             for prefix in &done {
+                if refused.contains(&prefix.shard) {
+                    // fenced: another worker holds the shard; it re-reads from the last
+                    // checkpoint this worker committed while it still held the lease
+                    self.tracker.discard(&prefix.shard);
+                    let _ = self.lease_events.send(LeaseEvent::Lost(prefix.shard.clone()));
+                    continue;
+                }
+                last_advance.insert(prefix.shard.clone(), now);
                 self.tracker.committed(prefix);
                 if prefix.checkpoint.finished {
                     tracing::info!(shard_id = %prefix.shard, "shard finished: read to its end and fully acknowledged");
@@ -279,9 +315,7 @@ impl Committer {
         // with records pending is measured from its last commit, or from when it had some.
         last_advance.retain(|shard, _| lag.contains_key(shard));
         for shard in lag.keys() {
-            last_advance
-                .entry(shard.clone())
-                .or_insert_with(Instant::now);
+            last_advance.entry(shard.clone()).or_insert_with(Instant::now);
         }
         self.check_stall(last_advance);
         for prefix in &done {
@@ -343,8 +377,8 @@ mod tests {
     fn a_checkpoint_waits_for_every_earlier_segment() {
         let t = AckTracker::default();
         let shard: ShardId = "s1".into();
-        let mut first = t.register(&shard, cp(10), 2, 2);
-        let second = t.register(&shard, cp(20), 1, 1);
+        let mut first = t.register(&shard, 1, cp(10), 2, 2);
+        let second = t.register(&shard, 1, cp(20), 1, 1);
         // the later segment completes first: nothing may be committed yet
         second.into_iter().for_each(Ack::done);
         assert!(t.drain_complete().is_empty());
@@ -361,8 +395,8 @@ mod tests {
     fn empty_segments_complete_in_order() {
         let t = AckTracker::default();
         let shard: ShardId = "s1".into();
-        let a = t.register(&shard, cp(1), 1, 1);
-        let _ = t.register(&shard, cp(2), 1, 0);
+        let a = t.register(&shard, 1, cp(1), 1, 1);
+        let _ = t.register(&shard, 1, cp(2), 1, 0);
         assert!(t.drain_complete().is_empty());
         a.into_iter().for_each(Ack::done);
         assert_eq!(t.drain_complete()[0].1, cp(2));
@@ -372,9 +406,9 @@ mod tests {
     fn pages_without_operations_merge_so_pending_segments_stay_bounded() {
         let t = AckTracker::default();
         let shard: ShardId = "s1".into();
-        let blocked = t.register(&shard, cp(1), 1, 1);
+        let blocked = t.register(&shard, 1, cp(1), 1, 1);
         for seq in 2..10_000 {
-            let _ = t.register(&shard, cp(seq), 1, 0);
+            let _ = t.register(&shard, 1, cp(seq), 1, 0);
         }
         assert_eq!(t.pending_segments(&shard), 2);
         assert!(t.drain_complete().is_empty());
@@ -390,7 +424,7 @@ mod tests {
         let mut first = None;
         let mut rest = Vec::new();
         for seq in 0..MAX_PENDING_SEGMENTS as u64 {
-            let acks = t.register(&shard, cp(seq), 1, 1);
+            let acks = t.register(&shard, 1, cp(seq), 1, 1);
             if seq == 0 {
                 first = Some(acks);
             } else {
@@ -417,14 +451,14 @@ mod tests {
     fn a_segment_merged_while_its_prefix_is_committed_is_committed_next() {
         let t = AckTracker::default();
         let shard: ShardId = "s1".into();
-        let _ = t.register(&shard, cp(1), 1, 0);
+        let _ = t.register(&shard, 1, cp(1), 1, 0);
         let seen = t.complete_prefixes();
         // a reader merges a later empty page (the shard's end) into the segment being committed
         let end = ShardCheckpoint {
             finished: true,
             ..cp(2)
         };
-        let _ = t.register(&shard, end.clone(), 1, 0);
+        let _ = t.register(&shard, 1, end.clone(), 1, 0);
         t.committed(&seen[0]);
         assert_eq!(t.drain_complete()[0].1, end, "the end is not lost");
     }
@@ -442,7 +476,7 @@ mod tests {
             let shard: ShardId = "s".into();
             let mut acks: Vec<(usize, Ack)> = Vec::new();
             for (i, n) in ops.iter().enumerate() {
-                for a in t.register(&shard, cp(i as u64), 1, *n) {
+                for a in t.register(&shard, 1, cp(i as u64), 1, *n) {
                     acks.push((i, a));
                 }
             }

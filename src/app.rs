@@ -9,13 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{AckTracker, Committer};
 use crate::batch;
 use crate::checkpoint::CheckpointStore;
-use crate::config::{Config, KinesisFormat, SourceType, StartPosition};
+use crate::config::{Config, KinesisFormat, LeaseBackend, SourceType, StartPosition};
+use crate::lease::dynamodb::DynamoDbLeases;
+use crate::lease::keeper::{LeaseKeeper, LeaseView};
+use crate::lease::sqlite::SqliteLeases;
+use crate::lease::{Fence, LeaseTable};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
@@ -153,7 +157,17 @@ pub struct Services {
     pub tracker: AckTracker,
 }
 
-/// Source → batcher → sink → committer for any [`ShardApi`], until `shutdown`.
+/// This worker's id: `lease.worker_id`, or host name and process id.
+pub fn worker_id(config: &Config) -> String {
+    config
+        .lease
+        .worker_id
+        .clone()
+        .unwrap_or_else(crate::lease::default_worker_id)
+}
+
+/// Source → batcher → sink → committer for any [`ShardApi`], with the lease backend the
+/// configuration names, until `shutdown`.
 pub async fn run_pipeline<A: ShardApi>(
     config: &Config,
     services: Services,
@@ -162,18 +176,43 @@ pub async fn run_pipeline<A: ShardApi>(
     decode: Decoder<A::Record>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let worker = worker_id(config);
+    match config.lease.backend {
+        LeaseBackend::Sqlite => {
+            let table = SqliteLeases::new(services.store.clone(), stream.clone(), worker);
+            run_with_leases(config, services, api, stream, decode, Arc::new(table), shutdown).await
+        }
+        LeaseBackend::Dynamodb => {
+            let table = DynamoDbLeases::connect(config, &stream, worker).await?;
+            run_with_leases(config, services, api, stream, decode, Arc::new(table), shutdown).await
+        }
+    }
+}
+
+async fn run_with_leases<A: ShardApi, L: LeaseTable>(
+    config: &Config,
+    services: Services,
+    api: Arc<A>,
+    stream: String,
+    decode: Decoder<A::Record>,
+    table: Arc<L>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let Services {
         metrics,
         health,
         store,
         tracker,
     } = services;
+    tracing::info!(worker_id = table.worker(), backend = ?config.lease.backend, "shard leases");
     let background = CancellationToken::new();
+    let fence = Fence::default();
     let sink = Arc::new(BulkSink::new(
         &config.sink,
         store.clone(),
         metrics.clone(),
         health.clone(),
+        fence.clone(),
     )?);
     if !sink.probe().await {
         tracing::warn!(url = %config.sink.url, "elasticsearch not reachable yet; writes will wait and retry");
@@ -186,16 +225,30 @@ pub async fn run_pipeline<A: ShardApi>(
 
     let (router, mut lanes) = batch::start(&config.batch, sink.clone(), metrics.clone());
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (view_tx, view_rx) = watch::channel(LeaseView::default());
+    let keeping = CancellationToken::new();
+    let keeper = LeaseKeeper {
+        table: table.clone(),
+        duration: config.lease.duration,
+        renew_interval: config.lease.renew_interval,
+        balance_interval: config.lease.balance_interval,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        view: view_tx,
+        events: events_rx,
+    };
+    let mut keeper = tokio::spawn(keeper.run(keeping.clone()));
     let committing = CancellationToken::new();
     let committed_any = Arc::new(AtomicBool::new(false));
     let committer = Committer {
         tracker: tracker.clone(),
-        store: store.clone(),
-        stream: stream.clone(),
+        table: table.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
         stall_after: config.health.stall_after,
         finished: finished_tx,
+        lease_events: events_tx.clone(),
         committed_any: committed_any.clone(),
     };
     let mut committer = tokio::spawn(committer.run(committing.clone()));
@@ -216,6 +269,7 @@ pub async fn run_pipeline<A: ShardApi>(
     let coordinator = Coordinator {
         api,
         ctx,
+        table: table.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
@@ -223,6 +277,9 @@ pub async fn run_pipeline<A: ShardApi>(
         discovery_interval: config.source.discovery_interval,
         parent_timeout: config.health.parent_timeout,
         finished: finished_rx,
+        leases: view_rx,
+        lease_events: events_tx,
+        fence,
     };
     let mut coordinator = tokio::spawn(coordinator.run(reading.clone()));
 
@@ -262,6 +319,14 @@ pub async fn run_pipeline<A: ShardApi>(
         .is_ok();
     if !committed {
         committer.abort();
+    }
+    // Leases go last, once the checkpoints are committed: a successor starts at once, from
+    // exactly where this worker stopped. (If the deadline passes first, they expire.)
+    keeping.cancel();
+    let release_deadline = started + timeout.mul_f64(0.99);
+    if tokio::time::timeout_at(release_deadline, &mut keeper).await.is_err() {
+        keeper.abort();
+        tracing::warn!("shutdown deadline reached before every lease was released; they will expire");
     }
     background.cancel();
     let unacknowledged: usize = tracker.unacknowledged_records().values().sum();

@@ -214,6 +214,7 @@ mod tests {
             stream: "s".into(),
             shard: "sh".into(),
             sequence_number: version.to_string(),
+            epoch: 1,
         };
         BulkOp::new(
             "posts".into(),
@@ -276,7 +277,7 @@ mod tests {
     async fn a_later_change_to_the_same_document_replaces_the_earlier_and_carries_its_ack() {
         let tracker = AckTracker::default();
         let shard = "sh".into();
-        let mut acks = tracker.register(&shard, ShardCheckpoint::default(), 2, 2);
+        let mut acks = tracker.register(&shard, 1, ShardCheckpoint::default(), 2, 2);
         let mut first = op("a", 1, 10);
         first.acks.push(acks.remove(0));
         let mut second = op("a", 2, 10);

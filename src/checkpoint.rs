@@ -65,6 +65,8 @@ enum Command {
     Forget(String, Vec<String>, oneshot::Sender<Result<(), StoreError>>),
     DeadLetters(oneshot::Sender<Result<Vec<DeadLetter>, StoreError>>),
     CountDeadLetters(oneshot::Sender<Result<u64, StoreError>>),
+    /// Anything else on the connection (the SQLite lease backend).
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
 }
 
 /// Handle to the store thread. Cheap to clone.
@@ -80,6 +82,17 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     sequence_number TEXT,
     clock           INTEGER NOT NULL,
     finished        INTEGER NOT NULL DEFAULT 0,
+    updated_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (stream, shard_id)
+);
+-- Shard leases of the SQLite backend (src/lease/sqlite.rs): workers on one host share this file.
+CREATE TABLE IF NOT EXISTS leases (
+    stream          TEXT NOT NULL,
+    shard_id        TEXT NOT NULL,
+    owner           TEXT,
+    epoch           INTEGER NOT NULL DEFAULT 0,
+    counter         INTEGER NOT NULL DEFAULT 0,
+    next_owner      TEXT,
     updated_at_ms   INTEGER NOT NULL,
     PRIMARY KEY (stream, shard_id)
 );
@@ -176,13 +189,28 @@ impl CheckpointStore {
         self.ask(Command::DeadLetters).await
     }
 
+    /// Runs `work` on the store's connection, on its thread.
+    pub async fn with_connection<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn FnOnce(&mut Connection) + Send> = Box::new(move |conn| {
+            let _ = reply.send(work(conn));
+        });
+        self.tx
+            .send(Command::Run(job))
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
     /// Rows in the dead-letter table (the `sluice_dead_letters` gauge).
     pub async fn count_dead_letters(&self) -> Result<u64, StoreError> {
         self.ask(Command::CountDeadLetters).await
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -208,6 +236,7 @@ fn serve(mut conn: Connection, rx: std_mpsc::Receiver<Command>) {
             Command::DeadLetters(reply) => {
                 let _ = reply.send(dead_letters(&conn));
             }
+            Command::Run(job) => job(&mut conn),
             Command::CountDeadLetters(reply) => {
                 let count = conn
                     .query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
@@ -221,7 +250,7 @@ fn serve(mut conn: Connection, rx: std_mpsc::Receiver<Command>) {
     }
 }
 
-fn load(conn: &Connection, stream: &str) -> Result<HashMap<String, ShardCheckpoint>, StoreError> {
+pub(crate) fn load(conn: &Connection, stream: &str) -> Result<HashMap<String, ShardCheckpoint>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT shard_id, sequence_number, clock, finished FROM checkpoints WHERE stream = ?1",
     )?;
@@ -244,8 +273,22 @@ fn commit(
     updates: &[(String, ShardCheckpoint)],
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
+    for (shard, cp) in updates {
+        upsert_checkpoint(&tx, stream, shard, cp)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Writes one checkpoint inside a transaction. A checkpoint never moves back (sequence number,
+/// clock) nor back to "unfinished".
+pub(crate) fn upsert_checkpoint(
+    tx: &rusqlite::Transaction<'_>,
+    stream: &str,
+    shard: &str,
+    cp: &ShardCheckpoint,
+) -> Result<(), StoreError> {
     {
-        // A checkpoint never moves back (sequence number, clock) nor back to "unfinished".
         let mut stmt = tx.prepare_cached(
             "INSERT INTO checkpoints (stream, shard_id, sequence_number, clock, finished, updated_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -263,23 +306,19 @@ fn commit(
                finished = MAX(excluded.finished, checkpoints.finished),
                updated_at_ms = excluded.updated_at_ms",
         )?;
-        let now = now_ms();
-        for (shard, cp) in updates {
-            stmt.execute(params![
-                stream,
-                shard,
-                cp.sequence_number,
-                cp.clock as i64,
-                cp.finished as i64,
-                now
-            ])?;
-        }
+        stmt.execute(params![
+            stream,
+            shard,
+            cp.sequence_number,
+            cp.clock as i64,
+            cp.finished as i64,
+            now_ms()
+        ])?;
     }
-    tx.commit()?;
     Ok(())
 }
 
-fn forget(conn: &mut Connection, stream: &str, shards: &[String]) -> Result<(), StoreError> {
+pub(crate) fn forget(conn: &mut Connection, stream: &str, shards: &[String]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         // Only finished rows: an unfinished checkpoint is never thrown away.

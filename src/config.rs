@@ -31,6 +31,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub lease: LeaseConfig,
     /// format = "dms": one route per source table.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -78,6 +80,7 @@ choices!(SourceType { "dynamodb_streams" => DynamodbStreams, "kinesis" => Kinesi
 choices!(StartPosition { "trim_horizon" => TrimHorizon, "latest" => Latest, "at_timestamp" => AtTimestamp });
 choices!(JournalMode { "wal" => Wal, "delete" => Delete });
 choices!(LogFormat { "text" => Text, "json" => Json });
+choices!(LeaseBackend { "sqlite" => Sqlite, "dynamodb" => Dynamodb });
 
 /// What the records in a Kinesis stream are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +253,76 @@ pub struct ShutdownConfig {
     /// Deadline for stop-reading → flush → wait for acks → commit. ECS kills 30 s after SIGTERM.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+}
+
+/// Where shard leases are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseBackend {
+    /// The checkpoint file: several processes on one host (local disk).
+    Sqlite,
+    /// A DynamoDB table (created if missing): many hosts.
+    Dynamodb,
+}
+
+/// Shard leases: how workers share the shards.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// `sqlite` (one host) or `dynamodb` (many hosts).
+    #[serde(default = "default_lease_backend")]
+    pub backend: LeaseBackend,
+    /// DynamoDB: the lease table (holds the checkpoints too).
+    #[serde(default = "default_lease_table")]
+    pub table: String,
+    /// This worker's id; default: host name and process id.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// A lease whose owner has not renewed it for this long may be taken.
+    #[serde(default = "default_lease_duration", deserialize_with = "duration")]
+    pub duration: Duration,
+    /// How often leases are renewed (and others' observed); well below `duration`.
+    #[serde(default = "default_renew_interval", deserialize_with = "duration")]
+    pub renew_interval: Duration,
+    /// How often a worker with less than its share asks the busiest one for a lease.
+    #[serde(default = "default_balance_interval", deserialize_with = "duration")]
+    pub balance_interval: Duration,
+    /// DynamoDB: region (default: the source's).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// DynamoDB: endpoint (default: the source's).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            backend: default_lease_backend(),
+            table: default_lease_table(),
+            worker_id: None,
+            duration: default_lease_duration(),
+            renew_interval: default_renew_interval(),
+            balance_interval: default_balance_interval(),
+            region: None,
+            endpoint_url: None,
+        }
+    }
+}
+
+fn default_lease_backend() -> LeaseBackend {
+    LeaseBackend::Sqlite
+}
+fn default_lease_table() -> String {
+    "sluice-leases".into()
+}
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_renew_interval() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_balance_interval() -> Duration {
+    Duration::from_secs(15)
 }
 
 /// When `/readyz` says sluice cannot make progress.
@@ -634,6 +707,9 @@ impl Config {
             ("health.sink_error_grace", self.health.sink_error_grace),
             ("health.stall_after", self.health.stall_after),
             ("health.parent_timeout", self.health.parent_timeout),
+            ("lease.duration", self.lease.duration),
+            ("lease.renew_interval", self.lease.renew_interval),
+            ("lease.balance_interval", self.lease.balance_interval),
         ] {
             if d.is_zero() {
                 return err(key, "must be greater than zero");
@@ -670,6 +746,23 @@ impl Config {
                 "sink.backoff_max",
                 "needs 0 < backoff_initial ≤ backoff_max",
             );
+        }
+        if self.lease.renew_interval * 2 > self.lease.duration {
+            return err(
+                "lease.renew_interval",
+                "must be at most half of lease.duration, or live leases look expired",
+            );
+        }
+        if self.lease.worker_id.as_deref().is_some_and(|w| w.trim().is_empty()) {
+            return err("lease.worker_id", "must not be empty");
+        }
+        if self.lease.backend == LeaseBackend::Dynamodb && self.lease.table.trim().is_empty() {
+            return err("lease.table", "missing: the DynamoDB lease table's name");
+        }
+        if let Some(url) = &self.lease.endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return err("lease.endpoint_url", "must start with http:// or https://");
+            }
         }
         if self.batch.max_documents == 0 {
             return err("batch.max_documents", "must be at least 1");

@@ -31,6 +31,8 @@ pub struct Health {
     orphaned_waits: Mutex<Option<String>>,
     /// Records pending and no checkpoint advancing (set by the committer).
     stalled: Mutex<Option<String>>,
+    /// This worker holds no lease while shards are unowned (set by the lease keeper).
+    leases: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -49,6 +51,7 @@ impl Health {
             sink_failing: Mutex::default(),
             orphaned_waits: Mutex::default(),
             stalled: Mutex::default(),
+            leases: Mutex::default(),
         }
     }
     pub fn set_store_open(&self, v: bool) {
@@ -79,6 +82,9 @@ impl Health {
     pub fn set_stalled(&self, what: Option<String>) {
         *self.stalled.lock().expect("health lock") = what;
     }
+    pub fn set_leases(&self, what: Option<String>) {
+        *self.leases.lock().expect("health lock") = what;
+    }
 
     /// `None` when ready, else what is missing.
     pub fn not_ready(&self) -> Option<String> {
@@ -100,7 +106,7 @@ impl Health {
                 ));
             }
         }
-        for what in [&self.orphaned_waits, &self.stalled] {
+        for what in [&self.orphaned_waits, &self.stalled, &self.leases] {
             if let Some(why) = &*what.lock().expect("health lock") {
                 missing.push(why.clone());
             }

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod retry;
 pub mod sink;

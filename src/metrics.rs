@@ -29,6 +29,12 @@ pub struct Metrics {
     pub shards_finished: IntCounter,
     pub pipeline_bytes: IntGauge,
     pub dead_letters: IntGauge,
+    pub leases_held: IntGauge,
+    pub lease_held: IntGaugeVec,
+    pub lease_takeovers: IntCounterVec,
+    pub lease_losses: IntCounterVec,
+    pub lease_renew_failures: IntCounter,
+    pub lease_handoffs: IntCounter,
 }
 
 /// Results of document operations (`sluice_documents_total{result}`).
@@ -37,7 +43,9 @@ pub mod result {
     pub const DELETED: &str = "deleted";
     pub const STALE: &str = "stale";
     pub const DEAD_LETTERED: &str = "dead_lettered";
-    pub const ALL: [&str; 4] = [INDEXED, DELETED, STALE, DEAD_LETTERED];
+    /// Queued for a shard whose lease was lost: dropped unsent (the new holder re-reads them).
+    pub const FENCED: &str = "fenced";
+    pub const ALL: [&str; 5] = [INDEXED, DELETED, STALE, DEAD_LETTERED, FENCED];
 }
 
 /// Every label value known in advance, exported at 0 from the start so that alerts and
@@ -88,6 +96,10 @@ pub mod labels {
     pub const DATA_LOSS_REASONS: [&str; 2] = ["trimmed", "shard_gone"];
     /// `sluice_records_skipped_total{reason}`.
     pub const SKIP_REASONS: [&str; 2] = ["control_record", "no_route"];
+    /// `sluice_lease_takeovers_total{from}`: an unowned lease, an expired one, a handoff.
+    pub const LEASE_TAKEOVERS: [&str; 3] = ["unowned", "expired", "handoff"];
+    /// `sluice_lease_losses_total{reason}`.
+    pub const LEASE_LOSSES: [&str; 3] = ["taken", "fenced", "renew_failed"];
 }
 
 impl Metrics {
@@ -217,6 +229,42 @@ impl Metrics {
         for r in labels::SKIP_REASONS {
             records_skipped.with_label_values(&[r]);
         }
+        let leases_held = reg!(IntGauge::new(
+            "sluice_leases_held",
+            "Shard leases this worker holds"
+        ));
+        let lease_held = reg!(IntGaugeVec::new(
+            Opts::new("sluice_lease_held", "1 for each shard whose lease this worker holds"),
+            &["shard"]
+        ));
+        let lease_takeovers = reg!(IntCounterVec::new(
+            Opts::new(
+                "sluice_lease_takeovers_total",
+                "Leases this worker acquired, by where from: unowned, expired (its owner stopped renewing), handoff"
+            ),
+            &["from"]
+        ));
+        let lease_losses = reg!(IntCounterVec::new(
+            Opts::new(
+                "sluice_lease_losses_total",
+                "Leases this worker lost, by reason: taken (by another worker), fenced (a checkpoint commit refused), renew_failed"
+            ),
+            &["reason"]
+        ));
+        let lease_renew_failures = reg!(IntCounter::new(
+            "sluice_lease_renew_failures_total",
+            "Lease renewals that failed for trouble with the lease table (retried)"
+        ));
+        let lease_handoffs = reg!(IntCounter::new(
+            "sluice_lease_handoffs_total",
+            "Leases this worker handed over to another, gracefully"
+        ));
+        for f in labels::LEASE_TAKEOVERS {
+            lease_takeovers.with_label_values(&[f]);
+        }
+        for r in labels::LEASE_LOSSES {
+            lease_losses.with_label_values(&[r]);
+        }
         Self {
             registry,
             records_read,
@@ -238,6 +286,12 @@ impl Metrics {
             shards_finished,
             pipeline_bytes,
             dead_letters,
+            leases_held,
+            lease_held,
+            lease_takeovers,
+            lease_losses,
+            lease_renew_failures,
+            lease_handoffs,
         }
     }
 

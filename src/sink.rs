@@ -21,6 +21,7 @@ use crate::ack::{Ack, ShardId};
 use crate::checkpoint::{CheckpointStore, DeadLetter};
 use crate::config::SinkConfig;
 use crate::http::Health;
+use crate::lease::Fence;
 use crate::metrics::{result, Metrics};
 use crate::retry::Backoff;
 use crate::transform::DocAction;
@@ -46,6 +47,8 @@ pub struct Origin {
     pub stream: Arc<str>,
     pub shard: ShardId,
     pub sequence_number: String,
+    /// The lease epoch it was read under.
+    pub epoch: u64,
 }
 
 /// One versioned document operation, already encoded as its NDJSON lines.
@@ -353,6 +356,7 @@ pub struct BulkSink {
     metrics: Metrics,
     health: Arc<Health>,
     item_warnings: WarnEvery,
+    fence: Fence,
 }
 
 impl BulkSink {
@@ -361,6 +365,7 @@ impl BulkSink {
         store: CheckpointStore,
         metrics: Metrics,
         health: Arc<Health>,
+        fence: Fence,
     ) -> anyhow::Result<Self> {
         let url = cfg
             .url
@@ -382,6 +387,7 @@ impl BulkSink {
             metrics,
             health,
             item_warnings: WarnEvery::new(Duration::from_secs(10)),
+            fence,
         })
     }
 
@@ -412,6 +418,17 @@ impl BulkSink {
     /// offending operation is alone; it is dead-lettered with the error unless the error is
     /// about the cluster rather than the document, which is retried.
     pub async fn write(&self, ops: Vec<BulkOp>) {
+        // A worker that lost a shard's lease drops what it still had queued for it: the new
+        // holder re-reads it (and versions would refuse it anyway).
+        let (ops, fenced): (Vec<BulkOp>, Vec<BulkOp>) = ops
+            .into_iter()
+            .partition(|op| self.fence.holds(&op.origin.shard, op.origin.epoch));
+        if !fenced.is_empty() {
+            tracing::info!(operations = fenced.len(), "dropping queued operations of shards whose lease was lost");
+            for op in fenced {
+                self.finish(op, result::FENCED);
+            }
+        }
         let mut parts = std::collections::VecDeque::from([ops]);
         while let Some(part) = parts.pop_front() {
             let Some((mut refused, why)) = self.write_part(part).await else {
@@ -736,6 +753,7 @@ mod tests {
             stream: "s".into(),
             shard: "shard-1".into(),
             sequence_number: "1".into(),
+            epoch: 1,
         }
     }
 

@@ -14,6 +14,13 @@ use sluice::metrics::Metrics;
 use sluice::sink::{BulkOp, BulkSink, Origin};
 use sluice::transform::DocAction;
 
+/// The sink holds shard-1's lease at epoch 1.
+fn fence() -> sluice::lease::Fence {
+    let f = sluice::lease::Fence::default();
+    f.set(std::iter::once(("shard-1".into(), 1)));
+    f
+}
+
 #[tokio::test]
 async fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered() {
     let es = FakeEs::start_limited("127.0.0.1:0".parse().unwrap(), None, 4096)
@@ -32,16 +39,18 @@ async fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered(
         store.clone(),
         metrics.clone(),
         Arc::new(Health::default()),
+        fence(),
     )
     .unwrap();
 
     let tracker = AckTracker::default();
     let shard = "shard-1".into();
-    let mut acks = tracker.register(&shard, ShardCheckpoint::default(), 21, 21);
+    let mut acks = tracker.register(&shard, 1, ShardCheckpoint::default(), 21, 21);
     let origin = |n: u64| Origin {
         stream: "s".into(),
         shard: "shard-1".into(),
         sequence_number: n.to_string(),
+        epoch: 1,
     };
     let mut ops: Vec<BulkOp> = (0..20)
         .map(|i| {
@@ -111,11 +120,12 @@ async fn a_whole_request_400_is_split_until_the_operation_at_fault_is_dead_lette
         store.clone(),
         metrics.clone(),
         Arc::new(Health::default()),
+        fence(),
     )
     .unwrap();
     let tracker = AckTracker::default();
     let shard = "shard-1".into();
-    let mut acks = tracker.register(&shard, ShardCheckpoint::default(), 16, 16);
+    let mut acks = tracker.register(&shard, 1, ShardCheckpoint::default(), 16, 16);
     let ops: Vec<BulkOp> = (0..16u64)
         .map(|i| {
             // a version Elasticsearch cannot store, as a decoder bug or a corrupt record
@@ -130,6 +140,7 @@ async fn a_whole_request_400_is_split_until_the_operation_at_fault_is_dead_lette
                     stream: "s".into(),
                     shard: "shard-1".into(),
                     sequence_number: i.to_string(),
+                    epoch: 1,
                 },
             );
             op.acks.push(acks.pop().unwrap());

@@ -7,14 +7,15 @@
 //! same: to its end if the service still serves it, else the reader records the loss
 //! (ResourceNotFound → `shard_gone`) and finishes it — either way its children start.
 //!
-//! This is also the seam for shard leases: today one process owns every shard; a lease table
-//! would filter `eligible` down to the shards this process holds.
+//! Only shards whose lease this worker holds are read (see `lease`): a lost lease stops its
+//! reader at once, a lease another worker asked for stops at the next page boundary and is handed
+//! over once everything read from it is committed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,8 @@ use super::reader::{ReaderContext, ReaderExit, ShardReader};
 use super::{ShardApi, ShardInfo, StartAt};
 use crate::ack::ShardId;
 use crate::checkpoint::{CheckpointStore, ShardCheckpoint};
+use crate::lease::keeper::{LeaseEvent, LeaseView};
+use crate::lease::{FencedCheckpoint, Fence, LeaseTable};
 use crate::http::Health;
 use crate::metrics::Metrics;
 
@@ -105,9 +108,12 @@ pub fn forgettable(
     stale
 }
 
-pub struct Coordinator<A: ShardApi> {
+pub struct Coordinator<A: ShardApi, L: LeaseTable> {
     pub api: Arc<A>,
     pub ctx: Arc<ReaderContext<A::Record>>,
+    /// Leases and checkpoints of the stream.
+    pub table: Arc<L>,
+    /// The local store, for the dead-letter gauge.
     pub store: CheckpointStore,
     pub metrics: Metrics,
     pub health: Arc<Health>,
@@ -119,28 +125,47 @@ pub struct Coordinator<A: ShardApi> {
     pub parent_timeout: Duration,
     /// Shards the committer has finished (end reached, everything acknowledged).
     pub finished: mpsc::UnboundedReceiver<ShardId>,
+    /// What this worker holds, from the lease keeper.
+    pub leases: watch::Receiver<LeaseView>,
+    /// Back to the keeper: a shard being handed over is drained.
+    pub lease_events: mpsc::UnboundedSender<LeaseEvent>,
+    /// The epochs held, for the lanes (work of a lost lease is dropped unsent).
+    pub fence: Fence,
 }
 
-impl<A: ShardApi> Coordinator<A> {
-    /// Runs readers until `cancel`; returns once every reader has stopped.
+impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
+    /// Runs readers for the shards this worker holds until `cancel`; returns once every reader
+    /// has stopped.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut readers: JoinSet<(ShardId, ReaderExit)> = JoinSet::new();
         let mut shards = Shards::default();
         let stream = self.ctx.stream.clone();
+        // nothing is read before the first pass over the lease table
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = self.leases.wait_for(|v| v.ready) => {}
+        }
         loop {
-            match self.discover(&mut readers, &mut shards, &cancel).await {
+            let view = self.leases.borrow_and_update().clone();
+            self.reconcile(&view, &mut shards);
+            match self.discover(&view, &mut readers, &mut shards, &cancel).await {
                 Ok(()) => self.health.set_shards_discovered(true),
                 Err(e) => {
                     tracing::warn!(stream = %stream, error = %e, "shard discovery failed; retrying later")
                 }
             }
+            let handing_over = !shards.handing_over.is_empty();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(self.discovery_interval) => {}
+                // a handover waits for the shard's last writes to be committed
+                _ = tokio::time::sleep(Duration::from_millis(100)), if handing_over => {}
+                r = self.leases.changed() => if r.is_err() { break },
                 Some(joined) = readers.join_next_with_id(), if !readers.is_empty() => {
                     match joined {
                         Ok((task, (shard, exit))) => {
                             shards.reading.remove(&task);
+                            shards.tokens.remove(&shard);
                             if exit == ReaderExit::ShardEnded {
                                 // Not finished until its last writes are acknowledged: never
                                 // start a second reader on it meanwhile.
@@ -152,6 +177,9 @@ impl<A: ShardApi> Coordinator<A> {
                             // A reader that panicked restarts from its checkpoint at the next
                             // discovery; what it queued but did not finish is re-read.
                             let shard = shards.reading.remove(&e.id());
+                            if let Some(s) = &shard {
+                                shards.tokens.remove(s);
+                            }
                             tracing::error!(shard_id = ?shard, error = %e, "shard reader failed; it will restart from its checkpoint");
                         }
                     }
@@ -169,25 +197,90 @@ impl<A: ShardApi> Coordinator<A> {
         self.metrics.shards_owned.set(0);
     }
 
+    /// Follows the lease view: a lost lease stops its reader at once and drops the shard's
+    /// pending work (the new holder re-reads from the last committed checkpoint); a lease asked
+    /// for stops its reader at the next page boundary, and once everything read from the shard
+    /// is committed the keeper is told it can hand it over.
+    fn reconcile(&self, view: &LeaseView, shards: &mut Shards) {
+        self.fence
+            .set(view.mine.iter().map(|(s, h)| (s.clone(), h.epoch)));
+        let reading: Vec<ShardId> = shards.tokens.keys().cloned().collect();
+        for shard in reading {
+            match view.mine.get(&shard) {
+                None => {
+                    if let Some(t) = shards.tokens.remove(&shard) {
+                        t.hard.cancel();
+                    }
+                    self.ctx.tracker.discard(&shard);
+                    shards.ended.remove(&shard);
+                }
+                Some(held) if held.handing_to.is_some() => {
+                    if let Some(t) = shards.tokens.get(&shard) {
+                        t.soft.cancel();
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        // ended shards whose lease is gone: the new holder finishes them
+        shards.ended.retain(|s| view.mine.contains_key(s));
+        shards.handing_over = view
+            .mine
+            .iter()
+            .filter(|(_, h)| h.handing_to.is_some())
+            .map(|(s, _)| s.clone())
+            .collect();
+        shards.drained.retain(|s| shards.handing_over.contains(s));
+        let ready: Vec<ShardId> = shards
+            .handing_over
+            .iter()
+            .filter(|s| {
+                !shards.drained.contains(*s)
+                    && !shards.tokens.contains_key(*s)
+                    && self.ctx.tracker.pending_segments(s) == 0
+            })
+            .cloned()
+            .collect();
+        for shard in ready {
+            tracing::info!(shard_id = %shard, "shard drained for handover: everything read is committed");
+            let _ = self.lease_events.send(LeaseEvent::Drained(shard.clone()));
+            shards.drained.insert(shard);
+        }
+    }
+
     async fn discover(
         &mut self,
+        view: &LeaseView,
         readers: &mut JoinSet<(ShardId, ReaderExit)>,
         owned: &mut Shards,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
         let shards = self.api.list_shards().await?;
-        let checkpoints = self.store.load(&self.ctx.stream).await?;
         let listed: HashSet<ShardId> = shards.iter().map(|s| s.id.clone()).collect();
-        let mut waiting: HashMap<ShardId, Vec<ShardId>> = HashMap::new();
-        for shard in shards
+        let checkpoints = self.table.checkpoints().await?;
+        let unlisted = unlisted_unfinished(&listed, &checkpoints);
+        let ids: Vec<ShardId> = shards
             .iter()
-            .chain(&unlisted_unfinished(&listed, &checkpoints))
-        {
+            .chain(&unlisted)
+            .filter(|s| !checkpoints.get(&*s.id).is_some_and(|cp| cp.finished))
+            .map(|s| s.id.clone())
+            .collect();
+        if ids.iter().any(|s| !owned.leased.contains(s)) {
+            self.table.create_missing(&ids).await?;
+            owned.leased.extend(ids);
+            let _ = self.lease_events.send(LeaseEvent::Created);
+        }
+        let mut waiting: HashMap<ShardId, Vec<ShardId>> = HashMap::new();
+        for shard in shards.iter().chain(&unlisted) {
             if owned.is_owned(&shard.id)
                 || checkpoints.get(&*shard.id).is_some_and(|cp| cp.finished)
             {
                 continue;
             }
+            let Some(held) = view.mine.get(&shard.id).filter(|h| h.handing_to.is_none()) else {
+                continue;
+            };
+            let epoch = held.epoch;
             let (start, clock) = match plan(shard, &listed, &checkpoints, &self.initial) {
                 Plan::Wait => {
                     let blocking = shard
@@ -206,9 +299,7 @@ impl<A: ShardApi> Coordinator<A> {
                         clock,
                         finished: true,
                     };
-                    self.store
-                        .commit(&self.ctx.stream, vec![(shard.id.to_string(), done)])
-                        .await?;
+                    self.commit_under_lease(&shard.id, epoch, done).await?;
                     continue;
                 }
                 Plan::Read(start, clock) => (start, clock),
@@ -220,45 +311,78 @@ impl<A: ShardApi> Coordinator<A> {
                     clock,
                     finished: false,
                 };
-                self.store
-                    .commit(&self.ctx.stream, vec![(shard.id.to_string(), started)])
-                    .await?;
+                if !self.commit_under_lease(&shard.id, epoch, started).await? {
+                    continue;
+                }
             }
-            tracing::info!(shard_id = %shard.id, start = ?start, clock, parents = ?shard.parents, "starting shard reader");
+            tracing::info!(shard_id = %shard.id, start = ?start, clock, epoch, parents = ?shard.parents, "starting shard reader");
+            let hard = cancel.child_token();
+            let soft = hard.child_token();
             let reader = ShardReader {
                 api: self.api.clone(),
                 shard: shard.id.clone(),
+                epoch,
                 start,
                 clock: crate::version::VersionClock::resume(clock),
                 ctx: self.ctx.clone(),
             };
-            let token = cancel.clone();
             let id = shard.id.clone();
-            let task = readers.spawn(async move { (id, reader.run(token).await) });
+            let (h, s) = (hard.clone(), soft.clone());
+            let task = readers.spawn(async move { (id, reader.run(h, s).await) });
             owned.reading.insert(task.id(), shard.id.clone());
+            owned.tokens.insert(shard.id.clone(), ReaderTokens { hard, soft });
         }
         let stale = forgettable(&shards, &checkpoints);
         if !stale.is_empty() {
             tracing::debug!(shards = ?stale, "forgetting checkpoints of finished shards that left the stream");
-            self.store.forget(&self.ctx.stream, stale).await?;
+            self.table.forget(stale).await?;
         }
         // Shards read to their end are `ended` until their finish is committed (or seen here).
         owned
             .ended
             .retain(|id| !checkpoints.get(&**id).is_some_and(|cp| cp.finished));
         self.metrics.shards_owned.set(owned.reading.len() as i64);
-        self.report_orphaned_waits(waiting, owned);
+        self.report_orphaned_waits(waiting, owned, view);
         if let Ok(n) = self.store.count_dead_letters().await {
             self.metrics.dead_letters.set(n as i64);
         }
         Ok(())
     }
 
-    /// Readiness: a shard waiting on parents that no reader here is reading (nor, through its
-    /// own parents, waiting on one that is) cannot make progress; say so once it has waited a
-    /// discovery cycle plus `parent_timeout`.
-    fn report_orphaned_waits(&self, waiting: HashMap<ShardId, Vec<ShardId>>, owned: &mut Shards) {
-        let progressing = progressing_waits(&waiting, |s| owned.is_owned(s));
+    /// Writes a checkpoint the reader has not produced (a start, a skip) under the lease;
+    /// `false` if the lease is no longer this worker's.
+    async fn commit_under_lease(
+        &self,
+        shard: &ShardId,
+        epoch: u64,
+        checkpoint: ShardCheckpoint,
+    ) -> anyhow::Result<bool> {
+        let refused = self
+            .table
+            .commit(vec![FencedCheckpoint {
+                shard: shard.clone(),
+                epoch,
+                checkpoint,
+            }])
+            .await?;
+        if refused.is_empty() {
+            return Ok(true);
+        }
+        let _ = self.lease_events.send(LeaseEvent::Lost(shard.clone()));
+        Ok(false)
+    }
+
+    /// Readiness: a shard waiting on parents that nobody reads — not a reader here, not another
+    /// live worker, nor (through its own waiting parents) one that waits on such a reader —
+    /// cannot make progress; say so once it has waited a discovery cycle plus `parent_timeout`.
+    fn report_orphaned_waits(
+        &self,
+        waiting: HashMap<ShardId, Vec<ShardId>>,
+        owned: &mut Shards,
+        view: &LeaseView,
+    ) {
+        let progressing =
+            progressing_waits(&waiting, |s| owned.is_owned(s) || view.others.contains(s));
         let now = tokio::time::Instant::now();
         owned
             .orphaned_since
@@ -329,11 +453,24 @@ pub fn progressing_waits(
     }
 }
 
+/// How a reader is stopped: `hard` at once (lost lease, shutdown), `soft` at the next page
+/// boundary (a handover: nothing half-delivered).
+struct ReaderTokens {
+    hard: CancellationToken,
+    soft: CancellationToken,
+}
+
 /// The shards this process has taken on.
 #[derive(Default)]
 struct Shards {
     /// Reader task → its shard.
     reading: HashMap<tokio::task::Id, ShardId>,
+    tokens: HashMap<ShardId, ReaderTokens>,
+    /// Held leases another worker asked for, and those already reported drained.
+    handing_over: HashSet<ShardId>,
+    drained: HashSet<ShardId>,
+    /// Shards known to have a lease row.
+    leased: HashSet<ShardId>,
     /// Read to their end; waiting for their last writes to be acknowledged.
     ended: HashSet<ShardId>,
     /// Waiting shards whose parents nobody reads, since when.

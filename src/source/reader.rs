@@ -52,6 +52,8 @@ pub enum ReaderExit {
 pub struct ShardReader<A: ShardApi> {
     pub api: Arc<A>,
     pub shard: ShardId,
+    /// The lease epoch this shard is read under; it travels with every segment and operation.
+    pub epoch: u64,
     pub start: StartAt,
     pub clock: VersionClock,
     pub ctx: Arc<ReaderContext<A::Record>>,
@@ -69,7 +71,11 @@ enum Iterator {
 const RENEW_AFTER_FAILURES: u32 = 3;
 
 impl<A: ShardApi> ShardReader<A> {
-    pub async fn run(mut self, cancel: CancellationToken) -> ReaderExit {
+    /// Reads until the shard ends or a token is cancelled: `hard` stops at once (a lost lease,
+    /// shutdown), `soft` (a child of `hard`) only between pages, never with a page half queued (a
+    /// handover: everything read is then acknowledged and committed before the lease moves).
+    pub async fn run(mut self, hard: CancellationToken, soft: CancellationToken) -> ReaderExit {
+        let cancel = soft;
         let shard = self.shard.clone();
         let mut last_read: Option<String> = match &self.start {
             StartAt::AfterSequence(s) => Some(s.clone()),
@@ -120,7 +126,7 @@ impl<A: ShardApi> ShardReader<A> {
                     if let Some(last) = page.records.last() {
                         last_read = Some(last.sequence_number().to_owned());
                     }
-                    if read > 0 && !self.deliver(page.records, &cancel).await {
+                    if read > 0 && !self.deliver(page.records, &hard).await {
                         return ReaderExit::Cancelled;
                     }
                     let Some(next) = page.next_iterator else {
@@ -213,7 +219,7 @@ impl<A: ShardApi> ShardReader<A> {
             clock: self.clock.last(),
             finished: true,
         };
-        let _ = self.ctx.tracker.register(&self.shard, end, 0, 0);
+        let _ = self.ctx.tracker.register(&self.shard, self.epoch, end, 0, 0);
         ReaderExit::ShardEnded
     }
 
@@ -341,6 +347,7 @@ impl<A: ShardApi> ShardReader<A> {
                 stream: ctx.stream.clone(),
                 shard: self.shard.clone(),
                 sequence_number: record.sequence_number().to_owned(),
+                epoch: self.epoch,
             };
             match decoded {
                 Ok(decoded) => {
@@ -403,7 +410,7 @@ impl<A: ShardApi> ShardReader<A> {
         }
         let acks = ctx
             .tracker
-            .register(&self.shard, checkpoint, records.len(), ops.len());
+            .register(&self.shard, self.epoch, checkpoint, records.len(), ops.len());
         for (mut op, ack) in ops.into_iter().zip(acks) {
             op.acks.push(ack);
             tokio::select! {

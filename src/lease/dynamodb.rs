@@ -1,0 +1,391 @@
+//! The DynamoDB lease backend: many hosts, the way KCL does it — every write a conditional
+//! UpdateItem on one table (created if missing, on-demand billing). The table holds each shard's
+//! lease *and* its checkpoint, so a fenced commit is one conditional write.
+//!
+//! Item: `stream` (partition key), `shard_id` (sort key), `owner`, `epoch`, `counter`,
+//! `next_owner`; once the shard is started: `started`, `sequence_number`, `clock`, `finished`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ScalarAttributeType, TableStatus,
+};
+use aws_sdk_dynamodb::Client;
+
+use super::{FencedCheckpoint, Lease, LeaseError, LeaseTable};
+use crate::ack::ShardId;
+use crate::checkpoint::ShardCheckpoint;
+use crate::config::Config;
+
+pub struct DynamoDbLeases {
+    client: Client,
+    table: String,
+    stream: String,
+    worker: String,
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn text(e: impl std::error::Error) -> LeaseError {
+    LeaseError(aws_smithy_types::error::display::DisplayErrorContext(e).to_string())
+}
+
+/// `Ok(None)` when the condition failed (someone else changed the lease), `Err` otherwise.
+fn conditional<T, E, R>(r: Result<T, SdkError<E, R>>) -> Result<Option<T>, LeaseError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(None),
+        Err(e) => Err(text(e)),
+    }
+}
+
+fn lease_of(item: &Item) -> Option<Lease> {
+    let get_s = |k: &str| match item.get(k) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let get_n = |k: &str| match item.get(k) {
+        Some(AttributeValue::N(v)) => v.parse::<u64>().ok(),
+        _ => None,
+    };
+    Some(Lease {
+        shard: get_s("shard_id")?.into(),
+        owner: get_s("owner"),
+        epoch: get_n("epoch").unwrap_or(0),
+        counter: get_n("counter").unwrap_or(0),
+        next_owner: get_s("next_owner"),
+        finished: matches!(item.get("finished"), Some(AttributeValue::Bool(true))),
+    })
+}
+
+fn checkpoint_of(item: &Item) -> Option<ShardCheckpoint> {
+    if !matches!(item.get("started"), Some(AttributeValue::Bool(true))) {
+        return None;
+    }
+    Some(ShardCheckpoint {
+        sequence_number: match item.get("sequence_number") {
+            Some(AttributeValue::S(v)) => Some(v.clone()),
+            _ => None,
+        },
+        clock: match item.get("clock") {
+            Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
+            _ => 0,
+        },
+        finished: matches!(item.get("finished"), Some(AttributeValue::Bool(true))),
+    })
+}
+
+impl DynamoDbLeases {
+    /// Connects (region and endpoint: `lease.*`, else the source's) and creates the table if it
+    /// does not exist.
+    pub async fn connect(config: &Config, stream: &str, worker: String) -> anyhow::Result<Self> {
+        let mut source = config.source.clone();
+        if let Some(region) = &config.lease.region {
+            source.region = region.clone();
+        }
+        if let Some(url) = &config.lease.endpoint_url {
+            source.endpoint_url = Some(url.clone());
+        }
+        let sdk = crate::source::dynamodb_streams::sdk_config(&source).await;
+        let leases = Self {
+            client: Client::new(&sdk),
+            table: config.lease.table.clone(),
+            stream: stream.to_string(),
+            worker,
+        };
+        leases.ensure_table().await.map_err(|e| {
+            anyhow::anyhow!("lease table `{}` (lease.table): {e}", leases.table)
+        })?;
+        Ok(leases)
+    }
+
+    async fn ensure_table(&self) -> Result<(), LeaseError> {
+        match self.client.describe_table().table_name(&self.table).send().await {
+            Ok(out) => {
+                if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.code() == Some("ResourceNotFoundException") => {
+                tracing::info!(table = %self.table, "creating the lease table (on-demand billing)");
+                let created = self
+                    .client
+                    .create_table()
+                    .table_name(&self.table)
+                    .billing_mode(BillingMode::PayPerRequest)
+                    .attribute_definitions(attr("stream")?)
+                    .attribute_definitions(attr("shard_id")?)
+                    .key_schema(key("stream", KeyType::Hash)?)
+                    .key_schema(key("shard_id", KeyType::Range)?)
+                    .send()
+                    .await;
+                match created {
+                    Ok(_) => {}
+                    // another worker created it meanwhile
+                    Err(e) if e.code() == Some("ResourceInUseException") => {}
+                    Err(e) => return Err(text(e)),
+                }
+            }
+            Err(e) => return Err(text(e)),
+        }
+        for _ in 0..120 {
+            let out = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map_err(text)?;
+            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(LeaseError("the table did not become ACTIVE within a minute".into()))
+    }
+
+    async fn items(&self) -> Result<Vec<Item>, LeaseError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#s = :s")
+                .expression_attribute_names("#s", "stream")
+                .expression_attribute_values(":s", s(&self.stream))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(text)?;
+            items.extend(out.items().iter().cloned());
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    fn key(&self, shard: &str) -> Item {
+        [("stream".to_string(), s(&self.stream)), ("shard_id".to_string(), s(shard))].into()
+    }
+}
+
+fn attr(name: &str) -> Result<AttributeDefinition, LeaseError> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .map_err(text)
+}
+
+fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, LeaseError> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .map_err(text)
+}
+
+impl LeaseTable for DynamoDbLeases {
+    fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>, LeaseError> {
+        Ok(self.items().await?.iter().filter_map(lease_of).collect())
+    }
+
+    async fn create_missing(&self, shards: &[ShardId]) -> Result<(), LeaseError> {
+        let known: std::collections::HashSet<ShardId> =
+            self.leases().await?.into_iter().map(|l| l.shard).collect();
+        for shard in shards.iter().filter(|s| !known.contains(*s)) {
+            let mut item = self.key(shard);
+            item.insert("epoch".into(), n(0));
+            item.insert("counter".into(), n(0));
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(shard_id)")
+                .send()
+                .await;
+            conditional(put)?;
+        }
+        Ok(())
+    }
+
+    async fn take(&self, seen: &Lease) -> Result<Option<Lease>, LeaseError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(&seen.shard)))
+            .update_expression(
+                "SET #o = :me, epoch = epoch + :one, #c = #c + :one REMOVE next_owner",
+            )
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#c", "counter")
+            .expression_attribute_values(":me", s(&self.worker))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":e", n(seen.epoch))
+            .expression_attribute_values(":n", n(seen.counter))
+            .return_values(ReturnValue::AllNew);
+        req = match &seen.owner {
+            Some(owner) => req
+                .condition_expression("#o = :seen AND epoch = :e AND #c = :n")
+                .expression_attribute_values(":seen", s(owner)),
+            None => req.condition_expression("attribute_not_exists(#o) AND epoch = :e AND #c = :n"),
+        };
+        Ok(conditional(req.send().await)?
+            .and_then(|out| out.attributes().and_then(lease_of)))
+    }
+
+    async fn renew(&self, shard: &ShardId, epoch: u64) -> Result<Option<Lease>, LeaseError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(shard)))
+            .update_expression("SET #c = #c + :one")
+            .condition_expression("#o = :me AND epoch = :e")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#c", "counter")
+            .expression_attribute_values(":me", s(&self.worker))
+            .expression_attribute_values(":e", n(epoch))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        Ok(conditional(out)?.and_then(|out| out.attributes().and_then(lease_of)))
+    }
+
+    async fn release(
+        &self,
+        shard: &ShardId,
+        epoch: u64,
+        to: Option<&str>,
+    ) -> Result<bool, LeaseError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(shard)))
+            .condition_expression("#o = :me AND epoch = :e")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#c", "counter")
+            .expression_attribute_values(":me", s(&self.worker))
+            .expression_attribute_values(":e", n(epoch))
+            .expression_attribute_values(":one", n(1));
+        req = match to {
+            Some(to) => req
+                .update_expression(
+                    "SET #o = :to, epoch = epoch + :one, #c = #c + :one REMOVE next_owner",
+                )
+                .expression_attribute_values(":to", s(to)),
+            None => req.update_expression("SET #c = #c + :one REMOVE #o, next_owner"),
+        };
+        Ok(conditional(req.send().await)?.is_some())
+    }
+
+    async fn request(&self, shard: &ShardId, epoch: u64) -> Result<bool, LeaseError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(shard)))
+            .update_expression("SET next_owner = :me")
+            .condition_expression(
+                "attribute_exists(#o) AND #o <> :me AND epoch = :e AND attribute_not_exists(next_owner)",
+            )
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_values(":me", s(&self.worker))
+            .expression_attribute_values(":e", n(epoch))
+            .send()
+            .await;
+        Ok(conditional(out)?.is_some())
+    }
+
+    async fn commit(&self, updates: Vec<FencedCheckpoint>) -> Result<Vec<ShardId>, LeaseError> {
+        let mut refused = Vec::new();
+        for u in updates {
+            let mut set = vec!["started = :t", "clock = :clock"];
+            let mut req = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(self.key(&u.shard)))
+                .condition_expression("#o = :me AND epoch = :e")
+                .expression_attribute_names("#o", "owner")
+                .expression_attribute_values(":me", s(&self.worker))
+                .expression_attribute_values(":e", n(u.epoch))
+                .expression_attribute_values(":t", AttributeValue::Bool(true))
+                .expression_attribute_values(":clock", n(u.checkpoint.clock));
+            if let Some(seq) = &u.checkpoint.sequence_number {
+                set.push("sequence_number = :seq");
+                req = req.expression_attribute_values(":seq", s(seq));
+            }
+            // only the holder writes, in read order: a checkpoint never moves back; a finished
+            // shard never becomes unfinished
+            if u.checkpoint.finished {
+                set.push("finished = :t");
+            }
+            let out = req
+                .update_expression(format!("SET {}", set.join(", ")))
+                .send()
+                .await;
+            if conditional(out)?.is_none() {
+                refused.push(u.shard);
+            }
+        }
+        Ok(refused)
+    }
+
+    async fn checkpoints(&self) -> Result<HashMap<String, ShardCheckpoint>, LeaseError> {
+        Ok(self
+            .items()
+            .await?
+            .iter()
+            .filter_map(|item| {
+                let shard = match item.get("shard_id") {
+                    Some(AttributeValue::S(v)) => v.clone(),
+                    _ => return None,
+                };
+                Some((shard, checkpoint_of(item)?))
+            })
+            .collect())
+    }
+
+    async fn forget(&self, shards: Vec<String>) -> Result<(), LeaseError> {
+        for shard in shards {
+            let out = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(self.key(&shard)))
+                .condition_expression("finished = :t")
+                .expression_attribute_values(":t", AttributeValue::Bool(true))
+                .send()
+                .await;
+            conditional(out)?;
+        }
+        Ok(())
+    }
+}

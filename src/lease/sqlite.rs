@@ -1,0 +1,265 @@
+//! The SQLite lease backend: several sluice processes on one host sharing the checkpoint file.
+//! Leases live in the `leases` table beside `checkpoints`; a fenced checkpoint commit checks the
+//! lease and writes the checkpoint in one transaction. SQLite's file locking is trustworthy on a
+//! local disk only — not over NFS/EFS between hosts (use the DynamoDB backend there).
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{FencedCheckpoint, Lease, LeaseError, LeaseTable};
+use crate::ack::ShardId;
+use crate::checkpoint::{self, CheckpointStore, ShardCheckpoint, StoreError};
+
+pub struct SqliteLeases {
+    store: CheckpointStore,
+    stream: String,
+    worker: String,
+}
+
+impl SqliteLeases {
+    pub fn new(store: CheckpointStore, stream: impl Into<String>, worker: impl Into<String>) -> Self {
+        Self {
+            store,
+            stream: stream.into(),
+            worker: worker.into(),
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection, &str, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, LeaseError> {
+        let (stream, worker) = (self.stream.clone(), self.worker.clone());
+        self.store
+            .with_connection(move |conn| work(conn, &stream, &worker))
+            .await
+            .map_err(|e| LeaseError(e.to_string()))
+    }
+}
+
+const SELECT: &str = "SELECT l.shard_id, l.owner, l.epoch, l.counter, l.next_owner, COALESCE(c.finished, 0)
+     FROM leases l LEFT JOIN checkpoints c ON c.stream = l.stream AND c.shard_id = l.shard_id
+     WHERE l.stream = ?1";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        shard: r.get::<_, String>(0)?.into(),
+        owner: r.get(1)?,
+        epoch: r.get::<_, i64>(2)? as u64,
+        counter: r.get::<_, i64>(3)? as u64,
+        next_owner: r.get(4)?,
+        finished: r.get::<_, i64>(5)? != 0,
+    })
+}
+
+fn one(conn: &Connection, stream: &str, shard: &str) -> Result<Option<Lease>, StoreError> {
+    Ok(conn
+        .query_row(&format!("{SELECT} AND l.shard_id = ?2"), params![stream, shard], row)
+        .optional()?)
+}
+
+impl LeaseTable for SqliteLeases {
+    fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>, LeaseError> {
+        self.run(|conn, stream, _| {
+            let mut stmt = conn.prepare_cached(SELECT)?;
+            let rows = stmt.query_map(params![stream], row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn create_missing(&self, shards: &[ShardId]) -> Result<(), LeaseError> {
+        let shards: Vec<String> = shards.iter().map(|s| s.to_string()).collect();
+        self.run(move |conn, stream, _| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO leases (stream, shard_id, updated_at_ms) VALUES (?1, ?2, ?3)",
+                )?;
+                for shard in &shards {
+                    stmt.execute(params![stream, shard, checkpoint::now_ms()])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take(&self, seen: &Lease) -> Result<Option<Lease>, LeaseError> {
+        let seen = seen.clone();
+        self.run(move |conn, stream, me| {
+            let changed = conn.execute(
+                "UPDATE leases SET owner = ?3, epoch = epoch + 1, counter = counter + 1,
+                        next_owner = NULL, updated_at_ms = ?7
+                 WHERE stream = ?1 AND shard_id = ?2 AND owner IS ?4 AND epoch = ?5 AND counter = ?6",
+                params![
+                    stream,
+                    &*seen.shard,
+                    me,
+                    seen.owner,
+                    seen.epoch as i64,
+                    seen.counter as i64,
+                    checkpoint::now_ms()
+                ],
+            )?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            one(conn, stream, &seen.shard)
+        })
+        .await
+    }
+
+    async fn renew(&self, shard: &ShardId, epoch: u64) -> Result<Option<Lease>, LeaseError> {
+        let shard = shard.clone();
+        self.run(move |conn, stream, me| {
+            let changed = conn.execute(
+                "UPDATE leases SET counter = counter + 1, updated_at_ms = ?5
+                 WHERE stream = ?1 AND shard_id = ?2 AND owner = ?3 AND epoch = ?4",
+                params![stream, &*shard, me, epoch as i64, checkpoint::now_ms()],
+            )?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            one(conn, stream, &shard)
+        })
+        .await
+    }
+
+    async fn release(&self, shard: &ShardId, epoch: u64, to: Option<&str>) -> Result<bool, LeaseError> {
+        let (shard, to) = (shard.clone(), to.map(str::to_owned));
+        self.run(move |conn, stream, me| {
+            let changed = conn.execute(
+                "UPDATE leases SET owner = ?5,
+                        epoch = epoch + (CASE WHEN ?5 IS NULL THEN 0 ELSE 1 END),
+                        counter = counter + 1, next_owner = NULL, updated_at_ms = ?6
+                 WHERE stream = ?1 AND shard_id = ?2 AND owner = ?3 AND epoch = ?4",
+                params![stream, &*shard, me, epoch as i64, to, checkpoint::now_ms()],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn request(&self, shard: &ShardId, epoch: u64) -> Result<bool, LeaseError> {
+        let shard = shard.clone();
+        self.run(move |conn, stream, me| {
+            let changed = conn.execute(
+                "UPDATE leases SET next_owner = ?3, updated_at_ms = ?5
+                 WHERE stream = ?1 AND shard_id = ?2 AND owner IS NOT NULL AND owner <> ?3
+                   AND epoch = ?4 AND next_owner IS NULL",
+                params![stream, &*shard, me, epoch as i64, checkpoint::now_ms()],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn commit(&self, updates: Vec<FencedCheckpoint>) -> Result<Vec<ShardId>, LeaseError> {
+        self.run(move |conn, stream, me| {
+            let tx = conn.transaction()?;
+            let mut refused = Vec::new();
+            for u in &updates {
+                let holder: Option<(Option<String>, i64)> = tx
+                    .query_row(
+                        "SELECT owner, epoch FROM leases WHERE stream = ?1 AND shard_id = ?2",
+                        params![stream, &*u.shard],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                match holder {
+                    Some((Some(owner), epoch)) if owner == me && epoch as u64 == u.epoch => {
+                        checkpoint::upsert_checkpoint(&tx, stream, &u.shard, &u.checkpoint)?;
+                    }
+                    _ => refused.push(u.shard.clone()),
+                }
+            }
+            tx.commit()?;
+            Ok(refused)
+        })
+        .await
+    }
+
+    async fn checkpoints(&self) -> Result<HashMap<String, ShardCheckpoint>, LeaseError> {
+        self.run(|conn, stream, _| checkpoint::load(conn, stream)).await
+    }
+
+    async fn forget(&self, shards: Vec<String>) -> Result<(), LeaseError> {
+        self.run(move |conn, stream, _| {
+            checkpoint::forget(conn, stream, &shards)?;
+            let tx = conn.transaction()?;
+            {
+                // only leases whose checkpoint is gone (finished and forgotten)
+                let mut stmt = tx.prepare_cached(
+                    "DELETE FROM leases WHERE stream = ?1 AND shard_id = ?2
+                       AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.stream = ?1 AND c.shard_id = ?2)",
+                )?;
+                for shard in &shards {
+                    stmt.execute(params![stream, shard])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JournalMode;
+
+    fn cp(seq: &str) -> ShardCheckpoint {
+        ShardCheckpoint {
+            sequence_number: Some(seq.into()),
+            clock: 1,
+            finished: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_write_is_conditional_on_what_the_worker_last_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        // two processes' worth: two stores on one file
+        let a = SqliteLeases::new(CheckpointStore::open(&path, JournalMode::Wal).unwrap(), "s", "a");
+        let b = SqliteLeases::new(CheckpointStore::open(&path, JournalMode::Wal).unwrap(), "s", "b");
+        let shard: ShardId = "shard-1".into();
+        a.create_missing(&[shard.clone()]).await.unwrap();
+        let seen = b.leases().await.unwrap().remove(0);
+        let held = a.take(&seen).await.unwrap().expect("a takes the unowned lease");
+        assert_eq!((held.owner.as_deref(), held.epoch), (Some("a"), 1));
+        assert_eq!(b.take(&seen).await.unwrap(), None, "b saw an older lease: refused");
+        // a renews; b's view of a's lease changes with every heartbeat
+        let renewed = a.renew(&shard, 1).await.unwrap().unwrap();
+        assert_eq!(renewed.counter, held.counter + 1);
+        // fencing: only the holder at its epoch commits
+        assert!(a.commit(vec![FencedCheckpoint { shard: shard.clone(), epoch: 1, checkpoint: cp("10") }]).await.unwrap().is_empty());
+        assert_eq!(
+            b.commit(vec![FencedCheckpoint { shard: shard.clone(), epoch: 1, checkpoint: cp("20") }]).await.unwrap(),
+            vec![shard.clone()]
+        );
+        // b asks; a hands over: b owns it at epoch 2, a can neither renew nor commit any more
+        assert!(b.request(&shard, 1).await.unwrap());
+        assert_eq!(a.renew(&shard, 1).await.unwrap().unwrap().next_owner.as_deref(), Some("b"));
+        assert!(a.release(&shard, 1, Some("b")).await.unwrap());
+        assert_eq!(a.renew(&shard, 1).await.unwrap(), None);
+        assert_eq!(
+            a.commit(vec![FencedCheckpoint { shard: shard.clone(), epoch: 1, checkpoint: cp("30") }]).await.unwrap(),
+            vec![shard.clone()]
+        );
+        let now = b.leases().await.unwrap().remove(0);
+        assert_eq!((now.owner.as_deref(), now.epoch, now.next_owner), (Some("b"), 2, None));
+        assert_eq!(b.checkpoints().await.unwrap()["shard-1"], cp("10"));
+        // released to nobody on shutdown: anyone may take it at once
+        assert!(b.release(&shard, 2, None).await.unwrap());
+        assert_eq!(a.leases().await.unwrap()[0].owner, None);
+    }
+}
