@@ -228,16 +228,14 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (view_tx, view_rx) = watch::channel(LeaseView::default());
     let keeping = CancellationToken::new();
-    let keeper = LeaseKeeper {
-        table: table.clone(),
-        duration: config.lease.duration,
-        renew_interval: config.lease.renew_interval,
-        balance_interval: config.lease.balance_interval,
-        metrics: metrics.clone(),
-        health: health.clone(),
-        view: view_tx,
-        events: events_rx,
-    };
+    let keeper = LeaseKeeper::new(
+        table.clone(),
+        &config.lease,
+        metrics.clone(),
+        health.clone(),
+        view_tx,
+        events_rx,
+    );
     let mut keeper = tokio::spawn(keeper.run(keeping.clone()));
     let committing = CancellationToken::new();
     let committed_any = Arc::new(AtomicBool::new(false));

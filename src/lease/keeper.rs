@@ -58,6 +58,8 @@ pub struct LeaseKeeper<L: LeaseTable> {
     pub health: Arc<Health>,
     pub view: watch::Sender<LeaseView>,
     pub events: mpsc::UnboundedReceiver<LeaseEvent>,
+    /// Shards with a `sluice_lease_held` series, to remove it once the lease is gone.
+    gauges: std::sync::Mutex<HashSet<ShardId>>,
 }
 
 /// How a lease looked the last time it changed, on this worker's clock.
@@ -75,6 +77,27 @@ struct Mine {
 }
 
 impl<L: LeaseTable> LeaseKeeper<L> {
+    pub fn new(
+        table: Arc<L>,
+        config: &crate::config::LeaseConfig,
+        metrics: Metrics,
+        health: Arc<Health>,
+        view: watch::Sender<LeaseView>,
+        events: mpsc::UnboundedReceiver<LeaseEvent>,
+    ) -> Self {
+        Self {
+            table,
+            duration: config.duration,
+            renew_interval: config.renew_interval,
+            balance_interval: config.balance_interval,
+            metrics,
+            health,
+            view,
+            events,
+            gauges: std::sync::Mutex::default(),
+        }
+    }
+
     /// Runs until `stop`, then gives every lease up (the caller stops it only after the last
     /// checkpoints are committed), so successors start at once.
     pub async fn run(mut self, stop: CancellationToken) {
@@ -323,9 +346,19 @@ impl<L: LeaseTable> LeaseKeeper<L> {
 
     fn publish(&self, mine: &BTreeMap<ShardId, Mine>, others: Option<HashSet<ShardId>>) {
         self.metrics.leases_held.set(mine.len() as i64);
+        let mut gauges = self.gauges.lock().expect("gauge lock");
+        gauges.retain(|shard| {
+            let keep = mine.contains_key(shard);
+            if !keep {
+                let _ = self.metrics.lease_held.remove_label_values(&[shard]);
+            }
+            keep
+        });
         for shard in mine.keys() {
             self.metrics.lease_held.with_label_values(&[shard]).set(1);
+            gauges.insert(shard.clone());
         }
+        drop(gauges);
         let next: BTreeMap<ShardId, HeldLease> = mine
             .iter()
             .map(|(s, m)| {

@@ -66,6 +66,10 @@ pub struct Stats {
     /// Externally versioned items whose (index, id, version) was received before: with
     /// versions reproduced on replay, exactly the re-delivered changes (and item retries).
     pub redelivered: u64,
+    /// Externally versioned items whose (index, id, version) was received before with a
+    /// *different* action or source: one version meaning two document states. With versions
+    /// that order changes, this stays 0 — whoever sends them (a deposed worker, a replay).
+    pub divergent: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -109,7 +113,8 @@ struct Shared {
     upstream: Option<String>,
     http: reqwest::Client,
     seq: AtomicU64,
-    seen: Mutex<std::collections::HashSet<(String, String, String)>>,
+    /// (index, id, version) → the action and source first received with it.
+    seen: Mutex<HashMap<(String, String, String), u64>>,
     max_content_length: usize,
     /// `action.auto_create_index` (true by default, as in Elasticsearch).
     auto_create_index: std::sync::atomic::AtomicBool,
@@ -967,18 +972,34 @@ fn count_redelivered(s: &Shared, body: &[u8], path_index: Option<&str>) {
         return;
     };
     let mut seen = s.seen.lock().unwrap();
-    let repeats = actions
-        .iter()
-        .filter_map(|a| {
-            Some((
-                a.index.clone(),
-                a.id.clone()?,
-                a.version.as_ref()?.to_string(),
-            ))
-        })
-        .filter(|key| !seen.insert(key.clone()))
-        .count();
-    s.stats.lock().unwrap().redelivered += repeats as u64;
+    let (mut repeats, mut divergent) = (0, 0);
+    for a in &actions {
+        let (Some(id), Some(version)) = (&a.id, &a.version) else {
+            continue;
+        };
+        let key = (a.index.clone(), id.clone(), version.to_string());
+        let content = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            a.op.hash(&mut h);
+            a.source.as_ref().map(|v| v.to_string()).hash(&mut h);
+            h.finish()
+        };
+        match seen.get(&key) {
+            None => {
+                seen.insert(key, content);
+            }
+            Some(first) => {
+                repeats += 1;
+                if *first != content {
+                    divergent += 1;
+                }
+            }
+        }
+    }
+    let mut stats = s.stats.lock().unwrap();
+    stats.redelivered += repeats;
+    stats.divergent += divergent;
 }
 
 /// An answer that starts and then breaks: the client sees a dropped connection.

@@ -1,0 +1,451 @@
+//! Several `sluice run` workers share one stream's shards through leases: on one host through
+//! the SQLite checkpoint file, across hosts through a DynamoDB lease table (moto). The real
+//! binary, kinesalite with a multi-shard stream, the Elasticsearch test server.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::primitives::Blob;
+use common::*;
+use es_fake::Faults;
+use serde_json::{json, Value};
+
+const SHARDS: i32 = 6;
+const LEASE: Duration = Duration::from_secs(3);
+const RENEW: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    DynamoDb,
+}
+
+/// kinesalite with a 6-shard stream of DMS messages for one table, the Elasticsearch test
+/// server, one scratch folder (and checkpoint file) for every worker; moto for the DynamoDB
+/// lease table.
+struct Bed {
+    kinesis: KinesisEmulator,
+    k: aws_sdk_kinesis::Client,
+    es: Es,
+    moto: Option<Moto>,
+    dir: tempfile::TempDir,
+    stream: String,
+    backend: Backend,
+    /// Every row's latest state, as the index must end up.
+    rows: BTreeMap<u64, Value>,
+    rev: u64,
+}
+
+impl Bed {
+    async fn new(name: &str, backend: Backend) -> Bed {
+        let kinesis = KinesisEmulator::kinesalite();
+        let k = kinesis.client();
+        let es = Es::start().await;
+        es.delete_index("customers").await;
+        create_stream(&k, name, SHARDS).await;
+        Bed {
+            kinesis,
+            k,
+            es,
+            moto: matches!(backend, Backend::DynamoDb).then(Moto::start),
+            dir: tempfile::tempdir().unwrap(),
+            stream: name.to_string(),
+            backend,
+            rows: BTreeMap::new(),
+            rev: 0,
+        }
+    }
+
+    fn start(&self, worker: &str) -> Sluice {
+        let port = free_port();
+        let lease = match (self.backend, &self.moto) {
+            (Backend::DynamoDb, Some(moto)) => format!(
+                "backend = \"dynamodb\"\ntable = \"sluice-leases\"\nendpoint_url = \"{}\"\n",
+                moto.url
+            ),
+            _ => String::new(),
+        };
+        let routes = format!(
+            "[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"id\"]\n\n[lease]\n{lease}worker_id = \"{worker}\"\nduration = \"{}ms\"\nrenew_interval = \"{}ms\"\nbalance_interval = \"2s\"\n",
+            LEASE.as_millis(),
+            RENEW.as_millis()
+        );
+        let toml = kinesis_config_toml(
+            &self.kinesis.url,
+            &self.es.url(),
+            &self.stream,
+            "dms",
+            &self.dir.path().join("sluice.db"),
+            port,
+            &routes,
+            "",
+        );
+        let config = self.dir.path().join(format!("{worker}.toml"));
+        std::fs::write(&config, toml).unwrap();
+        Sluice::start_with_config(&config, port, self.dir.path())
+    }
+
+    /// `n` changes (inserts, updates, deletes) over `keys` rows, one PutRecords call per 50.
+    async fn write(&mut self, keys: u64, n: usize, seed: u64) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut entries = Vec::new();
+        for _ in 0..n {
+            let id = rng.u64(0..keys);
+            self.rev += 1;
+            let (op, data) = if self.rows.contains_key(&id) && rng.u8(0..10) == 0 {
+                self.rows.remove(&id);
+                ("delete", json!({"id": id}))
+            } else {
+                let row = json!({"id": id, "rev": self.rev, "name": format!("row {id} rev {}", self.rev)});
+                let op = if self.rows.insert(id, row.clone()).is_some() {
+                    "update"
+                } else {
+                    "insert"
+                };
+                (op, row)
+            };
+            let message = json!({"data": data, "metadata": {"timestamp": dms_now(), "record-type": "data",
+                "operation": op, "schema-name": "public", "table-name": "customers"}});
+            entries.push(
+                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                    .partition_key(format!("public.customers.{id}"))
+                    .data(Blob::new(message.to_string().into_bytes()))
+                    .build()
+                    .unwrap(),
+            );
+            if entries.len() == 50 {
+                self.put(std::mem::take(&mut entries)).await;
+            }
+        }
+        if !entries.is_empty() {
+            self.put(entries).await;
+        }
+    }
+
+    async fn put(&self, entries: Vec<aws_sdk_kinesis::types::PutRecordsRequestEntry>) {
+        let out = self
+            .k
+            .put_records()
+            .stream_name(&self.stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .expect("put records");
+        assert_eq!(out.failed_record_count(), Some(0));
+    }
+
+    async fn assert_converges(&self) {
+        let expected: BTreeMap<String, Value> = self
+            .rows
+            .iter()
+            .map(|(id, row)| (id.to_string(), row.clone()))
+            .collect();
+        assert_index_equals(&self.es, "customers", &expected, Duration::from_secs(90)).await;
+    }
+}
+
+/// DMS `timestamp`: µs, increasing in the order messages are built.
+fn dms_now() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let prev = LAST.fetch_max(now, Ordering::SeqCst);
+    let us = if prev >= now {
+        LAST.fetch_add(1, Ordering::SeqCst) + 1
+    } else {
+        now
+    };
+    humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + Duration::from_micros(us)).to_string()
+}
+
+/// Which shards each worker says it holds (`sluice_lease_held{shard}`), now.
+async fn holders(workers: &[(&str, &Sluice)]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, w) in workers {
+        let Some((_, text)) = w.get("/metrics").await else {
+            continue;
+        };
+        for line in text.lines().filter(|l| l.starts_with("sluice_lease_held{")) {
+            if let Some(shard) = line.split('"').nth(1) {
+                if line.ends_with(" 1") {
+                    out.entry(shard.to_string()).or_default().insert(name.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Watches the holders for `within`: the longest time any shard was held by two workers at once.
+async fn longest_double_hold(workers: &[(&str, &Sluice)], within: Duration) -> Duration {
+    let until = Instant::now() + within;
+    let mut since: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut longest = Duration::ZERO;
+    while Instant::now() < until {
+        let now = Instant::now();
+        let held = holders(workers).await;
+        since.retain(|shard, _| held.get(shard).is_some_and(|w| w.len() > 1));
+        for (shard, ws) in &held {
+            if ws.len() > 1 {
+                let at = *since.entry(shard.clone()).or_insert(now);
+                longest = longest.max(now - at);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    longest
+}
+
+/// Waits until every shard is held by exactly one of `workers`; returns how long it took.
+async fn until_every_shard_held(workers: &[(&str, &Sluice)], within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let held = holders(workers).await;
+        if held.len() == SHARDS as usize && held.values().all(|w| w.len() == 1) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "shards not all held within {within:?}: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn per_worker(held: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for ws in held.values() {
+        for w in ws {
+            *n.entry(w.clone()).or_default() += 1;
+        }
+    }
+    n
+}
+
+async fn metric_sum(workers: &[&Sluice], name: &str, labels: &str) -> f64 {
+    let mut total = 0.0;
+    for w in workers {
+        total += w.metric(name, labels).await;
+    }
+    total
+}
+
+/// Acceptance 1: three workers on one lease table share six shards about evenly, no shard is
+/// held by two at once beyond one lease duration, and the index equals the source.
+async fn three_workers_share_the_shards(backend: Backend) {
+    let mut bed = Bed::new(&format!("share-{backend:?}").to_lowercase(), backend).await;
+    let (a, b, c) = (bed.start("w1"), bed.start("w2"), bed.start("w3"));
+    let workers = [("w1", &a), ("w2", &b), ("w3", &c)];
+    bed.write(300, 600, 1).await;
+    let double = longest_double_hold(&workers, Duration::from_secs(12)).await;
+    until_every_shard_held(&workers, Duration::from_secs(30)).await;
+    let split = per_worker(&holders(&workers).await);
+    bed.write(300, 600, 2).await;
+    bed.assert_converges().await;
+    println!("{backend:?}: split {split:?}; longest double hold {double:?}");
+    assert_eq!(split.len(), 3, "every worker holds shards: {split:?}");
+    assert!(split.values().all(|n| (1..=3).contains(n)), "{split:?}");
+    assert!(double < LEASE, "a shard was held by two workers for {double:?}");
+    assert_eq!(bed.es.fake.stats().divergent, 0);
+}
+
+/// Acceptance 2: kill -9 one of three → its shards are taken over within a lease duration and
+/// a renewal (measured), the index converges, and what is re-delivered is bounded by what the
+/// killed worker had read but not yet checkpointed.
+async fn a_killed_worker_is_taken_over(backend: Backend) {
+    let mut bed = Bed::new(&format!("kill-{backend:?}").to_lowercase(), backend).await;
+    bed.es.fake.set_faults(Faults {
+        delay_ms: 150,
+        ..Faults::default()
+    });
+    let (a, b, mut c) = (bed.start("w1"), bed.start("w2"), bed.start("w3"));
+    {
+        let workers = [("w1", &a), ("w2", &b), ("w3", &c)];
+        until_every_shard_held(&workers, Duration::from_secs(30)).await;
+    }
+    bed.write(300, 900, 3).await;
+    let lag = c.metric("sluice_checkpoint_lag_records", "").await;
+    let before = bed.es.fake.stats().redelivered;
+    c.kill9();
+    let killed = Instant::now();
+    let took = until_every_shard_held(&[("w1", &a), ("w2", &b)], Duration::from_secs(30)).await;
+    let takeover = killed.elapsed().min(took);
+    bed.write(300, 300, 4).await;
+    bed.assert_converges().await;
+    let redelivered = bed.es.fake.stats().redelivered - before;
+    println!(
+        "{backend:?}: takeover after kill -9 in {takeover:?} (lease {LEASE:?} + renew {RENEW:?}); re-delivered {redelivered}, unacknowledged at the kill ≈ {lag}"
+    );
+    assert!(
+        takeover <= LEASE + RENEW + Duration::from_millis(1500),
+        "takeover took {takeover:?}"
+    );
+    assert!(
+        redelivered as f64 <= lag + 100.0,
+        "re-delivered {redelivered} > unacknowledged {lag} (+ what was read in the last moment)"
+    );
+    assert_eq!(bed.es.fake.stats().divergent, 0);
+}
+
+/// Acceptance 4, fencing: a worker paused (SIGSTOP) past its lease expiry with a bulk request in
+/// flight loses its shards to another; when it resumes, its checkpoint commit is refused, it
+/// stops those shards, and no document goes backwards (the test server never received one
+/// version with two different contents).
+async fn a_paused_worker_is_fenced(backend: Backend) {
+    let mut bed = Bed::new(&format!("fence-{backend:?}").to_lowercase(), backend).await;
+    let (a, b) = (bed.start("w1"), bed.start("w2"));
+    until_every_shard_held(&[("w1", &a), ("w2", &b)], Duration::from_secs(30)).await;
+    // requests of w1 hang while it is paused
+    bed.es.fake.set_faults(Faults {
+        delay_ms: 1500,
+        ..Faults::default()
+    });
+    bed.write(300, 400, 5).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    unsafe { libc::kill(a.pid(), libc::SIGSTOP) };
+    bed.es.fake.set_faults(Faults::default());
+    // w2 takes w1's shards after a lease duration and makes progress with them
+    let took = until_every_shard_held(&[("w2", &b)], Duration::from_secs(30)).await;
+    bed.write(300, 400, 6).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    unsafe { libc::kill(a.pid(), libc::SIGCONT) };
+    bed.write(300, 200, 7).await;
+    bed.assert_converges().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let losses = a.metric("sluice_lease_losses_total", "").await;
+    let log = a.log_text();
+    println!(
+        "{backend:?}: w2 held everything {took:?} after the pause; w1 lost {losses} leases on resuming"
+    );
+    assert!(losses >= 1.0, "the paused worker noticed it lost its leases");
+    assert!(
+        holders(&[("w1", &a)]).await.is_empty() || a.metric("sluice_leases_held", "").await <= 3.0,
+        "w1 holds no more than its share again"
+    );
+    assert_eq!(
+        bed.es.fake.stats().divergent,
+        0,
+        "one version never meant two document states; log of w1:\n{log}"
+    );
+    // and the paused worker's late writes changed nothing: the index still equals the source
+    bed.assert_converges().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_three_workers_share_the_shards() {
+    three_workers_share_the_shards(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_killed_worker_is_taken_over() {
+    a_killed_worker_is_taken_over(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_paused_worker_is_fenced() {
+    a_paused_worker_is_fenced(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_three_workers_share_the_shards() {
+    three_workers_share_the_shards(Backend::DynamoDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_killed_worker_is_taken_over() {
+    a_killed_worker_is_taken_over(Backend::DynamoDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_paused_worker_is_fenced() {
+    a_paused_worker_is_fenced(Backend::DynamoDb).await;
+}
+
+/// Acceptance 3: SIGTERM one worker → its leases are released at once (the others hold them
+/// well before a lease duration), and nothing it had acknowledged is re-delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_releases_its_leases_at_once() {
+    let mut bed = Bed::new("term", Backend::Sqlite).await;
+    let (a, b, mut c) = (bed.start("w1"), bed.start("w2"), bed.start("w3"));
+    until_every_shard_held(&[("w1", &a), ("w2", &b), ("w3", &c)], Duration::from_secs(30)).await;
+    bed.write(300, 600, 8).await;
+    bed.assert_converges().await;
+    let before = bed.es.fake.stats().redelivered;
+    c.sigterm();
+    let stopped = Instant::now();
+    let (code, _) = c.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "log:\n{}", c.log_text());
+    until_every_shard_held(&[("w1", &a), ("w2", &b)], Duration::from_secs(30)).await;
+    let took = stopped.elapsed();
+    bed.write(300, 300, 9).await;
+    bed.assert_converges().await;
+    let redelivered = bed.es.fake.stats().redelivered - before;
+    println!("SIGTERM: leases taken over {took:?} after the signal; re-delivered {redelivered}");
+    assert!(took < LEASE, "successors did not wait for expiry: {took:?}");
+    assert_eq!(redelivered, 0, "nothing acknowledged was re-delivered");
+}
+
+/// Acceptance 6: a fourth worker started later receives a share within a few balance intervals,
+/// handed over gracefully (nothing re-delivered), without leases moving back and forth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_worker_gets_a_share_by_graceful_handoff() {
+    let mut bed = Bed::new("late", Backend::Sqlite).await;
+    let (a, b, c) = (bed.start("w1"), bed.start("w2"), bed.start("w3"));
+    until_every_shard_held(&[("w1", &a), ("w2", &b), ("w3", &c)], Duration::from_secs(30)).await;
+    bed.write(300, 600, 10).await;
+    bed.assert_converges().await;
+    let before = bed.es.fake.stats().redelivered;
+    let d = bed.start("w4");
+    let all = [("w1", &a), ("w2", &b), ("w3", &c), ("w4", &d)];
+    let started = Instant::now();
+    let writer = bed.write(300, 600, 11);
+    writer.await;
+    loop {
+        if per_worker(&holders(&all).await).get("w4").copied().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "w4 never got a lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = started.elapsed();
+    // let balancing settle, then count every move
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let split = per_worker(&holders(&all).await);
+    let handoffs = metric_sum(&[&a, &b, &c, &d], "sluice_lease_handoffs_total", "").await;
+    bed.assert_converges().await;
+    let redelivered = bed.es.fake.stats().redelivered - before;
+    println!("late worker: first lease after {got:?}; split {split:?}; {handoffs} handoffs; re-delivered {redelivered}");
+    assert!(handoffs <= 3.0, "leases flapped: {handoffs} handoffs for one new worker");
+    assert_eq!(redelivered, 0, "handed-over shards re-delivered nothing");
+    assert!(split.values().max().unwrap() - split.values().min().unwrap() <= 1, "{split:?}");
+}
+
+/// Acceptance 7, a rolling deploy: worker A runs, worker B starts with the same configuration,
+/// A gets SIGTERM 10 s later → B holds every shard, nothing A acknowledged is re-delivered, and
+/// the index converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_deploy_hands_every_shard_over() {
+    let mut bed = Bed::new("deploy", Backend::Sqlite).await;
+    let mut a = bed.start("task-a");
+    until_every_shard_held(&[("a", &a)], Duration::from_secs(30)).await;
+    bed.write(300, 600, 12).await;
+    bed.assert_converges().await;
+    let before = bed.es.fake.stats().redelivered;
+    let b = bed.start("task-b");
+    bed.write(300, 400, 13).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    a.sigterm();
+    let (code, _) = a.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "log:\n{}", a.log_text());
+    until_every_shard_held(&[("b", &b)], Duration::from_secs(10)).await;
+    bed.write(300, 300, 14).await;
+    bed.assert_converges().await;
+    let redelivered = bed.es.fake.stats().redelivered - before;
+    println!("rolling deploy: B holds every shard; re-delivered {redelivered}");
+    assert_eq!(redelivered, 0);
+}
