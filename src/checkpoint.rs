@@ -114,7 +114,33 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 impl CheckpointStore {
     /// Opens (creating if needed) the file and starts the store thread.
     pub fn open(path: &Path, journal: JournalMode) -> Result<Self, StoreError> {
+        // Workers starting together on one new file (the SQLite lease backend) race to switch
+        // its journal mode, which SQLite answers "busy" at once rather than through the busy
+        // handler: try again for a while.
+        let mut attempt = 0;
+        let conn = loop {
+            match Self::prepare(path, journal) {
+                Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && attempt < 40 =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50 + fastrand::u64(0..100)));
+                }
+                other => break other?,
+            }
+        };
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("sluice-sqlite".into())
+            .spawn(move || serve(conn, rx))
+            .expect("spawning a thread");
+        Ok(Self { tx })
+    }
+
+    fn prepare(path: &Path, journal: JournalMode) -> Result<Connection, StoreError> {
         let conn = Connection::open(path)?;
+        // other workers may share the file: wait for their locks rather than fail at once
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mode = match journal {
             JournalMode::Wal => "WAL",
             JournalMode::Delete => "DELETE",
@@ -122,14 +148,8 @@ impl CheckpointStore {
         conn.pragma_update(None, "journal_mode", mode)?;
         // FULL: a committed checkpoint survives power loss too, in either journal mode.
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        let (tx, rx) = std_mpsc::channel();
-        std::thread::Builder::new()
-            .name("sluice-sqlite".into())
-            .spawn(move || serve(conn, rx))
-            .expect("spawning a thread");
-        Ok(Self { tx })
+        Ok(conn)
     }
 
     async fn ask<T>(

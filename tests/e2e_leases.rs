@@ -27,13 +27,19 @@ enum Backend {
 /// lease table.
 struct Bed {
     kinesis: KinesisEmulator,
-    k: aws_sdk_kinesis::Client,
     es: Es,
     moto: Option<Moto>,
     dir: tempfile::TempDir,
     stream: String,
     backend: Backend,
-    /// Every row's latest state, as the index must end up.
+    writer: Writer,
+}
+
+/// Writes DMS messages and remembers every row's latest state, as the index must end up.
+#[derive(Clone)]
+struct Writer {
+    k: aws_sdk_kinesis::Client,
+    stream: String,
     rows: BTreeMap<u64, Value>,
     rev: u64,
 }
@@ -47,15 +53,41 @@ impl Bed {
         create_stream(&k, name, SHARDS).await;
         Bed {
             kinesis,
-            k,
             es,
             moto: matches!(backend, Backend::DynamoDb).then(Moto::start),
             dir: tempfile::tempdir().unwrap(),
             stream: name.to_string(),
             backend,
-            rows: BTreeMap::new(),
-            rev: 0,
+            writer: Writer {
+                k: k.clone(),
+                stream: name.to_string(),
+                rows: BTreeMap::new(),
+                rev: 0,
+            },
         }
+    }
+
+    /// A copy of the writer, to write concurrently; give it back with [`Bed::absorb`].
+    fn writer_for(bed: &Bed) -> Writer {
+        bed.writer.clone()
+    }
+
+    fn absorb(&mut self, writer: Writer) {
+        self.writer = writer;
+    }
+
+    async fn write(&mut self, keys: u64, n: usize, seed: u64) {
+        self.writer.write(keys, n, seed).await;
+    }
+
+    async fn assert_converges(&self) {
+        let expected: BTreeMap<String, Value> = self
+            .writer
+            .rows
+            .iter()
+            .map(|(id, row)| (id.to_string(), row.clone()))
+            .collect();
+        assert_index_equals(&self.es, "customers", &expected, Duration::from_secs(90)).await;
     }
 
     fn start(&self, worker: &str) -> Sluice {
@@ -86,7 +118,9 @@ impl Bed {
         std::fs::write(&config, toml).unwrap();
         Sluice::start_with_config(&config, port, self.dir.path())
     }
+}
 
+impl Writer {
     /// `n` changes (inserts, updates, deletes) over `keys` rows, one PutRecords call per 50.
     async fn write(&mut self, keys: u64, n: usize, seed: u64) {
         let mut rng = fastrand::Rng::with_seed(seed);
@@ -134,15 +168,6 @@ impl Bed {
             .await
             .expect("put records");
         assert_eq!(out.failed_record_count(), Some(0));
-    }
-
-    async fn assert_converges(&self) {
-        let expected: BTreeMap<String, Value> = self
-            .rows
-            .iter()
-            .map(|(id, row)| (id.to_string(), row.clone()))
-            .collect();
-        assert_index_equals(&self.es, "customers", &expected, Duration::from_secs(90)).await;
     }
 }
 
@@ -217,6 +242,26 @@ async fn until_every_shard_held(workers: &[(&str, &Sluice)], within: Duration) -
     }
 }
 
+/// Waits until each of `workers` holds exactly `each` shards (balancing has settled).
+async fn until_each_holds(workers: &[(&str, &Sluice)], each: usize) {
+    let started = Instant::now();
+    loop {
+        let split = per_worker(&holders(workers).await);
+        if split.len() == workers.len() && split.values().all(|n| *n == each) {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(40) {
+            for (name, w) in workers {
+                let log = w.log_text();
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains("lease") || l.contains("drain") || l.contains("ERROR") || l.contains("WARN")).collect();
+                println!("--- {name}\n{}", lines.join("\n"));
+            }
+            panic!("never settled at {each} shards each: {split:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn per_worker(held: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, usize> {
     let mut n = BTreeMap::new();
     for ws in held.values() {
@@ -264,17 +309,20 @@ async fn a_killed_worker_is_taken_over(backend: Backend) {
         ..Faults::default()
     });
     let (a, b, mut c) = (bed.start("w1"), bed.start("w2"), bed.start("w3"));
-    {
-        let workers = [("w1", &a), ("w2", &b), ("w3", &c)];
-        until_every_shard_held(&workers, Duration::from_secs(30)).await;
-    }
-    bed.write(300, 900, 3).await;
+    until_each_holds(&[("w1", &a), ("w2", &b), ("w3", &c)], 2).await;
+    // killed while its requests are in flight: some of what it read is not acknowledged
+    let writer = {
+        let mut more = Bed::writer_for(&bed);
+        tokio::spawn(async move { more.write(300, 900, 3).await; more })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let lag = c.metric("sluice_checkpoint_lag_records", "").await;
     let before = bed.es.fake.stats().redelivered;
     c.kill9();
     let killed = Instant::now();
-    let took = until_every_shard_held(&[("w1", &a), ("w2", &b)], Duration::from_secs(30)).await;
-    let takeover = killed.elapsed().min(took);
+    until_every_shard_held(&[("w1", &a), ("w2", &b)], Duration::from_secs(30)).await;
+    let takeover = killed.elapsed();
+    bed.absorb(writer.await.unwrap());
     bed.write(300, 300, 4).await;
     bed.assert_converges().await;
     let redelivered = bed.es.fake.stats().redelivered - before;
@@ -299,7 +347,7 @@ async fn a_killed_worker_is_taken_over(backend: Backend) {
 async fn a_paused_worker_is_fenced(backend: Backend) {
     let mut bed = Bed::new(&format!("fence-{backend:?}").to_lowercase(), backend).await;
     let (a, b) = (bed.start("w1"), bed.start("w2"));
-    until_every_shard_held(&[("w1", &a), ("w2", &b)], Duration::from_secs(30)).await;
+    until_each_holds(&[("w1", &a), ("w2", &b)], 3).await;
     // requests of w1 hang while it is paused
     bed.es.fake.set_faults(Faults {
         delay_ms: 1500,
@@ -396,10 +444,11 @@ async fn a_stopped_worker_releases_its_leases_at_once() {
 async fn a_late_worker_gets_a_share_by_graceful_handoff() {
     let mut bed = Bed::new("late", Backend::Sqlite).await;
     let (a, b, c) = (bed.start("w1"), bed.start("w2"), bed.start("w3"));
-    until_every_shard_held(&[("w1", &a), ("w2", &b), ("w3", &c)], Duration::from_secs(30)).await;
+    until_each_holds(&[("w1", &a), ("w2", &b), ("w3", &c)], 2).await;
     bed.write(300, 600, 10).await;
     bed.assert_converges().await;
     let before = bed.es.fake.stats().redelivered;
+    let handoffs_before = metric_sum(&[&a, &b, &c], "sluice_lease_handoffs_total", "").await;
     let d = bed.start("w4");
     let all = [("w1", &a), ("w2", &b), ("w3", &c), ("w4", &d)];
     let started = Instant::now();
@@ -416,7 +465,15 @@ async fn a_late_worker_gets_a_share_by_graceful_handoff() {
     // let balancing settle, then count every move
     tokio::time::sleep(Duration::from_secs(8)).await;
     let split = per_worker(&holders(&all).await);
-    let handoffs = metric_sum(&[&a, &b, &c, &d], "sluice_lease_handoffs_total", "").await;
+    let handoffs =
+        metric_sum(&[&a, &b, &c, &d], "sluice_lease_handoffs_total", "").await - handoffs_before;
+    if split.len() < 4 {
+        for (name, w) in &all {
+            let log = w.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("lease")).collect();
+            println!("--- {name}\n{}", lines.join("\n"));
+        }
+    }
     bed.assert_converges().await;
     let redelivered = bed.es.fake.stats().redelivered - before;
     println!("late worker: first lease after {got:?}; split {split:?}; {handoffs} handoffs; re-delivered {redelivered}");

@@ -107,7 +107,11 @@ impl<L: LeaseTable> LeaseKeeper<L> {
         let mut last_balance = Instant::now();
         let mut tick = tokio::time::interval(self.renew_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // the moment the next lease of another worker would expire: looked at then, not at the
+        // next tick, so a dead worker's shards move within a lease duration and one renewal
+        let mut next_expiry: Option<Instant> = None;
         loop {
+            let expiry = next_expiry;
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {
@@ -115,11 +119,14 @@ impl<L: LeaseTable> LeaseKeeper<L> {
                     if balance {
                         last_balance = Instant::now();
                     }
-                    self.pass(&mut seen, &mut mine, &mut asked, balance).await;
+                    next_expiry = self.pass(&mut seen, &mut mine, &mut asked, balance).await;
+                }
+                _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                    next_expiry = self.pass(&mut seen, &mut mine, &mut asked, false).await;
                 }
                 Some(event) = self.events.recv() => {
                     if event == LeaseEvent::Created {
-                        self.pass(&mut seen, &mut mine, &mut asked, false).await;
+                        next_expiry = self.pass(&mut seen, &mut mine, &mut asked, false).await;
                     } else {
                         self.on_event(event, &mut mine).await;
                     }
@@ -185,7 +192,7 @@ impl<L: LeaseTable> LeaseKeeper<L> {
         mine: &mut BTreeMap<ShardId, Mine>,
         asked: &mut Option<(ShardId, u64, Instant)>,
         balance: bool,
-    ) {
+    ) -> Option<Instant> {
         let me = self.table.worker().to_string();
         // 1. heartbeats of what this worker holds
         let held: Vec<(ShardId, u64)> = mine.iter().map(|(s, m)| (s.clone(), m.epoch)).collect();
@@ -234,7 +241,7 @@ impl<L: LeaseTable> LeaseKeeper<L> {
             Err(e) => {
                 tracing::warn!(error = %e, "reading the lease table failed; retrying");
                 self.publish(mine, None);
-                return;
+                return None;
             }
         };
         let now = Instant::now();
@@ -342,6 +349,14 @@ impl<L: LeaseTable> LeaseKeeper<L> {
             format!("this worker holds no lease while {unowned} shards are unowned")
         }));
         self.publish(mine, Some(others));
+        // when the next live lease of another worker would expire, if its heartbeat stops now
+        leases
+            .iter()
+            .filter(|l| {
+                l.owner.as_deref().is_some_and(|o| o != me) && !l.finished && !expired(l)
+            })
+            .filter_map(|l| seen.get(&l.shard).map(|s| s.since + duration))
+            .min()
     }
 
     fn publish(&self, mine: &BTreeMap<ShardId, Mine>, others: Option<HashSet<ShardId>>) {
