@@ -104,7 +104,11 @@ impl AckTracker {
         let mut pending = self.inner.pending.lock().expect("tracker lock");
         let queue = pending.entry(shard.clone()).or_default();
         let mut records = records;
-        if ops == 0 && queue.back().is_some_and(|s| s.without_ops && s.epoch == epoch) {
+        if ops == 0
+            && queue
+                .back()
+                .is_some_and(|s| s.without_ops && s.epoch == epoch)
+        {
             // Two pages in a row without operations: one segment ending at the later one.
             let merged = queue.pop_back().expect("back checked");
             records += merged.records;
@@ -299,7 +303,9 @@ impl<L: LeaseTable> Committer<L> {
                     // fenced: another worker holds the shard; it re-reads from the last
                     // checkpoint this worker committed while it still held the lease
                     self.tracker.discard(&prefix.shard);
-                    let _ = self.lease_events.send(LeaseEvent::Lost(prefix.shard.clone()));
+                    let _ = self
+                        .lease_events
+                        .send(LeaseEvent::Lost(prefix.shard.clone()));
                     continue;
                 }
                 last_advance.insert(prefix.shard.clone(), now);
@@ -315,7 +321,9 @@ impl<L: LeaseTable> Committer<L> {
         // with records pending is measured from its last commit, or from when it had some.
         last_advance.retain(|shard, _| lag.contains_key(shard));
         for shard in lag.keys() {
-            last_advance.entry(shard.clone()).or_insert_with(Instant::now);
+            last_advance
+                .entry(shard.clone())
+                .or_insert_with(Instant::now);
         }
         self.check_stall(last_advance);
         for prefix in &done {

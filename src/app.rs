@@ -16,11 +16,11 @@ use crate::ack::{AckTracker, Committer};
 use crate::batch;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, KinesisFormat, LeaseBackend, SourceType, StartPosition};
+use crate::http::{self, Health};
 use crate::lease::dynamodb::DynamoDbLeases;
 use crate::lease::keeper::{LeaseKeeper, LeaseView};
 use crate::lease::sqlite::SqliteLeases;
 use crate::lease::{Fence, LeaseTable};
-use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::sink::BulkSink;
@@ -180,11 +180,29 @@ pub async fn run_pipeline<A: ShardApi>(
     match config.lease.backend {
         LeaseBackend::Sqlite => {
             let table = SqliteLeases::new(services.store.clone(), stream.clone(), worker);
-            run_with_leases(config, services, api, stream, decode, Arc::new(table), shutdown).await
+            run_with_leases(
+                config,
+                services,
+                api,
+                stream,
+                decode,
+                Arc::new(table),
+                shutdown,
+            )
+            .await
         }
         LeaseBackend::Dynamodb => {
             let table = DynamoDbLeases::connect(config, &stream, worker).await?;
-            run_with_leases(config, services, api, stream, decode, Arc::new(table), shutdown).await
+            run_with_leases(
+                config,
+                services,
+                api,
+                stream,
+                decode,
+                Arc::new(table),
+                shutdown,
+            )
+            .await
         }
     }
 }
@@ -322,9 +340,14 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
     // exactly where this worker stopped. (If the deadline passes first, they expire.)
     keeping.cancel();
     let release_deadline = started + timeout.mul_f64(0.99);
-    if tokio::time::timeout_at(release_deadline, &mut keeper).await.is_err() {
+    if tokio::time::timeout_at(release_deadline, &mut keeper)
+        .await
+        .is_err()
+    {
         keeper.abort();
-        tracing::warn!("shutdown deadline reached before every lease was released; they will expire");
+        tracing::warn!(
+            "shutdown deadline reached before every lease was released; they will expire"
+        );
     }
     background.cancel();
     let unacknowledged: usize = tracker.unacknowledged_records().values().sum();

@@ -124,7 +124,9 @@ impl CheckpointStore {
                     if e.code == rusqlite::ErrorCode::DatabaseBusy && attempt < 40 =>
                 {
                     attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50 + fastrand::u64(0..100)));
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        50 + fastrand::u64(0..100),
+                    ));
                 }
                 other => break other?,
             }
@@ -270,7 +272,10 @@ fn serve(mut conn: Connection, rx: std_mpsc::Receiver<Command>) {
     }
 }
 
-pub(crate) fn load(conn: &Connection, stream: &str) -> Result<HashMap<String, ShardCheckpoint>, StoreError> {
+pub(crate) fn load(
+    conn: &Connection,
+    stream: &str,
+) -> Result<HashMap<String, ShardCheckpoint>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT shard_id, sequence_number, clock, finished FROM checkpoints WHERE stream = ?1",
     )?;
@@ -338,7 +343,11 @@ pub(crate) fn upsert_checkpoint(
     Ok(())
 }
 
-pub(crate) fn forget(conn: &mut Connection, stream: &str, shards: &[String]) -> Result<(), StoreError> {
+pub(crate) fn forget(
+    conn: &mut Connection,
+    stream: &str,
+    shards: &[String],
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         // Only finished rows: an unfinished checkpoint is never thrown away.

@@ -753,7 +753,12 @@ impl Config {
                 "must be at most half of lease.duration, or live leases look expired",
             );
         }
-        if self.lease.worker_id.as_deref().is_some_and(|w| w.trim().is_empty()) {
+        if self
+            .lease
+            .worker_id
+            .as_deref()
+            .is_some_and(|w| w.trim().is_empty())
+        {
             return err("lease.worker_id", "must not be empty");
         }
         if self.lease.backend == LeaseBackend::Dynamodb && self.lease.table.trim().is_empty() {

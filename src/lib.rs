@@ -7,6 +7,7 @@ pub mod ack;
 pub mod app;
 pub mod batch;
 pub mod checkpoint;
+pub mod commands;
 pub mod config;
 pub mod http;
 pub mod lease;

@@ -30,11 +30,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show each shard's lease: owner, epoch, heartbeat, handoff and checkpoint.
+    Leases {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Run { config } | Command::CheckConfig { config }) = &cli.command;
+    let (Command::Run { config }
+    | Command::CheckConfig { config }
+    | Command::Leases { config, .. }) = &cli.command;
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -46,7 +56,6 @@ fn main() -> ExitCode {
         println!("configuration OK: {}", config.display());
         return ExitCode::SUCCESS;
     }
-    init_tracing(&cfg);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,6 +66,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Leases { json, .. } = cli.command {
+        return match runtime.block_on(sluice::commands::leases::run(&cfg, json)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice leases: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_tracing(&cfg);
     match runtime.block_on(sluice::app::run(cfg, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

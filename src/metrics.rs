@@ -234,7 +234,10 @@ impl Metrics {
             "Shard leases this worker holds"
         ));
         let lease_held = reg!(IntGaugeVec::new(
-            Opts::new("sluice_lease_held", "1 for each shard whose lease this worker holds"),
+            Opts::new(
+                "sluice_lease_held",
+                "1 for each shard whose lease this worker holds"
+            ),
             &["shard"]
         ));
         let lease_takeovers = reg!(IntCounterVec::new(

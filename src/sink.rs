@@ -424,7 +424,10 @@ impl BulkSink {
             .into_iter()
             .partition(|op| self.fence.holds(&op.origin.shard, op.origin.epoch));
         if !fenced.is_empty() {
-            tracing::info!(operations = fenced.len(), "dropping queued operations of shards whose lease was lost");
+            tracing::info!(
+                operations = fenced.len(),
+                "dropping queued operations of shards whose lease was lost"
+            );
             for op in fenced {
                 self.finish(op, result::FENCED);
             }

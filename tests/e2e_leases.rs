@@ -198,7 +198,9 @@ async fn holders(workers: &[(&str, &Sluice)]) -> BTreeMap<String, BTreeSet<Strin
         for line in text.lines().filter(|l| l.starts_with("sluice_lease_held{")) {
             if let Some(shard) = line.split('"').nth(1) {
                 if line.ends_with(" 1") {
-                    out.entry(shard.to_string()).or_default().insert(name.to_string());
+                    out.entry(shard.to_string())
+                        .or_default()
+                        .insert(name.to_string());
                 }
             }
         }
@@ -253,7 +255,15 @@ async fn until_each_holds(workers: &[(&str, &Sluice)], each: usize) {
         if started.elapsed() > Duration::from_secs(40) {
             for (name, w) in workers {
                 let log = w.log_text();
-                let lines: Vec<&str> = log.lines().filter(|l| l.contains("lease") || l.contains("drain") || l.contains("ERROR") || l.contains("WARN")).collect();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        l.contains("lease")
+                            || l.contains("drain")
+                            || l.contains("ERROR")
+                            || l.contains("WARN")
+                    })
+                    .collect();
                 println!("--- {name}\n{}", lines.join("\n"));
             }
             panic!("never settled at {each} shards each: {split:?}");
@@ -292,10 +302,35 @@ async fn three_workers_share_the_shards(backend: Backend) {
     let split = per_worker(&holders(&workers).await);
     bed.write(300, 600, 2).await;
     bed.assert_converges().await;
+    // the operator's view: every shard, its owner and epoch, its checkpoint
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["leases", "--config"])
+        .arg(bed.dir.path().join("w1.toml"))
+        .envs(aws_env())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = table.lines().filter(|l| l.contains("shardId-")).collect();
+    assert_eq!(lines.len(), SHARDS as usize, "{table}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| ["w1", "w2", "w3"].iter().any(|w| l.contains(w)) && l.contains("after ")),
+        "{table}"
+    );
+    println!("{table}");
     println!("{backend:?}: split {split:?}; longest double hold {double:?}");
     assert_eq!(split.len(), 3, "every worker holds shards: {split:?}");
     assert!(split.values().all(|n| (1..=3).contains(n)), "{split:?}");
-    assert!(double < LEASE, "a shard was held by two workers for {double:?}");
+    assert!(
+        double < LEASE,
+        "a shard was held by two workers for {double:?}"
+    );
     assert_eq!(bed.es.fake.stats().divergent, 0);
 }
 
@@ -313,7 +348,10 @@ async fn a_killed_worker_is_taken_over(backend: Backend) {
     // killed while its requests are in flight: some of what it read is not acknowledged
     let writer = {
         let mut more = Bed::writer_for(&bed);
-        tokio::spawn(async move { more.write(300, 900, 3).await; more })
+        tokio::spawn(async move {
+            more.write(300, 900, 3).await;
+            more
+        })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let lag = c.metric("sluice_checkpoint_lag_records", "").await;
@@ -370,7 +408,10 @@ async fn a_paused_worker_is_fenced(backend: Backend) {
     println!(
         "{backend:?}: w2 held everything {took:?} after the pause; w1 lost {losses} leases on resuming"
     );
-    assert!(losses >= 1.0, "the paused worker noticed it lost its leases");
+    assert!(
+        losses >= 1.0,
+        "the paused worker noticed it lost its leases"
+    );
     assert!(
         holders(&[("w1", &a)]).await.is_empty() || a.metric("sluice_leases_held", "").await <= 3.0,
         "w1 holds no more than its share again"
@@ -420,7 +461,11 @@ async fn dynamodb_a_paused_worker_is_fenced() {
 async fn a_stopped_worker_releases_its_leases_at_once() {
     let mut bed = Bed::new("term", Backend::Sqlite).await;
     let (a, b, mut c) = (bed.start("w1"), bed.start("w2"), bed.start("w3"));
-    until_every_shard_held(&[("w1", &a), ("w2", &b), ("w3", &c)], Duration::from_secs(30)).await;
+    until_every_shard_held(
+        &[("w1", &a), ("w2", &b), ("w3", &c)],
+        Duration::from_secs(30),
+    )
+    .await;
     bed.write(300, 600, 8).await;
     bed.assert_converges().await;
     let before = bed.es.fake.stats().redelivered;
@@ -455,10 +500,18 @@ async fn a_late_worker_gets_a_share_by_graceful_handoff() {
     let writer = bed.write(300, 600, 11);
     writer.await;
     loop {
-        if per_worker(&holders(&all).await).get("w4").copied().unwrap_or(0) >= 1 {
+        if per_worker(&holders(&all).await)
+            .get("w4")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+        {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "w4 never got a lease");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "w4 never got a lease"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let got = started.elapsed();
@@ -477,9 +530,15 @@ async fn a_late_worker_gets_a_share_by_graceful_handoff() {
     bed.assert_converges().await;
     let redelivered = bed.es.fake.stats().redelivered - before;
     println!("late worker: first lease after {got:?}; split {split:?}; {handoffs} handoffs; re-delivered {redelivered}");
-    assert!(handoffs <= 3.0, "leases flapped: {handoffs} handoffs for one new worker");
+    assert!(
+        handoffs <= 3.0,
+        "leases flapped: {handoffs} handoffs for one new worker"
+    );
     assert_eq!(redelivered, 0, "handed-over shards re-delivered nothing");
-    assert!(split.values().max().unwrap() - split.values().min().unwrap() <= 1, "{split:?}");
+    assert!(
+        split.values().max().unwrap() - split.values().min().unwrap() <= 1,
+        "{split:?}"
+    );
 }
 
 /// Acceptance 7, a rolling deploy: worker A runs, worker B starts with the same configuration,

@@ -93,6 +93,15 @@ impl DynamoDbLeases {
     /// Connects (region and endpoint: `lease.*`, else the source's) and creates the table if it
     /// does not exist.
     pub async fn connect(config: &Config, stream: &str, worker: String) -> anyhow::Result<Self> {
+        let leases = Self::client_for(config, stream, worker).await;
+        leases
+            .ensure_table()
+            .await
+            .map_err(|e| anyhow::anyhow!("lease table `{}` (lease.table): {e}", leases.table))?;
+        Ok(leases)
+    }
+
+    async fn client_for(config: &Config, stream: &str, worker: String) -> Self {
         let mut source = config.source.clone();
         if let Some(region) = &config.lease.region {
             source.region = region.clone();
@@ -101,20 +110,22 @@ impl DynamoDbLeases {
             source.endpoint_url = Some(url.clone());
         }
         let sdk = crate::source::dynamodb_streams::sdk_config(&source).await;
-        let leases = Self {
+        Self {
             client: Client::new(&sdk),
             table: config.lease.table.clone(),
             stream: stream.to_string(),
             worker,
-        };
-        leases.ensure_table().await.map_err(|e| {
-            anyhow::anyhow!("lease table `{}` (lease.table): {e}", leases.table)
-        })?;
-        Ok(leases)
+        }
     }
 
     async fn ensure_table(&self) -> Result<(), LeaseError> {
-        match self.client.describe_table().table_name(&self.table).send().await {
+        match self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+        {
             Ok(out) => {
                 if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
                     return Ok(());
@@ -155,7 +166,9 @@ impl DynamoDbLeases {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Err(LeaseError("the table did not become ACTIVE within a minute".into()))
+        Err(LeaseError(
+            "the table did not become ACTIVE within a minute".into(),
+        ))
     }
 
     async fn items(&self) -> Result<Vec<Item>, LeaseError> {
@@ -183,7 +196,11 @@ impl DynamoDbLeases {
     }
 
     fn key(&self, shard: &str) -> Item {
-        [("stream".to_string(), s(&self.stream)), ("shard_id".to_string(), s(shard))].into()
+        [
+            ("stream".to_string(), s(&self.stream)),
+            ("shard_id".to_string(), s(shard)),
+        ]
+        .into()
     }
 }
 
@@ -201,6 +218,49 @@ fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, LeaseError> {
         .key_type(kind)
         .build()
         .map_err(text)
+}
+
+/// Every lease and checkpoint in the table, for `sluice leases` (all streams).
+pub async fn list_all(config: &Config) -> anyhow::Result<Vec<super::LeaseRow>> {
+    // reads only: a missing table is reported, not created
+    let leases = DynamoDbLeases::client_for(config, "", String::new()).await;
+    let mut rows = Vec::new();
+    let mut start: Option<Item> = None;
+    loop {
+        let out = leases
+            .client
+            .scan()
+            .table_name(&leases.table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("lease table `{}` (lease.table): {}", leases.table, text(e))
+            })?;
+        for item in out.items() {
+            let (Some(lease), Some(AttributeValue::S(stream))) =
+                (lease_of(item), item.get("stream"))
+            else {
+                continue;
+            };
+            let renewed_at_ms = match item.get("renewed_at_ms") {
+                Some(AttributeValue::N(v)) => v.parse().ok(),
+                _ => None,
+            };
+            rows.push(super::LeaseRow {
+                stream: stream.clone(),
+                lease,
+                renewed_at_ms,
+                checkpoint: checkpoint_of(item),
+            });
+        }
+        match out.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => break,
+        }
+    }
+    Ok(rows)
 }
 
 impl LeaseTable for DynamoDbLeases {
@@ -239,8 +299,9 @@ impl LeaseTable for DynamoDbLeases {
             .table_name(&self.table)
             .set_key(Some(self.key(&seen.shard)))
             .update_expression(
-                "SET #o = :me, epoch = epoch + :one, #c = #c + :one REMOVE next_owner",
+                "SET #o = :me, epoch = epoch + :one, #c = #c + :one, renewed_at_ms = :now REMOVE next_owner",
             )
+            .expression_attribute_values(":now", n(crate::checkpoint::now_ms() as u64))
             .expression_attribute_names("#o", "owner")
             .expression_attribute_names("#c", "counter")
             .expression_attribute_values(":me", s(&self.worker))
@@ -254,8 +315,7 @@ impl LeaseTable for DynamoDbLeases {
                 .expression_attribute_values(":seen", s(owner)),
             None => req.condition_expression("attribute_not_exists(#o) AND epoch = :e AND #c = :n"),
         };
-        Ok(conditional(req.send().await)?
-            .and_then(|out| out.attributes().and_then(lease_of)))
+        Ok(conditional(req.send().await)?.and_then(|out| out.attributes().and_then(lease_of)))
     }
 
     async fn renew(&self, shard: &ShardId, epoch: u64) -> Result<Option<Lease>, LeaseError> {
@@ -264,8 +324,9 @@ impl LeaseTable for DynamoDbLeases {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(self.key(shard)))
-            .update_expression("SET #c = #c + :one")
+            .update_expression("SET #c = #c + :one, renewed_at_ms = :now")
             .condition_expression("#o = :me AND epoch = :e")
+            .expression_attribute_values(":now", n(crate::checkpoint::now_ms() as u64))
             .expression_attribute_names("#o", "owner")
             .expression_attribute_names("#c", "counter")
             .expression_attribute_values(":me", s(&self.worker))

@@ -137,7 +137,9 @@ impl<L: LeaseTable> LeaseKeeper<L> {
             match self.table.release(shard, m.epoch, None).await {
                 Ok(true) => tracing::info!(shard_id = %shard, "lease released"),
                 Ok(false) => {}
-                Err(e) => tracing::warn!(shard_id = %shard, error = %e, "releasing a lease failed; it will expire"),
+                Err(e) => {
+                    tracing::warn!(shard_id = %shard, error = %e, "releasing a lease failed; it will expire")
+                }
             }
             let _ = self.metrics.lease_held.remove_label_values(&[shard]);
         }
@@ -149,7 +151,9 @@ impl<L: LeaseTable> LeaseKeeper<L> {
         match event {
             LeaseEvent::Drained(shard) => {
                 let Some(m) = mine.get(&shard) else { return };
-                let Some(to) = m.handing_to.clone() else { return };
+                let Some(to) = m.handing_to.clone() else {
+                    return;
+                };
                 match self.table.release(&shard, m.epoch, Some(&to)).await {
                     Ok(true) => {
                         tracing::info!(shard_id = %shard, to = %to, "lease handed over");
@@ -179,10 +183,7 @@ impl<L: LeaseTable> LeaseKeeper<L> {
     }
 
     fn lost(&self, shard: &ShardId, reason: &str) {
-        self.metrics
-            .lease_losses
-            .with_label_values(&[reason])
-            .inc();
+        self.metrics.lease_losses.with_label_values(&[reason]).inc();
         let _ = self.metrics.lease_held.remove_label_values(&[shard]);
     }
 
@@ -246,9 +247,9 @@ impl<L: LeaseTable> LeaseKeeper<L> {
         };
         let now = Instant::now();
         for l in &leases {
-            let changed = seen.get(&l.shard).is_none_or(|s| {
-                s.owner != l.owner || s.epoch != l.epoch || s.counter != l.counter
-            });
+            let changed = seen
+                .get(&l.shard)
+                .is_none_or(|s| s.owner != l.owner || s.epoch != l.epoch || s.counter != l.counter);
             if changed {
                 seen.insert(
                     l.shard.clone(),
@@ -261,7 +262,10 @@ impl<L: LeaseTable> LeaseKeeper<L> {
                 );
             }
             // handed to this worker, or held by it from an earlier life with the same id
-            if l.owner.as_deref() == Some(me.as_str()) && !l.finished && !mine.contains_key(&l.shard) {
+            if l.owner.as_deref() == Some(me.as_str())
+                && !l.finished
+                && !mine.contains_key(&l.shard)
+            {
                 tracing::info!(shard_id = %l.shard, epoch = l.epoch, "lease received");
                 self.metrics
                     .lease_takeovers
@@ -303,11 +307,18 @@ impl<L: LeaseTable> LeaseKeeper<L> {
         fastrand::shuffle(&mut plan.take);
         // 3. take what is free
         for lease in plan.take {
-            let from = if lease.owner.is_some() { "expired" } else { "unowned" };
+            let from = if lease.owner.is_some() {
+                "expired"
+            } else {
+                "unowned"
+            };
             match self.table.take(&lease).await {
                 Ok(Some(taken)) => {
                     tracing::info!(shard_id = %taken.shard, epoch = taken.epoch, previous_owner = ?lease.owner, "lease taken");
-                    self.metrics.lease_takeovers.with_label_values(&[from]).inc();
+                    self.metrics
+                        .lease_takeovers
+                        .with_label_values(&[from])
+                        .inc();
                     mine.insert(
                         taken.shard.clone(),
                         Mine {
@@ -318,7 +329,9 @@ impl<L: LeaseTable> LeaseKeeper<L> {
                     );
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(shard_id = %lease.shard, error = %e, "taking a lease failed"),
+                Err(e) => {
+                    tracing::warn!(shard_id = %lease.shard, error = %e, "taking a lease failed")
+                }
             }
         }
         // 4. ask the busiest worker for one
@@ -336,25 +349,22 @@ impl<L: LeaseTable> LeaseKeeper<L> {
         }
         let others: HashSet<ShardId> = leases
             .iter()
-            .filter(|l| {
-                l.owner.as_deref().is_some_and(|o| o != me) && !l.finished && !expired(l)
-            })
+            .filter(|l| l.owner.as_deref().is_some_and(|o| o != me) && !l.finished && !expired(l))
             .map(|l| l.shard.clone())
             .collect();
         let unowned = leases
             .iter()
             .filter(|l| !l.finished && !mine.contains_key(&l.shard) && !others.contains(&l.shard))
             .count();
-        self.health.set_leases((mine.is_empty() && unowned > 0).then(|| {
-            format!("this worker holds no lease while {unowned} shards are unowned")
-        }));
+        self.health.set_leases(
+            (mine.is_empty() && unowned > 0)
+                .then(|| format!("this worker holds no lease while {unowned} shards are unowned")),
+        );
         self.publish(mine, Some(others));
         // when the next live lease of another worker would expire, if its heartbeat stops now
         leases
             .iter()
-            .filter(|l| {
-                l.owner.as_deref().is_some_and(|o| o != me) && !l.finished && !expired(l)
-            })
+            .filter(|l| l.owner.as_deref().is_some_and(|o| o != me) && !l.finished && !expired(l))
             .filter_map(|l| seen.get(&l.shard).map(|s| s.since + duration))
             .min()
     }

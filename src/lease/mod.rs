@@ -42,6 +42,16 @@ pub struct Lease {
     pub finished: bool,
 }
 
+/// One line of `sluice leases`.
+#[derive(Debug, Clone)]
+pub struct LeaseRow {
+    pub stream: String,
+    pub lease: Lease,
+    /// When the lease was last taken or renewed (wall clock of the writer), for people.
+    pub renewed_at_ms: Option<u64>,
+    pub checkpoint: Option<ShardCheckpoint>,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("lease table: {0}")]
 pub struct LeaseError(pub String);
@@ -240,7 +250,10 @@ mod tests {
         // a's leases are live: b has nothing free, and asks a for one
         let plan = plan_leases("b", &leases, |_| false, true);
         assert!(plan.take.is_empty());
-        assert_eq!(plan.request.as_ref().map(|l| l.owner.as_deref()), Some(Some("a")));
+        assert_eq!(
+            plan.request.as_ref().map(|l| l.owner.as_deref()),
+            Some(Some("a"))
+        );
         // a died: b takes them all (a no longer counts as a live worker)
         let plan = plan_leases("b", &leases, |l| l.owner.as_deref() == Some("a"), true);
         assert_eq!(plan.take.len(), 6);
@@ -258,8 +271,14 @@ mod tests {
         let leases: Vec<Lease> = (0..5)
             .map(|i| lease(&format!("s{i}"), Some(if i < 3 { "a" } else { "b" })))
             .collect();
-        assert_eq!(plan_leases("b", &leases, |_| false, true), LeasePlan::default());
-        assert_eq!(plan_leases("a", &leases, |_| false, true), LeasePlan::default());
+        assert_eq!(
+            plan_leases("b", &leases, |_| false, true),
+            LeasePlan::default()
+        );
+        assert_eq!(
+            plan_leases("a", &leases, |_| false, true),
+            LeasePlan::default()
+        );
     }
 
     proptest! {

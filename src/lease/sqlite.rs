@@ -18,7 +18,11 @@ pub struct SqliteLeases {
 }
 
 impl SqliteLeases {
-    pub fn new(store: CheckpointStore, stream: impl Into<String>, worker: impl Into<String>) -> Self {
+    pub fn new(
+        store: CheckpointStore,
+        stream: impl Into<String>,
+        worker: impl Into<String>,
+    ) -> Self {
         Self {
             store,
             stream: stream.into(),
@@ -38,7 +42,8 @@ impl SqliteLeases {
     }
 }
 
-const SELECT: &str = "SELECT l.shard_id, l.owner, l.epoch, l.counter, l.next_owner, COALESCE(c.finished, 0)
+const SELECT: &str =
+    "SELECT l.shard_id, l.owner, l.epoch, l.counter, l.next_owner, COALESCE(c.finished, 0)
      FROM leases l LEFT JOIN checkpoints c ON c.stream = l.stream AND c.shard_id = l.shard_id
      WHERE l.stream = ?1";
 
@@ -55,8 +60,43 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
 
 fn one(conn: &Connection, stream: &str, shard: &str) -> Result<Option<Lease>, StoreError> {
     Ok(conn
-        .query_row(&format!("{SELECT} AND l.shard_id = ?2"), params![stream, shard], row)
+        .query_row(
+            &format!("{SELECT} AND l.shard_id = ?2"),
+            params![stream, shard],
+            row,
+        )
         .optional()?)
+}
+
+/// Every lease and checkpoint in the file, for `sluice leases` (all streams).
+pub async fn list_all(store: &CheckpointStore) -> Result<Vec<super::LeaseRow>, StoreError> {
+    store
+        .with_connection(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT l.shard_id, l.owner, l.epoch, l.counter, l.next_owner, COALESCE(c.finished, 0),
+                        l.stream, l.updated_at_ms, c.sequence_number, c.clock, c.shard_id IS NOT NULL
+                 FROM leases l LEFT JOIN checkpoints c ON c.stream = l.stream AND c.shard_id = l.shard_id
+                 ORDER BY l.stream, l.shard_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let lease = row(r)?;
+                let started: bool = r.get(10)?;
+                Ok(super::LeaseRow {
+                    stream: r.get(6)?,
+                    renewed_at_ms: Some(r.get::<_, i64>(7)? as u64),
+                    checkpoint: started.then(|| -> rusqlite::Result<ShardCheckpoint> {
+                        Ok(ShardCheckpoint {
+                            sequence_number: r.get(8)?,
+                            clock: r.get::<_, Option<i64>>(9)?.unwrap_or(0) as u64,
+                            finished: lease.finished,
+                        })
+                    }).transpose()?,
+                    lease,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
 }
 
 impl LeaseTable for SqliteLeases {
@@ -132,7 +172,12 @@ impl LeaseTable for SqliteLeases {
         .await
     }
 
-    async fn release(&self, shard: &ShardId, epoch: u64, to: Option<&str>) -> Result<bool, LeaseError> {
+    async fn release(
+        &self,
+        shard: &ShardId,
+        epoch: u64,
+        to: Option<&str>,
+    ) -> Result<bool, LeaseError> {
         let (shard, to) = (shard.clone(), to.map(str::to_owned));
         self.run(move |conn, stream, me| {
             let changed = conn.execute(
@@ -187,7 +232,8 @@ impl LeaseTable for SqliteLeases {
     }
 
     async fn checkpoints(&self) -> Result<HashMap<String, ShardCheckpoint>, LeaseError> {
-        self.run(|conn, stream, _| checkpoint::load(conn, stream)).await
+        self.run(|conn, stream, _| checkpoint::load(conn, stream))
+            .await
     }
 
     async fn forget(&self, shards: Vec<String>) -> Result<(), LeaseError> {
@@ -229,34 +275,81 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
         // two processes' worth: two stores on one file
-        let a = SqliteLeases::new(CheckpointStore::open(&path, JournalMode::Wal).unwrap(), "s", "a");
-        let b = SqliteLeases::new(CheckpointStore::open(&path, JournalMode::Wal).unwrap(), "s", "b");
+        let a = SqliteLeases::new(
+            CheckpointStore::open(&path, JournalMode::Wal).unwrap(),
+            "s",
+            "a",
+        );
+        let b = SqliteLeases::new(
+            CheckpointStore::open(&path, JournalMode::Wal).unwrap(),
+            "s",
+            "b",
+        );
         let shard: ShardId = "shard-1".into();
         a.create_missing(&[shard.clone()]).await.unwrap();
         let seen = b.leases().await.unwrap().remove(0);
-        let held = a.take(&seen).await.unwrap().expect("a takes the unowned lease");
+        let held = a
+            .take(&seen)
+            .await
+            .unwrap()
+            .expect("a takes the unowned lease");
         assert_eq!((held.owner.as_deref(), held.epoch), (Some("a"), 1));
-        assert_eq!(b.take(&seen).await.unwrap(), None, "b saw an older lease: refused");
+        assert_eq!(
+            b.take(&seen).await.unwrap(),
+            None,
+            "b saw an older lease: refused"
+        );
         // a renews; b's view of a's lease changes with every heartbeat
         let renewed = a.renew(&shard, 1).await.unwrap().unwrap();
         assert_eq!(renewed.counter, held.counter + 1);
         // fencing: only the holder at its epoch commits
-        assert!(a.commit(vec![FencedCheckpoint { shard: shard.clone(), epoch: 1, checkpoint: cp("10") }]).await.unwrap().is_empty());
+        assert!(a
+            .commit(vec![FencedCheckpoint {
+                shard: shard.clone(),
+                epoch: 1,
+                checkpoint: cp("10")
+            }])
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(
-            b.commit(vec![FencedCheckpoint { shard: shard.clone(), epoch: 1, checkpoint: cp("20") }]).await.unwrap(),
+            b.commit(vec![FencedCheckpoint {
+                shard: shard.clone(),
+                epoch: 1,
+                checkpoint: cp("20")
+            }])
+            .await
+            .unwrap(),
             vec![shard.clone()]
         );
         // b asks; a hands over: b owns it at epoch 2, a can neither renew nor commit any more
         assert!(b.request(&shard, 1).await.unwrap());
-        assert_eq!(a.renew(&shard, 1).await.unwrap().unwrap().next_owner.as_deref(), Some("b"));
+        assert_eq!(
+            a.renew(&shard, 1)
+                .await
+                .unwrap()
+                .unwrap()
+                .next_owner
+                .as_deref(),
+            Some("b")
+        );
         assert!(a.release(&shard, 1, Some("b")).await.unwrap());
         assert_eq!(a.renew(&shard, 1).await.unwrap(), None);
         assert_eq!(
-            a.commit(vec![FencedCheckpoint { shard: shard.clone(), epoch: 1, checkpoint: cp("30") }]).await.unwrap(),
+            a.commit(vec![FencedCheckpoint {
+                shard: shard.clone(),
+                epoch: 1,
+                checkpoint: cp("30")
+            }])
+            .await
+            .unwrap(),
             vec![shard.clone()]
         );
         let now = b.leases().await.unwrap().remove(0);
-        assert_eq!((now.owner.as_deref(), now.epoch, now.next_owner), (Some("b"), 2, None));
+        assert_eq!(
+            (now.owner.as_deref(), now.epoch, now.next_owner),
+            (Some("b"), 2, None)
+        );
         assert_eq!(b.checkpoints().await.unwrap()["shard-1"], cp("10"));
         // released to nobody on shutdown: anyone may take it at once
         assert!(b.release(&shard, 2, None).await.unwrap());

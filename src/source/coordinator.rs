@@ -23,9 +23,9 @@ use super::reader::{ReaderContext, ReaderExit, ShardReader};
 use super::{ShardApi, ShardInfo, StartAt};
 use crate::ack::ShardId;
 use crate::checkpoint::{CheckpointStore, ShardCheckpoint};
-use crate::lease::keeper::{LeaseEvent, LeaseView};
-use crate::lease::{FencedCheckpoint, Fence, LeaseTable};
 use crate::http::Health;
+use crate::lease::keeper::{LeaseEvent, LeaseView};
+use crate::lease::{Fence, FencedCheckpoint, LeaseTable};
 use crate::metrics::Metrics;
 
 /// How a shard without a checkpoint of its own starts.
@@ -148,7 +148,10 @@ impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
         loop {
             let view = self.leases.borrow_and_update().clone();
             self.reconcile(&view, &mut shards);
-            match self.discover(&view, &mut readers, &mut shards, &cancel).await {
+            match self
+                .discover(&view, &mut readers, &mut shards, &cancel)
+                .await
+            {
                 Ok(()) => self.health.set_shards_discovered(true),
                 Err(e) => {
                     tracing::warn!(stream = %stream, error = %e, "shard discovery failed; retrying later")
@@ -330,7 +333,9 @@ impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
             let (h, s) = (hard.clone(), soft.clone());
             let task = readers.spawn(async move { (id, reader.run(h, s).await) });
             owned.reading.insert(task.id(), shard.id.clone());
-            owned.tokens.insert(shard.id.clone(), ReaderTokens { hard, soft });
+            owned
+                .tokens
+                .insert(shard.id.clone(), ReaderTokens { hard, soft });
         }
         let stale = forgettable(&shards, &checkpoints);
         if !stale.is_empty() {

@@ -219,7 +219,10 @@ impl<A: ShardApi> ShardReader<A> {
             clock: self.clock.last(),
             finished: true,
         };
-        let _ = self.ctx.tracker.register(&self.shard, self.epoch, end, 0, 0);
+        let _ = self
+            .ctx
+            .tracker
+            .register(&self.shard, self.epoch, end, 0, 0);
         ReaderExit::ShardEnded
     }
 
@@ -408,9 +411,13 @@ impl<A: ShardApi> ShardReader<A> {
             _ = ctx.tracker.room_for(&self.shard) => {}
             _ = cancel.cancelled() => return false,
         }
-        let acks = ctx
-            .tracker
-            .register(&self.shard, self.epoch, checkpoint, records.len(), ops.len());
+        let acks = ctx.tracker.register(
+            &self.shard,
+            self.epoch,
+            checkpoint,
+            records.len(),
+            ops.len(),
+        );
         for (mut op, ack) in ops.into_iter().zip(acks) {
             op.acks.push(ack);
             tokio::select! {

@@ -1,0 +1,4 @@
+//! The command-line tools beside `sluice run`, one module each. They load the configuration
+//! through the same function as the daemon, so they read the state the daemon wrote.
+
+pub mod leases;
