@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::ShardCheckpoint;
 use crate::http::Health;
 use crate::lease::keeper::LeaseEvent;
-use crate::lease::{FencedCheckpoint, LeaseTable};
+use crate::lease::{Fence, FencedCheckpoint, LeaseTable};
 use crate::metrics::Metrics;
 
 pub type ShardId = Arc<str>;
@@ -68,6 +68,9 @@ impl Segment {
 #[derive(Debug, Default)]
 struct Inner {
     pending: Mutex<HashMap<ShardId, VecDeque<Arc<Segment>>>>,
+    /// Per shard, the lowest epoch still accepted: work of older epochs was discarded (the
+    /// lease was lost), and a late registration of it must not block the shard again.
+    floors: Mutex<HashMap<ShardId, u64>>,
     /// Wakes the committer.
     wake: Notify,
     /// Wakes readers waiting for room (segments were committed).
@@ -101,6 +104,26 @@ impl AckTracker {
         records: usize,
         ops: usize,
     ) -> Vec<Ack> {
+        let floor = self
+            .inner
+            .floors
+            .lock()
+            .expect("tracker lock")
+            .get(shard)
+            .copied()
+            .unwrap_or(0);
+        if epoch < floor {
+            // a reader of a discarded epoch, not yet stopped: its work goes nowhere
+            let detached = Arc::new(Segment {
+                checkpoint,
+                records,
+                remaining: AtomicUsize::new(ops),
+                without_ops: ops == 0,
+                epoch,
+                tracker: self.inner.clone(),
+            });
+            return (0..ops).map(|_| Ack(detached.clone())).collect();
+        }
         let mut pending = self.inner.pending.lock().expect("tracker lock");
         let queue = pending.entry(shard.clone()).or_default();
         let mut records = records;
@@ -142,14 +165,23 @@ impl AckTracker {
         }
     }
 
-    /// Forgets everything pending for `shard` (its lease was lost: the new holder re-reads it
-    /// from the last committed checkpoint). Acks still out complete segments nobody looks at.
-    pub fn discard(&self, shard: &ShardId) {
-        self.inner
-            .pending
-            .lock()
-            .expect("tracker lock")
-            .remove(shard);
+    /// Forgets what is pending for `shard` under `epoch` or older (that lease was lost: the new
+    /// holder re-reads from the last committed checkpoint), and refuses such work from now on.
+    /// Acks still out complete segments nobody looks at.
+    pub fn discard(&self, shard: &ShardId, epoch: u64) {
+        {
+            let mut floors = self.inner.floors.lock().expect("tracker lock");
+            let floor = floors.entry(shard.clone()).or_default();
+            *floor = (*floor).max(epoch + 1);
+        }
+        let mut pending = self.inner.pending.lock().expect("tracker lock");
+        if let Some(queue) = pending.get_mut(shard) {
+            queue.retain(|s| s.epoch > epoch);
+            if queue.is_empty() {
+                pending.remove(shard);
+            }
+        }
+        drop(pending);
         self.inner.room.notify_waiters();
     }
 
@@ -244,6 +276,9 @@ pub struct Committer<L: LeaseTable> {
     pub stall_after: Duration,
     pub finished: mpsc::UnboundedSender<ShardId>,
     pub lease_events: mpsc::UnboundedSender<LeaseEvent>,
+    /// What this worker may still write: a checkpoint under a lapsed or lost lease is refused
+    /// here, before the store is asked.
+    pub fence: Fence,
     /// Set once any checkpoint was committed by this process (shutdown reports it).
     pub committed_any: Arc<AtomicBool>,
 }
@@ -272,7 +307,14 @@ impl<L: LeaseTable> Committer<L> {
     /// One pass: commit every complete prefix. Retries a failed write until it succeeds (the
     /// acknowledged work is not lost meanwhile: it would be re-delivered).
     async fn commit_complete(&self, last_advance: &mut HashMap<ShardId, Instant>) {
-        let done = self.tracker.complete_prefixes();
+        let (done, lapsed): (Vec<Prefix>, Vec<Prefix>) = self
+            .tracker
+            .complete_prefixes()
+            .into_iter()
+            .partition(|p| self.fence.holds(&p.shard, p.epoch));
+        for prefix in lapsed {
+            self.lost(&prefix.shard, prefix.epoch);
+        }
         if !done.is_empty() {
             let updates: Vec<FencedCheckpoint> = done
                 .iter()
@@ -300,12 +342,7 @@ impl<L: LeaseTable> Committer<L> {
             self.metrics.checkpoint_commits.inc();
             for prefix in &done {
                 if refused.contains(&prefix.shard) {
-                    // fenced: another worker holds the shard; it re-reads from the last
-                    // checkpoint this worker committed while it still held the lease
-                    self.tracker.discard(&prefix.shard);
-                    let _ = self
-                        .lease_events
-                        .send(LeaseEvent::Lost(prefix.shard.clone()));
+                    self.lost(&prefix.shard, prefix.epoch);
                     continue;
                 }
                 last_advance.insert(prefix.shard.clone(), now);
@@ -340,6 +377,15 @@ impl<L: LeaseTable> Committer<L> {
                 .with_label_values(&[&shard])
                 .set(n as i64);
         }
+    }
+
+    /// Fenced: another worker holds the shard (or this worker's hold lapsed); it re-reads from
+    /// the last checkpoint committed while the lease was still this worker's.
+    fn lost(&self, shard: &ShardId, epoch: u64) {
+        self.tracker.discard(shard, epoch);
+        let _ = self
+            .lease_events
+            .send(LeaseEvent::Lost(shard.clone(), epoch));
     }
 
     /// Readiness: any shard with records pending whose checkpoint has not advanced for

@@ -253,6 +253,7 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         health.clone(),
         view_tx,
         events_rx,
+        fence.clone(),
     );
     let mut keeper = tokio::spawn(keeper.run(keeping.clone()));
     let committing = CancellationToken::new();
@@ -265,6 +266,7 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         stall_after: config.health.stall_after,
         finished: finished_tx,
         lease_events: events_tx.clone(),
+        fence: fence.clone(),
         committed_any: committed_any.clone(),
     };
     let mut committer = tokio::spawn(committer.run(committing.clone()));
@@ -295,7 +297,6 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         finished: finished_rx,
         leases: view_rx,
         lease_events: events_tx,
-        fence,
     };
     let mut coordinator = tokio::spawn(coordinator.run(reading.clone()));
 

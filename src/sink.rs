@@ -418,20 +418,6 @@ impl BulkSink {
     /// offending operation is alone; it is dead-lettered with the error unless the error is
     /// about the cluster rather than the document, which is retried.
     pub async fn write(&self, ops: Vec<BulkOp>) {
-        // A worker that lost a shard's lease drops what it still had queued for it: the new
-        // holder re-reads it (and versions would refuse it anyway).
-        let (ops, fenced): (Vec<BulkOp>, Vec<BulkOp>) = ops
-            .into_iter()
-            .partition(|op| self.fence.holds(&op.origin.shard, op.origin.epoch));
-        if !fenced.is_empty() {
-            tracing::info!(
-                operations = fenced.len(),
-                "dropping queued operations of shards whose lease was lost"
-            );
-            for op in fenced {
-                self.finish(op, result::FENCED);
-            }
-        }
         let mut parts = std::collections::VecDeque::from([ops]);
         while let Some(part) = parts.pop_front() {
             let Some((mut refused, why)) = self.write_part(part).await else {
@@ -478,7 +464,11 @@ impl BulkSink {
     async fn write_part(&self, ops: Vec<BulkOp>) -> Option<(Vec<BulkOp>, SplitReason)> {
         let mut pending = ops;
         let mut attempt: u32 = 0;
-        while !pending.is_empty() {
+        loop {
+            pending = self.fenced_out(pending);
+            if pending.is_empty() {
+                return None;
+            }
             let body: Vec<Bytes> = pending.iter().map(|op| op.lines.clone()).collect();
             let bytes: usize = body.iter().map(Bytes::len).sum();
             self.metrics.batch_documents.observe(pending.len() as f64);
@@ -597,7 +587,27 @@ impl BulkSink {
             tokio::time::sleep(delay).await;
             pending = retry.into_iter().map(|(op, _, _)| op).collect();
         }
-        None
+    }
+
+    /// Before every request: operations of shards this worker no longer holds (a lost lease,
+    /// or a hold that lapsed while the process was paused) are dropped unsent and *not*
+    /// acknowledged — their shard is stopped, its pending work discarded, and the holder
+    /// re-reads them from the last committed checkpoint.
+    fn fenced_out(&self, ops: Vec<BulkOp>) -> Vec<BulkOp> {
+        let (held, fenced): (Vec<BulkOp>, Vec<BulkOp>) = ops
+            .into_iter()
+            .partition(|op| self.fence.holds(&op.origin.shard, op.origin.epoch));
+        if !fenced.is_empty() {
+            tracing::info!(
+                operations = fenced.len(),
+                "dropping operations of shards whose lease this worker no longer holds"
+            );
+            self.metrics
+                .documents
+                .with_label_values(&[result::FENCED])
+                .inc_by(fenced.len() as u64);
+        }
+        held
     }
 
     /// Item retries are logged at warn, one line per reason per interval.

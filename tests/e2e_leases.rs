@@ -412,14 +412,14 @@ async fn a_paused_worker_is_fenced(backend: Backend) {
         losses >= 1.0,
         "the paused worker noticed it lost its leases"
     );
-    assert!(
-        holders(&[("w1", &a)]).await.is_empty() || a.metric("sluice_leases_held", "").await <= 3.0,
-        "w1 holds no more than its share again"
+    let stats = bed.es.fake.stats();
+    assert_eq!(
+        stats.applied_backwards, 0,
+        "no document was ever written below a version it already had; log of w1:\n{log}"
     );
     assert_eq!(
-        bed.es.fake.stats().divergent,
-        0,
-        "one version never meant two document states; log of w1:\n{log}"
+        stats.divergent, 0,
+        "one version never meant two document states"
     );
     // and the paused worker's late writes changed nothing: the index still equals the source
     bed.assert_converges().await;

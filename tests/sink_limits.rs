@@ -17,7 +17,8 @@ use sluice::transform::DocAction;
 /// The sink holds shard-1's lease at epoch 1.
 fn fence() -> sluice::lease::Fence {
     let f = sluice::lease::Fence::default();
-    f.set(std::iter::once(("shard-1".into(), 1)));
+    let forever = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+    f.grant(&"shard-1".into(), 1, forever);
     f
 }
 

@@ -284,7 +284,8 @@ impl LeaseTable for DynamoDbLeases {
                 .put_item()
                 .table_name(&self.table)
                 .set_item(Some(item))
-                .condition_expression("attribute_not_exists(shard_id)")
+                .condition_expression("attribute_not_exists(#k)")
+                .expression_attribute_names("#k", "shard_id")
                 .send()
                 .await;
             conditional(put)?;
@@ -298,12 +299,13 @@ impl LeaseTable for DynamoDbLeases {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(self.key(&seen.shard)))
-            .update_expression(
-                "SET #o = :me, epoch = epoch + :one, #c = #c + :one, renewed_at_ms = :now REMOVE next_owner",
-            )
+            .update_expression("SET #o = :me, #e = #e + :one, #c = #c + :one, #r = :now REMOVE #n")
             .expression_attribute_values(":now", n(crate::checkpoint::now_ms() as u64))
             .expression_attribute_names("#o", "owner")
             .expression_attribute_names("#c", "counter")
+            .expression_attribute_names("#e", "epoch")
+            .expression_attribute_names("#n", "next_owner")
+            .expression_attribute_names("#r", "renewed_at_ms")
             .expression_attribute_values(":me", s(&self.worker))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":e", n(seen.epoch))
@@ -311,9 +313,9 @@ impl LeaseTable for DynamoDbLeases {
             .return_values(ReturnValue::AllNew);
         req = match &seen.owner {
             Some(owner) => req
-                .condition_expression("#o = :seen AND epoch = :e AND #c = :n")
+                .condition_expression("#o = :seen AND #e = :e AND #c = :n")
                 .expression_attribute_values(":seen", s(owner)),
-            None => req.condition_expression("attribute_not_exists(#o) AND epoch = :e AND #c = :n"),
+            None => req.condition_expression("attribute_not_exists(#o) AND #e = :e AND #c = :n"),
         };
         Ok(conditional(req.send().await)?.and_then(|out| out.attributes().and_then(lease_of)))
     }
@@ -324,11 +326,13 @@ impl LeaseTable for DynamoDbLeases {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(self.key(shard)))
-            .update_expression("SET #c = #c + :one, renewed_at_ms = :now")
-            .condition_expression("#o = :me AND epoch = :e")
+            .update_expression("SET #c = #c + :one, #r = :now")
+            .condition_expression("#o = :me AND #e = :e")
             .expression_attribute_values(":now", n(crate::checkpoint::now_ms() as u64))
             .expression_attribute_names("#o", "owner")
             .expression_attribute_names("#c", "counter")
+            .expression_attribute_names("#e", "epoch")
+            .expression_attribute_names("#r", "renewed_at_ms")
             .expression_attribute_values(":me", s(&self.worker))
             .expression_attribute_values(":e", n(epoch))
             .expression_attribute_values(":one", n(1))
@@ -349,19 +353,19 @@ impl LeaseTable for DynamoDbLeases {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(self.key(shard)))
-            .condition_expression("#o = :me AND epoch = :e")
+            .condition_expression("#o = :me AND #e = :e")
             .expression_attribute_names("#o", "owner")
             .expression_attribute_names("#c", "counter")
+            .expression_attribute_names("#e", "epoch")
+            .expression_attribute_names("#n", "next_owner")
             .expression_attribute_values(":me", s(&self.worker))
             .expression_attribute_values(":e", n(epoch))
             .expression_attribute_values(":one", n(1));
         req = match to {
             Some(to) => req
-                .update_expression(
-                    "SET #o = :to, epoch = epoch + :one, #c = #c + :one REMOVE next_owner",
-                )
+                .update_expression("SET #o = :to, #e = #e + :one, #c = #c + :one REMOVE #n")
                 .expression_attribute_values(":to", s(to)),
-            None => req.update_expression("SET #c = #c + :one REMOVE #o, next_owner"),
+            None => req.update_expression("SET #c = #c + :one REMOVE #o, #n"),
         };
         Ok(conditional(req.send().await)?.is_some())
     }
@@ -372,11 +376,13 @@ impl LeaseTable for DynamoDbLeases {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(self.key(shard)))
-            .update_expression("SET next_owner = :me")
+            .update_expression("SET #n = :me")
             .condition_expression(
-                "attribute_exists(#o) AND #o <> :me AND epoch = :e AND attribute_not_exists(next_owner)",
+                "attribute_exists(#o) AND #o <> :me AND #e = :e AND attribute_not_exists(#n)",
             )
             .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#e", "epoch")
+            .expression_attribute_names("#n", "next_owner")
             .expression_attribute_values(":me", s(&self.worker))
             .expression_attribute_values(":e", n(epoch))
             .send()
@@ -387,26 +393,32 @@ impl LeaseTable for DynamoDbLeases {
     async fn commit(&self, updates: Vec<FencedCheckpoint>) -> Result<Vec<ShardId>, LeaseError> {
         let mut refused = Vec::new();
         for u in updates {
-            let mut set = vec!["started = :t", "clock = :clock"];
+            let mut set = vec!["#st = :t", "#cl = :clock"];
             let mut req = self
                 .client
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(self.key(&u.shard)))
-                .condition_expression("#o = :me AND epoch = :e")
+                .condition_expression("#o = :me AND #e = :e")
                 .expression_attribute_names("#o", "owner")
+                .expression_attribute_names("#e", "epoch")
+                .expression_attribute_names("#st", "started")
+                .expression_attribute_names("#cl", "clock")
                 .expression_attribute_values(":me", s(&self.worker))
                 .expression_attribute_values(":e", n(u.epoch))
                 .expression_attribute_values(":t", AttributeValue::Bool(true))
                 .expression_attribute_values(":clock", n(u.checkpoint.clock));
             if let Some(seq) = &u.checkpoint.sequence_number {
-                set.push("sequence_number = :seq");
-                req = req.expression_attribute_values(":seq", s(seq));
+                set.push("#sq = :seq");
+                req = req
+                    .expression_attribute_values(":seq", s(seq))
+                    .expression_attribute_names("#sq", "sequence_number");
             }
             // only the holder writes, in read order: a checkpoint never moves back; a finished
             // shard never becomes unfinished
             if u.checkpoint.finished {
-                set.push("finished = :t");
+                set.push("#f = :t");
+                req = req.expression_attribute_names("#f", "finished");
             }
             let out = req
                 .update_expression(format!("SET {}", set.join(", ")))
@@ -441,7 +453,8 @@ impl LeaseTable for DynamoDbLeases {
                 .delete_item()
                 .table_name(&self.table)
                 .set_key(Some(self.key(&shard)))
-                .condition_expression("finished = :t")
+                .condition_expression("#f = :t")
+                .expression_attribute_names("#f", "finished")
                 .expression_attribute_values(":t", AttributeValue::Bool(true))
                 .send()
                 .await;

@@ -2,18 +2,20 @@
 //! `renew_interval` it renews this worker's leases (noticing handoff requests and losses),
 //! watches everyone else's heartbeats, takes unowned and expired leases up to a fair share, and —
 //! every `balance_interval` — asks the busiest worker for one lease when it holds too few. What it
-//! holds is published to the coordinator as a [`LeaseView`]; the coordinator answers with
-//! [`LeaseEvent`]s (a handed-over shard is drained, a commit was refused).
+//! holds is published to the coordinator as a [`LeaseView`] and to the sink and committer as the
+//! [`Fence`]; the coordinator answers with [`LeaseEvent`]s (a handed-over shard is drained, a
+//! commit was refused).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{plan_leases, Lease, LeaseTable};
+use super::{plan_leases, Fence, Lease, LeaseError, LeaseTable};
 use crate::ack::ShardId;
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -41,23 +43,24 @@ pub struct LeaseView {
 pub enum LeaseEvent {
     /// The shard being handed over is no longer read and everything read from it is committed.
     Drained(ShardId),
-    /// A fenced checkpoint commit was refused: another worker holds the shard now.
-    Lost(ShardId),
+    /// Work read under this epoch could not be committed (refused, or the hold lapsed).
+    Lost(ShardId, u64),
     /// New shards got leases (first start, a reshard): look for free leases now, not at the
     /// next renewal.
     Created,
 }
 
 pub struct LeaseKeeper<L: LeaseTable> {
-    pub table: Arc<L>,
+    table: Arc<L>,
     /// A lease whose heartbeat has not changed for this long is expired.
-    pub duration: Duration,
-    pub renew_interval: Duration,
-    pub balance_interval: Duration,
-    pub metrics: Metrics,
-    pub health: Arc<Health>,
-    pub view: watch::Sender<LeaseView>,
-    pub events: mpsc::UnboundedReceiver<LeaseEvent>,
+    duration: Duration,
+    renew_interval: Duration,
+    balance_interval: Duration,
+    metrics: Metrics,
+    health: Arc<Health>,
+    view: watch::Sender<LeaseView>,
+    events: mpsc::UnboundedReceiver<LeaseEvent>,
+    fence: Fence,
     /// Shards with a `sluice_lease_held` series, to remove it once the lease is gone.
     gauges: std::sync::Mutex<HashSet<ShardId>>,
 }
@@ -73,7 +76,20 @@ struct Seen {
 struct Mine {
     epoch: u64,
     handing_to: Option<String>,
-    renewed: Instant,
+    /// The coordinator reported the shard drained: hand it over (again, if that failed).
+    drained: bool,
+    /// Until when this worker may write under the lease: the last renewal *sent*, plus a lease
+    /// duration less half a renew interval (before anyone can see it expired).
+    until: Instant,
+}
+
+/// The keeper's state between passes.
+#[derive(Default)]
+struct State {
+    seen: HashMap<ShardId, Seen>,
+    mine: BTreeMap<ShardId, Mine>,
+    /// The lease this worker asked another for, at that lease's epoch.
+    asked: Option<(ShardId, u64)>,
 }
 
 impl<L: LeaseTable> LeaseKeeper<L> {
@@ -84,6 +100,7 @@ impl<L: LeaseTable> LeaseKeeper<L> {
         health: Arc<Health>,
         view: watch::Sender<LeaseView>,
         events: mpsc::UnboundedReceiver<LeaseEvent>,
+        fence: Fence,
     ) -> Self {
         Self {
             table,
@@ -94,16 +111,20 @@ impl<L: LeaseTable> LeaseKeeper<L> {
             health,
             view,
             events,
+            fence,
             gauges: std::sync::Mutex::default(),
         }
+    }
+
+    /// How long a renewal sent now keeps this worker's writes valid.
+    fn hold(&self) -> Duration {
+        self.duration.saturating_sub(self.renew_interval / 2)
     }
 
     /// Runs until `stop`, then gives every lease up (the caller stops it only after the last
     /// checkpoints are committed), so successors start at once.
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut seen: HashMap<ShardId, Seen> = HashMap::new();
-        let mut mine: BTreeMap<ShardId, Mine> = BTreeMap::new();
-        let mut asked: Option<(ShardId, u64, Instant)> = None;
+        let mut state = State::default();
         let mut last_balance = Instant::now();
         let mut tick = tokio::time::interval(self.renew_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -119,21 +140,31 @@ impl<L: LeaseTable> LeaseKeeper<L> {
                     if balance {
                         last_balance = Instant::now();
                     }
-                    next_expiry = self.pass(&mut seen, &mut mine, &mut asked, balance).await;
+                    next_expiry = self.pass(&mut state, balance).await;
                 }
                 _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
-                    next_expiry = self.pass(&mut seen, &mut mine, &mut asked, false).await;
+                    next_expiry = self.pass(&mut state, false).await;
                 }
-                Some(event) = self.events.recv() => {
-                    if event == LeaseEvent::Created {
-                        next_expiry = self.pass(&mut seen, &mut mine, &mut asked, false).await;
-                    } else {
-                        self.on_event(event, &mut mine).await;
+                Some(event) = self.events.recv() => match event {
+                    LeaseEvent::Created => next_expiry = self.pass(&mut state, false).await,
+                    LeaseEvent::Drained(shard) => {
+                        if let Some(m) = state.mine.get_mut(&shard) {
+                            m.drained = true;
+                        }
+                        self.hand_over(&mut state).await;
                     }
-                }
+                    LeaseEvent::Lost(shard, epoch) => {
+                        if state.mine.get(&shard).is_some_and(|m| m.epoch == epoch) {
+                            tracing::warn!(shard_id = %shard, epoch, "checkpoint refused: the lease is held by another worker now, or this worker's hold lapsed; shard stopped");
+                            self.forget(&mut state, &shard, "fenced");
+                            self.publish(&state, None);
+                        }
+                    }
+                },
             }
         }
-        for (shard, m) in &mine {
+        for (shard, m) in &state.mine {
+            self.fence.revoke(shard);
             match self.table.release(shard, m.epoch, None).await {
                 Ok(true) => tracing::info!(shard_id = %shard, "lease released"),
                 Ok(false) => {}
@@ -141,72 +172,97 @@ impl<L: LeaseTable> LeaseKeeper<L> {
                     tracing::warn!(shard_id = %shard, error = %e, "releasing a lease failed; it will expire")
                 }
             }
-            let _ = self.metrics.lease_held.remove_label_values(&[shard]);
         }
-        self.metrics.leases_held.set(0);
-        self.view.send_modify(|v| v.mine.clear());
+        state.mine.clear();
+        self.publish(&state, None);
     }
 
-    async fn on_event(&self, event: LeaseEvent, mine: &mut BTreeMap<ShardId, Mine>) {
-        match event {
-            LeaseEvent::Drained(shard) => {
-                let Some(m) = mine.get(&shard) else { return };
-                let Some(to) = m.handing_to.clone() else {
-                    return;
-                };
-                match self.table.release(&shard, m.epoch, Some(&to)).await {
-                    Ok(true) => {
-                        tracing::info!(shard_id = %shard, to = %to, "lease handed over");
-                        self.metrics.lease_handoffs.inc();
-                    }
-                    Ok(false) => {
-                        tracing::warn!(shard_id = %shard, "lease changed before it could be handed over");
-                        self.lost(&shard, "taken");
-                    }
-                    Err(e) => {
-                        // keep it; the next Drained (or expiry) settles it
-                        tracing::warn!(shard_id = %shard, error = %e, "handing a lease over failed");
-                        return;
-                    }
-                }
-                mine.remove(&shard);
-            }
-            LeaseEvent::Lost(shard) => {
-                if mine.remove(&shard).is_some() {
-                    tracing::warn!(shard_id = %shard, "checkpoint refused: the lease is held by another worker now; shard stopped");
-                    self.lost(&shard, "fenced");
-                }
-            }
-            LeaseEvent::Created => {}
+    /// Drops a lease locally: no more writes under it, and the coordinator stops the shard.
+    fn forget(&self, state: &mut State, shard: &ShardId, reason: &str) {
+        if state.mine.remove(shard).is_some() {
+            self.fence.revoke(shard);
+            self.metrics.lease_losses.with_label_values(&[reason]).inc();
         }
-        self.publish(mine, None);
     }
 
-    fn lost(&self, shard: &ShardId, reason: &str) {
-        self.metrics.lease_losses.with_label_values(&[reason]).inc();
-        let _ = self.metrics.lease_held.remove_label_values(&[shard]);
+    /// Hands over every drained shard that was asked for (retried at every pass if the table
+    /// was not reachable).
+    async fn hand_over(&self, state: &mut State) {
+        let ready: Vec<(ShardId, u64, String)> = state
+            .mine
+            .iter()
+            .filter(|(_, m)| m.drained)
+            .filter_map(|(s, m)| Some((s.clone(), m.epoch, m.handing_to.clone()?)))
+            .collect();
+        for (shard, epoch, to) in ready {
+            self.fence.revoke(&shard);
+            match self.table.release(&shard, epoch, Some(&to)).await {
+                Ok(true) => {
+                    tracing::info!(shard_id = %shard, to = %to, "lease handed over");
+                    self.metrics.lease_handoffs.inc();
+                    state.mine.remove(&shard);
+                }
+                Ok(false) => {
+                    tracing::warn!(shard_id = %shard, "lease changed before it could be handed over");
+                    self.forget(state, &shard, "taken");
+                }
+                // keep it; the next pass tries again (the shard is not read meanwhile)
+                Err(e) => {
+                    tracing::warn!(shard_id = %shard, error = %e, "handing a lease over failed; retrying")
+                }
+            }
+        }
+        self.publish(state, None);
     }
 
-    async fn pass(
-        &self,
-        seen: &mut HashMap<ShardId, Seen>,
-        mine: &mut BTreeMap<ShardId, Mine>,
-        asked: &mut Option<(ShardId, u64, Instant)>,
-        balance: bool,
-    ) -> Option<Instant> {
+    /// Renews every held lease at once, each bounded so that a slow store cannot keep a
+    /// worker writing past its hold.
+    async fn renew_all(&self, state: &mut State) {
         let me = self.table.worker().to_string();
-        // 1. heartbeats of what this worker holds
-        let held: Vec<(ShardId, u64)> = mine.iter().map(|(s, m)| (s.clone(), m.epoch)).collect();
-        for (shard, epoch) in held {
-            match self.table.renew(&shard, epoch).await {
-                Ok(Some(lease)) => {
-                    let m = mine.get_mut(&shard).expect("held");
-                    m.renewed = Instant::now();
+        let now = Instant::now();
+        // a hold that lapsed (a pause, a store that did not answer) ends here, before anything
+        // else: the sink and committer already refuse to write under it
+        let lapsed: Vec<ShardId> = state
+            .mine
+            .iter()
+            .filter(|(_, m)| now >= m.until)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for shard in lapsed {
+            tracing::warn!(shard_id = %shard, "lease not renewed in time; shard stopped (it is taken again if still free)");
+            self.forget(state, &shard, "renew_failed");
+        }
+        let mut renewals: JoinSet<(ShardId, Instant, Result<Option<Lease>, LeaseError>)> =
+            JoinSet::new();
+        let limit = self.renew_interval.max(Duration::from_millis(100));
+        for (shard, m) in &state.mine {
+            let (table, shard, epoch) = (self.table.clone(), shard.clone(), m.epoch);
+            renewals.spawn(async move {
+                let sent = Instant::now();
+                let answer = match tokio::time::timeout(limit, table.renew(&shard, epoch)).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(LeaseError("renewal timed out".into())),
+                };
+                (shard, sent, answer)
+            });
+        }
+        while let Some(joined) = renewals.join_next().await {
+            let Ok((shard, sent, answer)) = joined else {
+                continue;
+            };
+            let Some(m) = state.mine.get_mut(&shard) else {
+                continue;
+            };
+            match answer {
+                Ok(Some(lease)) if Instant::now() < m.until => {
+                    m.until = sent + self.hold();
+                    self.fence.grant(&shard, m.epoch, m.until);
                     if lease.finished {
                         // nobody needs to hold a finished shard
+                        let epoch = m.epoch;
+                        self.fence.revoke(&shard);
                         if let Ok(true) = self.table.release(&shard, epoch, None).await {
-                            mine.remove(&shard);
-                            let _ = self.metrics.lease_held.remove_label_values(&[&shard]);
+                            state.mine.remove(&shard);
                         }
                         continue;
                     }
@@ -217,41 +273,46 @@ impl<L: LeaseTable> LeaseKeeper<L> {
                         }
                     }
                 }
+                Ok(Some(_)) => {
+                    // renewed, but only after the hold had lapsed: writes were refused
+                    // meanwhile, so the work read under this epoch is void — start over
+                    tracing::warn!(shard_id = %shard, "lease renewed too late; shard stopped");
+                    self.forget(state, &shard, "renew_failed");
+                }
                 Ok(None) => {
                     tracing::warn!(shard_id = %shard, "lease lost to another worker; shard stopped");
-                    mine.remove(&shard);
-                    self.lost(&shard, "taken");
+                    self.forget(state, &shard, "taken");
                 }
                 Err(e) => {
                     self.metrics.lease_renew_failures.inc();
-                    let m = mine.get(&shard).expect("held");
-                    if m.renewed.elapsed() >= self.duration {
-                        // others may consider it expired by now: stop before they start
-                        tracing::warn!(shard_id = %shard, error = %e, "lease could not be renewed for a whole lease duration; shard stopped");
-                        mine.remove(&shard);
-                        self.lost(&shard, "renew_failed");
-                    } else {
-                        tracing::warn!(shard_id = %shard, error = %e, "lease renewal failed; retrying");
-                    }
+                    tracing::warn!(shard_id = %shard, error = %e, "lease renewal failed; retrying");
                 }
             }
         }
+    }
+
+    async fn pass(&self, state: &mut State, balance: bool) -> Option<Instant> {
+        let me = self.table.worker().to_string();
+        // 1. heartbeats of what this worker holds; handovers that are due
+        self.renew_all(state).await;
+        self.hand_over(state).await;
         // 2. everyone's leases, and whose heartbeat has stopped
         let leases = match self.table.leases().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the lease table failed; retrying");
-                self.publish(mine, None);
+                self.publish(state, None);
                 return None;
             }
         };
         let now = Instant::now();
         for l in &leases {
-            let changed = seen
+            let changed = state
+                .seen
                 .get(&l.shard)
                 .is_none_or(|s| s.owner != l.owner || s.epoch != l.epoch || s.counter != l.counter);
             if changed {
-                seen.insert(
+                state.seen.insert(
                     l.shard.clone(),
                     Seen {
                         owner: l.owner.clone(),
@@ -261,57 +322,58 @@ impl<L: LeaseTable> LeaseKeeper<L> {
                     },
                 );
             }
-            // handed to this worker, or held by it from an earlier life with the same id
-            if l.owner.as_deref() == Some(me.as_str())
-                && !l.finished
-                && !mine.contains_key(&l.shard)
-            {
-                tracing::info!(shard_id = %l.shard, epoch = l.epoch, "lease received");
-                self.metrics
-                    .lease_takeovers
-                    .with_label_values(&["handoff"])
-                    .inc();
-                mine.insert(
-                    l.shard.clone(),
-                    Mine {
-                        epoch: l.epoch,
-                        handing_to: None,
-                        renewed: now,
-                    },
-                );
-            }
         }
         let duration = self.duration;
+        let seen = &state.seen;
         let expired = |l: &Lease| {
             l.owner.is_some()
                 && seen
                     .get(&l.shard)
                     .is_some_and(|s| now.duration_since(s.since) >= duration)
         };
-        // a request not honoured within two lease durations is withdrawn (another may be tried)
-        if asked
-            .as_ref()
-            .is_some_and(|(_, _, at)| at.elapsed() >= 2 * self.duration)
-        {
-            *asked = None;
+        // a request stands until the lease moves (to this worker, or its epoch changes) or the
+        // holder clears it: withdrawing it on a timer would only move two leases instead of one
+        if let Some((shard, epoch)) = &state.asked {
+            let standing = leases.iter().any(|l| {
+                l.shard == *shard
+                    && l.epoch == *epoch
+                    && l.next_owner.as_deref() == Some(me.as_str())
+            });
+            if !standing {
+                state.asked = None;
+            }
         }
         let mut view_leases = leases.clone();
         for l in &mut view_leases {
             // what this worker holds counts as its own, whatever the table said a moment ago
-            if let Some(m) = mine.get(&l.shard) {
+            if let Some(m) = state.mine.get(&l.shard) {
                 l.owner = Some(me.clone());
                 l.epoch = m.epoch;
             }
         }
-        let mut plan = plan_leases(&me, &view_leases, expired, balance && asked.is_none());
+        let mut plan = plan_leases(&me, &view_leases, expired, balance && state.asked.is_none());
+        // leases the table says are this worker's but it does not hold (handed to it, or held
+        // in an earlier life under the same id, or dropped when a hold lapsed): taken again, so
+        // the epoch rises and nothing of an older holder under the same id can commit
+        plan.take.extend(
+            leases
+                .iter()
+                .filter(|l| {
+                    l.owner.as_deref() == Some(me.as_str())
+                        && !l.finished
+                        && !state.mine.contains_key(&l.shard)
+                })
+                .cloned(),
+        );
         fastrand::shuffle(&mut plan.take);
-        // 3. take what is free
+        // 3. take what is free (or ours)
         for lease in plan.take {
-            let from = if lease.owner.is_some() {
-                "expired"
-            } else {
-                "unowned"
+            let from = match lease.owner.as_deref() {
+                None => "unowned",
+                Some(o) if o == me => "handoff",
+                Some(_) => "expired",
             };
+            let sent = Instant::now();
             match self.table.take(&lease).await {
                 Ok(Some(taken)) => {
                     tracing::info!(shard_id = %taken.shard, epoch = taken.epoch, previous_owner = ?lease.owner, "lease taken");
@@ -319,12 +381,15 @@ impl<L: LeaseTable> LeaseKeeper<L> {
                         .lease_takeovers
                         .with_label_values(&[from])
                         .inc();
-                    mine.insert(
+                    let until = sent + self.hold();
+                    self.fence.grant(&taken.shard, taken.epoch, until);
+                    state.mine.insert(
                         taken.shard.clone(),
                         Mine {
                             epoch: taken.epoch,
                             handing_to: None,
-                            renewed: Instant::now(),
+                            drained: false,
+                            until,
                         },
                     );
                 }
@@ -338,14 +403,8 @@ impl<L: LeaseTable> LeaseKeeper<L> {
         if let Some(lease) = plan.request {
             if let Ok(true) = self.table.request(&lease.shard, lease.epoch).await {
                 tracing::info!(shard_id = %lease.shard, owner = ?lease.owner, "asked for a lease (balance)");
-                *asked = Some((lease.shard.clone(), lease.epoch, Instant::now()));
+                state.asked = Some((lease.shard.clone(), lease.epoch));
             }
-        }
-        if asked
-            .as_ref()
-            .is_some_and(|(shard, _, _)| mine.contains_key(shard))
-        {
-            *asked = None;
         }
         let others: HashSet<ShardId> = leases
             .iter()
@@ -354,22 +413,26 @@ impl<L: LeaseTable> LeaseKeeper<L> {
             .collect();
         let unowned = leases
             .iter()
-            .filter(|l| !l.finished && !mine.contains_key(&l.shard) && !others.contains(&l.shard))
+            .filter(|l| {
+                !l.finished && !state.mine.contains_key(&l.shard) && !others.contains(&l.shard)
+            })
             .count();
         self.health.set_leases(
-            (mine.is_empty() && unowned > 0)
+            (state.mine.is_empty() && unowned > 0)
                 .then(|| format!("this worker holds no lease while {unowned} shards are unowned")),
         );
-        self.publish(mine, Some(others));
         // when the next live lease of another worker would expire, if its heartbeat stops now
-        leases
+        let next = leases
             .iter()
             .filter(|l| l.owner.as_deref().is_some_and(|o| o != me) && !l.finished && !expired(l))
             .filter_map(|l| seen.get(&l.shard).map(|s| s.since + duration))
-            .min()
+            .min();
+        self.publish(state, Some(others));
+        next
     }
 
-    fn publish(&self, mine: &BTreeMap<ShardId, Mine>, others: Option<HashSet<ShardId>>) {
+    fn publish(&self, state: &State, others: Option<HashSet<ShardId>>) {
+        let mine = &state.mine;
         self.metrics.leases_held.set(mine.len() as i64);
         let mut gauges = self.gauges.lock().expect("gauge lock");
         gauges.retain(|shard| {

@@ -24,6 +24,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
+use tokio::time::Instant;
+
 use crate::ack::ShardId;
 use crate::checkpoint::ShardCheckpoint;
 
@@ -124,22 +126,39 @@ pub trait LeaseTable: Send + Sync + 'static {
     fn forget(&self, shards: Vec<String>) -> impl Future<Output = Result<(), LeaseError>> + Send;
 }
 
-/// The shards this worker holds and their epochs, for the lanes: operations read under an epoch
-/// the worker no longer holds are dropped unsent (the new holder re-reads them).
+/// What this worker may still write, per shard: the epoch it holds and until when, on its own
+/// monotonic clock — the moment of the last renewal *sent*, plus less than a lease duration, so
+/// it ends before any other worker can consider the lease expired. The keeper grants and
+/// revokes; the sink checks before every request and the committer before every commit, so a
+/// worker that was paused (SIGSTOP, a frozen VM) past its lease writes nothing when it resumes.
 #[derive(Debug, Clone, Default)]
-pub struct Fence(Arc<RwLock<HashMap<ShardId, u64>>>);
+pub struct Fence(Arc<RwLock<HashMap<ShardId, (u64, Instant)>>>);
 
 impl Fence {
-    pub fn set(&self, held: impl Iterator<Item = (ShardId, u64)>) {
-        *self.0.write().expect("fence lock") = held.collect();
+    pub fn grant(&self, shard: &ShardId, epoch: u64, until: Instant) {
+        self.0
+            .write()
+            .expect("fence lock")
+            .insert(shard.clone(), (epoch, until));
     }
 
+    pub fn revoke(&self, shard: &ShardId) {
+        self.0.write().expect("fence lock").remove(shard);
+    }
+
+    /// Still held at `epoch`, and not past the deadline.
     pub fn holds(&self, shard: &ShardId, epoch: u64) -> bool {
-        self.0.read().expect("fence lock").get(shard) == Some(&epoch)
+        self.0
+            .read()
+            .expect("fence lock")
+            .get(shard)
+            .is_some_and(|(e, until)| *e == epoch && Instant::now() < *until)
     }
 }
 
-/// The default worker id: host name and process id, unique among live workers.
+/// The default worker id: host name, process id and a random suffix — containers on one host
+/// can share a host name and all run as pid 1, and two workers with one id would not exclude
+/// each other.
 pub fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -147,7 +166,7 @@ pub fn default_worker_id() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "sluice".into());
-    format!("{host}-{}", std::process::id())
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
 }
 
 /// What one worker decides to do with the leases it sees. Pure.

@@ -208,7 +208,9 @@ impl LeaseTable for SqliteLeases {
 
     async fn commit(&self, updates: Vec<FencedCheckpoint>) -> Result<Vec<ShardId>, LeaseError> {
         self.run(move |conn, stream, me| {
-            let tx = conn.transaction()?;
+            // IMMEDIATE: read-then-write under WAL must take the write lock first, or a busy
+            // snapshot fails at once instead of waiting for the other worker
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut refused = Vec::new();
             for u in &updates {
                 let holder: Option<(Option<String>, i64)> = tx
@@ -238,16 +240,19 @@ impl LeaseTable for SqliteLeases {
 
     async fn forget(&self, shards: Vec<String>) -> Result<(), LeaseError> {
         self.run(move |conn, stream, _| {
-            checkpoint::forget(conn, stream, &shards)?;
-            let tx = conn.transaction()?;
+            // one transaction: a finished checkpoint and its lease go together
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             {
-                // only leases whose checkpoint is gone (finished and forgotten)
-                let mut stmt = tx.prepare_cached(
+                let mut checkpoint = tx.prepare_cached(
+                    "DELETE FROM checkpoints WHERE stream = ?1 AND shard_id = ?2 AND finished = 1",
+                )?;
+                let mut lease = tx.prepare_cached(
                     "DELETE FROM leases WHERE stream = ?1 AND shard_id = ?2
                        AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.stream = ?1 AND c.shard_id = ?2)",
                 )?;
                 for shard in &shards {
-                    stmt.execute(params![stream, shard])?;
+                    checkpoint.execute(params![stream, shard])?;
+                    lease.execute(params![stream, shard])?;
                 }
             }
             tx.commit()?;

@@ -25,7 +25,7 @@ use crate::ack::ShardId;
 use crate::checkpoint::{CheckpointStore, ShardCheckpoint};
 use crate::http::Health;
 use crate::lease::keeper::{LeaseEvent, LeaseView};
-use crate::lease::{Fence, FencedCheckpoint, LeaseTable};
+use crate::lease::{FencedCheckpoint, LeaseTable};
 use crate::metrics::Metrics;
 
 /// How a shard without a checkpoint of its own starts.
@@ -129,8 +129,6 @@ pub struct Coordinator<A: ShardApi, L: LeaseTable> {
     pub leases: watch::Receiver<LeaseView>,
     /// Back to the keeper: a shard being handed over is drained.
     pub lease_events: mpsc::UnboundedSender<LeaseEvent>,
-    /// The epochs held, for the lanes (work of a lost lease is dropped unsent).
-    pub fence: Fence,
 }
 
 impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
@@ -145,24 +143,29 @@ impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
             _ = cancel.cancelled() => return,
             _ = self.leases.wait_for(|v| v.ready) => {}
         }
+        let mut rediscover = true;
         loop {
             let view = self.leases.borrow_and_update().clone();
             self.reconcile(&view, &mut shards);
-            match self
-                .discover(&view, &mut readers, &mut shards, &cancel)
-                .await
-            {
-                Ok(()) => self.health.set_shards_discovered(true),
-                Err(e) => {
-                    tracing::warn!(stream = %stream, error = %e, "shard discovery failed; retrying later")
+            if rediscover {
+                match self
+                    .discover(&view, &mut readers, &mut shards, &cancel)
+                    .await
+                {
+                    Ok(()) => self.health.set_shards_discovered(true),
+                    Err(e) => {
+                        tracing::warn!(stream = %stream, error = %e, "shard discovery failed; retrying later")
+                    }
                 }
             }
+            rediscover = true;
             let handing_over = !shards.handing_over.is_empty();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(self.discovery_interval) => {}
-                // a handover waits for the shard's last writes to be committed
-                _ = tokio::time::sleep(Duration::from_millis(100)), if handing_over => {}
+                // a handover waits for the shard's last writes to be committed: look often,
+                // without listing shards each time
+                _ = tokio::time::sleep(Duration::from_millis(100)), if handing_over => rediscover = false,
                 r = self.leases.changed() => if r.is_err() { break },
                 Some(joined) = readers.join_next_with_id(), if !readers.is_empty() => {
                     match joined {
@@ -205,16 +208,24 @@ impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
     /// for stops its reader at the next page boundary, and once everything read from the shard
     /// is committed the keeper is told it can hand it over.
     fn reconcile(&self, view: &LeaseView, shards: &mut Shards) {
-        self.fence
-            .set(view.mine.iter().map(|(s, h)| (s.clone(), h.epoch)));
         let reading: Vec<ShardId> = shards.tokens.keys().cloned().collect();
         for shard in reading {
+            let Some(epoch) = shards.tokens.get(&shard).map(|t| t.epoch) else {
+                continue;
+            };
             match view.mine.get(&shard) {
+                Some(held) if held.epoch != epoch => {
+                    // held again under a newer epoch: the old reader's work is void
+                    if let Some(t) = shards.tokens.remove(&shard) {
+                        t.hard.cancel();
+                    }
+                    self.ctx.tracker.discard(&shard, epoch);
+                }
                 None => {
                     if let Some(t) = shards.tokens.remove(&shard) {
                         t.hard.cancel();
                     }
-                    self.ctx.tracker.discard(&shard);
+                    self.ctx.tracker.discard(&shard, epoch);
                     shards.ended.remove(&shard);
                 }
                 Some(held) if held.handing_to.is_some() => {
@@ -319,6 +330,8 @@ impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
                 }
             }
             tracing::info!(shard_id = %shard.id, start = ?start, clock, epoch, parents = ?shard.parents, "starting shard reader");
+            // whatever an earlier epoch of this worker left for the shard is void
+            self.ctx.tracker.discard(&shard.id, epoch.saturating_sub(1));
             let hard = cancel.child_token();
             let soft = hard.child_token();
             let reader = ShardReader {
@@ -335,7 +348,7 @@ impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
             owned.reading.insert(task.id(), shard.id.clone());
             owned
                 .tokens
-                .insert(shard.id.clone(), ReaderTokens { hard, soft });
+                .insert(shard.id.clone(), ReaderTokens { hard, soft, epoch });
         }
         let stale = forgettable(&shards, &checkpoints);
         if !stale.is_empty() {
@@ -373,7 +386,9 @@ impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
         if refused.is_empty() {
             return Ok(true);
         }
-        let _ = self.lease_events.send(LeaseEvent::Lost(shard.clone()));
+        let _ = self
+            .lease_events
+            .send(LeaseEvent::Lost(shard.clone(), epoch));
         Ok(false)
     }
 
@@ -463,6 +478,8 @@ pub fn progressing_waits(
 struct ReaderTokens {
     hard: CancellationToken,
     soft: CancellationToken,
+    /// The lease epoch the reader reads under.
+    epoch: u64,
 }
 
 /// The shards this process has taken on.

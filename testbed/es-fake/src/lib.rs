@@ -70,6 +70,11 @@ pub struct Stats {
     /// *different* action or source: one version meaning two document states. With versions
     /// that order changes, this stays 0 — whoever sends them (a deposed worker, a replay).
     pub divergent: u64,
+    /// Externally versioned writes *applied* with a version below one applied to the same
+    /// document before (possible only once a delete's tombstone is gone: `gc_deletes`): a
+    /// document moved backwards. The test server remembers every document's highest version
+    /// for ever, to catch exactly that.
+    pub applied_backwards: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +118,8 @@ struct Shared {
     upstream: Option<String>,
     http: reqwest::Client,
     seq: AtomicU64,
+    /// (index, id) → the highest external version ever applied, never forgotten.
+    highest: Mutex<HashMap<(String, String), u64>>,
     /// (index, id, version) → the action and source first received with it.
     seen: Mutex<HashMap<(String, String, String), u64>>,
     max_content_length: usize,
@@ -132,6 +139,7 @@ impl Shared {
             http: reqwest::Client::new(),
             seq: AtomicU64::new(0),
             seen: Mutex::default(),
+            highest: Mutex::default(),
             max_content_length: 100 * 1024 * 1024,
             auto_create_index: std::sync::atomic::AtomicBool::new(true),
         }
@@ -1034,6 +1042,18 @@ fn parse_version(v: &Option<Value>) -> Result<Option<u64>, String> {
     }
 }
 
+/// Remembers the highest version applied to a document, and counts a write applied below it.
+fn note_applied(s: &Shared, index: &str, id: &str, version: u64) {
+    let mut highest = s.highest.lock().unwrap();
+    let top = highest
+        .entry((index.to_string(), id.to_string()))
+        .or_default();
+    if version < *top {
+        s.stats.lock().unwrap().applied_backwards += 1;
+    }
+    *top = (*top).max(version);
+}
+
 /// Applies one action to the in-memory store as Elasticsearch would.
 fn apply(s: &Shared, a: &Action) -> Value {
     let version = match parse_version(&a.version) {
@@ -1170,6 +1190,9 @@ fn apply(s: &Shared, a: &Action) -> Value {
         "delete" => {
             let found = idx.docs.remove(&id).is_some();
             idx.tombstones.insert(id.clone(), (new_version, now));
+            if external.is_some() {
+                note_applied(s, &a.index, &id, new_version);
+            }
             let (status, result) = if found {
                 (200, "deleted")
             } else {
@@ -1192,6 +1215,9 @@ fn apply(s: &Shared, a: &Action) -> Value {
                 return item_error(a, 400, "mapper_parsing_exception", &e);
             }
             idx.tombstones.remove(&id);
+            if external.is_some() {
+                note_applied(s, &a.index, &id, new_version);
+            }
             idx.docs.insert(
                 id.clone(),
                 Doc {
