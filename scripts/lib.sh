@@ -57,3 +57,22 @@ ensure_kinesis_emulators() {
   fi
   sed -i 's/Host$().em("0.0.0.0")/Host$().em("127.0.0.1")/' "$NODE_MODULES/kinesis-local/main.js"
 }
+
+# Prometheus and promtool (Debian's package, pinned): the alert rules are checked and unit-tested
+# with promtool, and the dashboard's queries are evaluated by a real Prometheus scraping sluice.
+PROMETHEUS_DEB_VERSION="2.42.0+ds-5+deb12u1"
+
+ensure_prometheus() {
+  if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+    return
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "promtool/prometheus missing: install Debian's prometheus package ($PROMETHEUS_DEB_VERSION)" >&2
+    return 1
+  fi
+  echo "installing prometheus $PROMETHEUS_DEB_VERSION from the Debian archive (once)…" >&2
+  apt-get update -qq
+  # the package's service is not started here: tests run their own on loopback
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null
+}

@@ -9,6 +9,7 @@ source scripts/lib.sh
 
 ensure_moto
 ensure_kinesis_emulators
+ensure_prometheus
 export SLUICE_MOTO_SERVER="$MOTO_SERVER" SLUICE_NODE_MODULES="$NODE_MODULES"
 
 # Against a real cluster, tests share its indices: run them one at a time. (Each test gets its

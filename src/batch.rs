@@ -69,6 +69,7 @@ pub fn start(
     metrics: Metrics,
 ) -> (Router, Vec<tokio::task::JoinHandle<()>>) {
     let budget_bytes = pipeline_budget(cfg);
+    metrics.pipeline_budget_bytes.set(budget_bytes as i64);
     let mut lanes = Vec::new();
     let mut tasks = Vec::new();
     for _ in 0..cfg.max_in_flight {

@@ -130,6 +130,7 @@ pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
 }
 
 async fn metrics_page(State(s): State<AppState>) -> impl IntoResponse {
+    s.metrics.ready.set(s.health.not_ready().is_none() as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -30,6 +30,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask the running sluice whether it is ready (exit 0) or not (exit 1): a container health
+    /// check that needs no shell or curl.
+    Healthcheck {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Show each shard's lease: owner, epoch, heartbeat, handoff and checkpoint.
     Leases {
         #[arg(long, short)]
@@ -44,7 +50,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (Command::Run { config }
     | Command::CheckConfig { config }
-    | Command::Leases { config, .. }) = &cli.command;
+    | Command::Leases { config, .. }
+    | Command::Healthcheck { config }) = &cli.command;
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -66,6 +73,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Healthcheck { .. } = cli.command {
+        return match runtime.block_on(sluice::commands::healthcheck::run(&cfg)) {
+            Ok(why) => {
+                println!("{why}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                println!("sluice healthcheck: {why}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Leases { json, .. } = cli.command {
         return match runtime.block_on(sluice::commands::leases::run(&cfg, json)) {
             Ok(text) => {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub lease_losses: IntCounterVec,
     pub lease_renew_failures: IntCounter,
     pub lease_handoffs: IntCounter,
+    pub ready: IntGauge,
+    pub pipeline_budget_bytes: IntGauge,
 }
 
 /// Results of document operations (`sluice_documents_total{result}`).
@@ -262,6 +264,14 @@ impl Metrics {
             "sluice_lease_handoffs_total",
             "Leases this worker handed over to another, gracefully"
         ));
+        let ready = reg!(IntGauge::new(
+            "sluice_ready",
+            "1 when /readyz answers 200 (set at every scrape), else 0"
+        ));
+        let pipeline_budget_bytes = reg!(IntGauge::new(
+            "sluice_pipeline_budget_bytes",
+            "The byte budget between readers and Elasticsearch (sluice_pipeline_bytes stops growing here)"
+        ));
         for f in labels::LEASE_TAKEOVERS {
             lease_takeovers.with_label_values(&[f]);
         }
@@ -295,6 +305,8 @@ impl Metrics {
             lease_losses,
             lease_renew_failures,
             lease_handoffs,
+            ready,
+            pipeline_budget_bytes,
         }
     }
 
