@@ -13,11 +13,23 @@ fn the_task_definition_and_iam_policies_validate_against_botocore_models() {
         .expect("the virtualenv's bin directory")
         .join("python");
     let out = Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/validate_deploy.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/validate_deploy.py"
+        ))
         .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (run the README's test command, which installs it)", python.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run the README's test command, which installs it)",
+                python.display()
+            )
+        });
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("ok: ecs/task-definition.json"), "{text}");
     assert_eq!(text.matches("ok: iam/").count(), 4, "{text}");
 }
@@ -25,7 +37,11 @@ fn the_task_definition_and_iam_policies_validate_against_botocore_models() {
 #[test]
 fn the_task_definition_matches_what_sluice_needs_on_fargate() {
     let task: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ecs/task-definition.json")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/ecs/task-definition.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let c = &task["containerDefinitions"][0];
@@ -52,12 +68,23 @@ fn the_task_definition_matches_what_sluice_needs_on_fargate() {
 #[test]
 fn the_image_config_with_the_task_environment_passes_check_config() {
     let task: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ecs/task-definition.json")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/ecs/task-definition.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.args(["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/sluice.toml")]);
-    for e in task["containerDefinitions"][0]["environment"].as_array().unwrap() {
+    cmd.args([
+        "check-config",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/sluice.toml"),
+    ]);
+    for e in task["containerDefinitions"][0]["environment"]
+        .as_array()
+        .unwrap()
+    {
         cmd.env(e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
     }
     // what the secret would hold

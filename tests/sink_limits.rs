@@ -14,19 +14,9 @@ use sluice::metrics::Metrics;
 use sluice::sink::{BulkOp, BulkSink, Origin};
 use sluice::transform::DocAction;
 
-/// The sink holds shard-1's lease at epoch 1.
-fn fence() -> sluice::lease::Fence {
-    let f = sluice::lease::Fence::default();
-    let forever = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
-    f.grant(&"shard-1".into(), 1, forever);
-    f
-}
-
-#[tokio::test]
-async fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered() {
-    let es = FakeEs::start_limited("127.0.0.1:0".parse().unwrap(), None, 4096)
-        .await
-        .unwrap();
+/// A sink writing to `es` with fast retries, holding shard-1's lease at epoch 1; its dead-letter
+/// store and metrics (the folder lives as long as the returned guard).
+fn sink_for(es: &FakeEs) -> (BulkSink, CheckpointStore, Metrics, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(&dir.path().join("s.db"), JournalMode::Wal).unwrap();
     let metrics = Metrics::new();
@@ -35,14 +25,26 @@ async fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered(
         backoff_initial: std::time::Duration::from_millis(5),
         ..SinkConfig::default()
     };
+    let fence = sluice::lease::Fence::default();
+    let forever = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+    fence.grant(&"shard-1".into(), 1, forever);
     let sink = BulkSink::new(
         &cfg,
         store.clone(),
         metrics.clone(),
         Arc::new(Health::default()),
-        fence(),
+        fence,
     )
     .unwrap();
+    (sink, store, metrics, dir)
+}
+
+#[tokio::test]
+async fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered() {
+    let es = FakeEs::start_limited("127.0.0.1:0".parse().unwrap(), None, 4096)
+        .await
+        .unwrap();
+    let (sink, store, metrics, _dir) = sink_for(&es);
 
     let tracker = AckTracker::default();
     let shard = "shard-1".into();
@@ -108,22 +110,7 @@ async fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered(
 #[tokio::test]
 async fn a_whole_request_400_is_split_until_the_operation_at_fault_is_dead_lettered() {
     let es = FakeEs::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = CheckpointStore::open(&dir.path().join("s.db"), JournalMode::Wal).unwrap();
-    let metrics = Metrics::new();
-    let cfg = SinkConfig {
-        url: es.url(),
-        backoff_initial: std::time::Duration::from_millis(5),
-        ..SinkConfig::default()
-    };
-    let sink = BulkSink::new(
-        &cfg,
-        store.clone(),
-        metrics.clone(),
-        Arc::new(Health::default()),
-        fence(),
-    )
-    .unwrap();
+    let (sink, store, metrics, _dir) = sink_for(&es);
     let tracker = AckTracker::default();
     let shard = "shard-1".into();
     let mut acks = tracker.register(&shard, 1, ShardCheckpoint::default(), 16, 16);

@@ -291,7 +291,9 @@ mod tests {
             "b",
         );
         let shard: ShardId = "shard-1".into();
-        a.create_missing(&[shard.clone()]).await.unwrap();
+        a.create_missing(std::slice::from_ref(&shard))
+            .await
+            .unwrap();
         let seen = b.leases().await.unwrap().remove(0);
         let held = a
             .take(&seen)

@@ -251,7 +251,7 @@ impl<A: ShardApi> ShardReader<A> {
                 closed: false,
             }),
         };
-        if !listed.is_some_and(|s| !s.closed) {
+        if listed.is_none_or(|s| s.closed) {
             return false;
         }
         let delay = self.ctx.backoff.delay(attempt.max(1));
