@@ -97,3 +97,26 @@ fn the_image_config_with_the_task_environment_passes_check_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The CloudFormation stack passes `cfn-lint` (installed with moto in the test virtualenv,
+/// pinned by scripts/moto-constraints.txt).
+#[test]
+fn the_cloudformation_stack_passes_cfn_lint() {
+    let cfn_lint = common::moto_server_path()
+        .parent()
+        .expect("the virtualenv's bin directory")
+        .join("cfn-lint");
+    let out = Command::new(&cfn_lint)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/cloudformation/sluice.yaml"
+        ))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", cfn_lint.display()));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
