@@ -225,13 +225,17 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
     tracing::info!(worker_id = table.worker(), backend = ?config.lease.backend, "shard leases");
     let background = CancellationToken::new();
     let fence = Fence::default();
-    let sink = Arc::new(BulkSink::new(
-        &config.sink,
-        store.clone(),
+    let sink = Arc::new(
+        BulkSink::new(
+            &config.sink,
+            &config.source.region,
+            store.clone(),
         metrics.clone(),
         health.clone(),
-        fence.clone(),
-    )?);
+            fence.clone(),
+        )
+        .await?,
+    );
     if !sink.probe().await {
         tracing::warn!(url = %config.sink.url, "elasticsearch not reachable yet; writes will wait and retry");
     }

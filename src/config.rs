@@ -81,6 +81,8 @@ choices!(StartPosition { "trim_horizon" => TrimHorizon, "latest" => Latest, "at_
 choices!(JournalMode { "wal" => Wal, "delete" => Delete });
 choices!(LogFormat { "text" => Text, "json" => Json });
 choices!(LeaseBackend { "sqlite" => Sqlite, "dynamodb" => Dynamodb });
+choices!(SinkAuth { "none" => None, "basic" => Basic, "api_key" => ApiKey, "aws_sigv4" => AwsSigv4 });
+choices!(Compression { "none" => None, "gzip" => Gzip });
 
 /// What the records in a Kinesis stream are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,9 +183,112 @@ pub struct SinkConfig {
     /// Basic-auth user (optional).
     #[serde(default)]
     pub username: Option<String>,
-    /// Basic-auth password (optional; better given as SLUICE__SINK__PASSWORD).
+    /// Basic-auth password (optional; better given as SLUICE__SINK__PASSWORD or password_file).
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
+    /// A file holding the password (an ECS secret mounted as a file), read at start.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// none | basic | api_key | aws_sigv4; default: basic when a username is set, else none.
+    #[serde(default)]
+    pub auth: Option<SinkAuth>,
+    /// Elasticsearch API key (the base64 `id:api_key` form), for auth = "api_key".
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// A file holding the API key, read at start.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// SigV4 region; default: source.region.
+    #[serde(default)]
+    pub aws_region: Option<String>,
+    /// SigV4 service: `es` (an Amazon OpenSearch Service domain) or `aoss` (OpenSearch Serverless).
+    #[serde(default = "default_aws_service")]
+    pub aws_service: String,
+    /// none | gzip: compress bulk bodies (Amazon OpenSearch Service caps and bills by payload).
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// TLS to the cluster: certificates are verified against the system's (webpki) roots.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of a private CA to trust as well.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Do not verify the certificate at all (a loud warning at every start). Never in production.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// A secret from the file or the environment: never shown by Debug (logs, panics, check-config).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkAuth {
+    None,
+    Basic,
+    ApiKey,
+    /// AWS Signature Version 4 (Amazon OpenSearch Service with IAM access).
+    AwsSigv4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+fn default_aws_service() -> String {
+    "es".into()
+}
+fn default_compression() -> Compression {
+    Compression::None
+}
+
+impl SinkConfig {
+    /// The authentication in force: `auth`, or basic when a username is set.
+    pub fn auth(&self) -> SinkAuth {
+        self.auth.unwrap_or(if self.username.is_some() {
+            SinkAuth::Basic
+        } else {
+            SinkAuth::None
+        })
+    }
+
+    /// The password, from `password` or `password_file` (read now).
+    pub fn password(&self) -> anyhow::Result<Option<String>> {
+        secret(&self.password, &self.password_file, "sink.password_file")
+    }
+
+    /// The API key, from `api_key` or `api_key_file` (read now).
+    pub fn api_key(&self) -> anyhow::Result<Option<String>> {
+        secret(&self.api_key, &self.api_key_file, "sink.api_key_file")
+    }
+}
+
+fn secret(
+    value: &Option<Secret>,
+    file: &Option<PathBuf>,
+    key: &str,
+) -> anyhow::Result<Option<String>> {
+    if let Some(v) = value {
+        return Ok(Some(v.0.clone()));
+    }
+    let Some(path) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{key} `{}` cannot be read: {e}", path.display()))?;
+    Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -442,6 +547,14 @@ impl Default for SinkConfig {
             max_retries: 0,
             username: None,
             password: None,
+            password_file: None,
+            auth: None,
+            api_key: None,
+            api_key_file: None,
+            aws_region: None,
+            aws_service: default_aws_service(),
+            compression: default_compression(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -737,8 +850,38 @@ impl Config {
         if self.sink.document_id_separator.is_empty() {
             return err("sink.document_id_separator", "must not be empty");
         }
-        if self.sink.username.is_some() != self.sink.password.is_some() {
-            return err("sink.username", "username and password go together");
+        let sink = &self.sink;
+        if sink.password.is_some() && sink.password_file.is_some() {
+            return err("sink.password_file", "set password or password_file, not both");
+        }
+        if sink.api_key.is_some() && sink.api_key_file.is_some() {
+            return err("sink.api_key_file", "set api_key or api_key_file, not both");
+        }
+        let has_password = sink.password.is_some() || sink.password_file.is_some();
+        let has_key = sink.api_key.is_some() || sink.api_key_file.is_some();
+        match sink.auth() {
+            SinkAuth::Basic if sink.username.is_none() || !has_password => {
+                return err(
+                    "sink.username",
+                    "auth = \"basic\" needs username and password (or password_file)",
+                )
+            }
+            SinkAuth::ApiKey if !has_key => {
+                return err("sink.api_key", "auth = \"api_key\" needs api_key or api_key_file")
+            }
+            SinkAuth::None | SinkAuth::AwsSigv4 if has_password || has_key => {
+                return err(
+                    "sink.auth",
+                    "a password or API key is set but auth is not \"basic\" / \"api_key\"",
+                )
+            }
+            _ => {}
+        }
+        if !matches!(sink.aws_service.as_str(), "es" | "aoss") {
+            return err(
+                "sink.aws_service",
+                &format!("`{}` is not one of es, aoss", sink.aws_service),
+            );
         }
         if self.sink.backoff_initial.is_zero() || self.sink.backoff_max < self.sink.backoff_initial
         {

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;
+pub mod es_client;
 pub mod http;
 pub mod lease;
 pub mod metrics;

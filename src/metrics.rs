@@ -54,7 +54,7 @@ pub mod result {
 /// dashboards see each series before its first event.
 pub mod labels {
     /// `sluice_retries_total{reason}`: the source's and the sink's.
-    pub const RETRY_REASONS: [&str; 21] = [
+    pub const RETRY_REASONS: [&str; 22] = [
         // source
         "expired_iterator",
         "trimmed_data",
@@ -71,6 +71,8 @@ pub mod labels {
         "timeout",
         "connection",
         "malformed_response",
+        // credentials could not be had or the request not signed (SigV4)
+        "signing",
         // bulk items
         "item_429",
         "item_5xx",
@@ -83,7 +85,7 @@ pub mod labels {
     /// Item retries for an error type sluice does not know (retried, loudly).
     pub const ITEM_UNKNOWN: &str = "item_unknown";
     /// `sluice_bulk_requests_total{outcome}`.
-    pub const BULK_OUTCOMES: [&str; 9] = [
+    pub const BULK_OUTCOMES: [&str; 10] = [
         "ok",
         "http_429",
         "http_5xx",
@@ -93,6 +95,7 @@ pub mod labels {
         "timeout",
         "connection",
         "malformed_response",
+        "signing",
     ];
     /// `sluice_data_loss_events_total{reason}`.
     pub const DATA_LOSS_REASONS: [&str; 2] = ["trimmed", "shard_gone"];

@@ -11,8 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
-use elasticsearch::{auth::Credentials, BulkParts, Elasticsearch};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
@@ -20,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::ack::{Ack, ShardId};
 use crate::checkpoint::{CheckpointStore, DeadLetter};
 use crate::config::SinkConfig;
+use crate::es_client::{EsClient, SendError};
 use crate::http::Health;
 use crate::lease::Fence;
 use crate::metrics::{result, Metrics};
@@ -348,8 +347,7 @@ impl WarnEvery {
 }
 
 pub struct BulkSink {
-    client: Elasticsearch,
-    timeout: Duration,
+    client: EsClient,
     backoff: Backoff,
     max_retries: u32,
     store: CheckpointStore,
@@ -360,27 +358,18 @@ pub struct BulkSink {
 }
 
 impl BulkSink {
-    pub fn new(
+    /// `source_region` is the default region for SigV4 signing.
+    pub async fn new(
         cfg: &SinkConfig,
+        source_region: &str,
         store: CheckpointStore,
         metrics: Metrics,
         health: Arc<Health>,
         fence: Fence,
     ) -> anyhow::Result<Self> {
-        let url = cfg
-            .url
-            .parse()
-            .map_err(|e| anyhow::anyhow!("sink.url `{}`: {e}", cfg.url))?;
-        let mut transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
-            .timeout(cfg.request_timeout)
-            .disable_proxy();
-        if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
-            transport = transport.auth(Credentials::Basic(user.clone(), pass.clone()));
-        }
-        let client = Elasticsearch::new(transport.build()?);
+        let client = EsClient::new(cfg, source_region).await?;
         Ok(Self {
             client,
-            timeout: cfg.request_timeout,
             backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max),
             max_retries: cfg.max_retries,
             store,
@@ -393,14 +382,20 @@ impl BulkSink {
 
     /// GET / — is the cluster there at all? Used for readiness.
     pub async fn probe(&self) -> bool {
-        let ok = match self
-            .client
-            .info()
-            .request_timeout(Duration::from_secs(5))
-            .send()
-            .await
-        {
-            Ok(r) => r.status_code().is_success(),
+        let answer = tokio::time::timeout(Duration::from_secs(5), self.client.info()).await;
+        let ok = match answer {
+            Ok(Ok(a)) if (200..300).contains(&a.status) => true,
+            Ok(Ok(a)) => {
+                // reachable, but refusing us (credentials, permissions): say why
+                let why = format!("HTTP {}: {}", a.status, truncate(&a.body));
+                tracing::warn!(error = %why, "elasticsearch answers the probe with an error");
+                self.health.sink_failed(&why);
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "elasticsearch probe failed");
+                false
+            }
             Err(_) => false,
         };
         self.health.set_sink_reachable(ok);
@@ -625,31 +620,25 @@ impl BulkSink {
 
     async fn send(&self, body: Vec<Bytes>) -> Result<Vec<BulkItem>, RequestFailure> {
         let started = Instant::now();
-        let response = self
-            .client
-            .bulk(BulkParts::None)
-            .body(body)
-            .request_timeout(self.timeout)
-            .send()
-            .await;
+        let response = self.client.bulk(&body).await;
         self.metrics
             .bulk_duration
             .observe(started.elapsed().as_secs_f64());
         let response = response.map_err(|e| {
-            self.health.set_sink_reachable(false);
-            let reason = if e.is_timeout() {
-                "timeout"
-            } else {
-                "connection"
+            let reason = match e {
+                SendError::Timeout(_) => "timeout",
+                SendError::Connection(_) => "connection",
+                // no request went out: not the cluster's doing
+                SendError::Signing(_) => "signing",
             };
+            if reason != "signing" {
+                self.health.set_sink_reachable(false);
+            }
             RequestFailure::new(reason, e.to_string())
         })?;
         self.health.set_sink_reachable(true);
-        let status = response.status_code().as_u16();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| RequestFailure::new("connection", e.to_string()))?;
+        let status = response.status;
+        let text = response.body;
         if (200..300).contains(&status) {
             return parse_bulk_response(&text)
                 .map_err(|e| RequestFailure::new("malformed_response", e));

@@ -16,7 +16,7 @@ use sluice::transform::DocAction;
 
 /// A sink writing to `es` with fast retries, holding shard-1's lease at epoch 1; its dead-letter
 /// store and metrics (the folder lives as long as the returned guard).
-fn sink_for(es: &FakeEs) -> (BulkSink, CheckpointStore, Metrics, tempfile::TempDir) {
+async fn sink_for(es: &FakeEs) -> (BulkSink, CheckpointStore, Metrics, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(&dir.path().join("s.db"), JournalMode::Wal).unwrap();
     let metrics = Metrics::new();
@@ -30,11 +30,13 @@ fn sink_for(es: &FakeEs) -> (BulkSink, CheckpointStore, Metrics, tempfile::TempD
     fence.grant(&"shard-1".into(), 1, forever);
     let sink = BulkSink::new(
         &cfg,
+        "us-east-1",
         store.clone(),
         metrics.clone(),
         Arc::new(Health::default()),
         fence,
     )
+    .await
     .unwrap();
     (sink, store, metrics, dir)
 }
@@ -44,7 +46,7 @@ async fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered(
     let es = FakeEs::start_limited("127.0.0.1:0".parse().unwrap(), None, 4096)
         .await
         .unwrap();
-    let (sink, store, metrics, _dir) = sink_for(&es);
+    let (sink, store, metrics, _dir) = sink_for(&es).await;
 
     let tracker = AckTracker::default();
     let shard = "shard-1".into();
@@ -110,7 +112,7 @@ async fn too_large_requests_are_split_and_a_too_large_document_is_dead_lettered(
 #[tokio::test]
 async fn a_whole_request_400_is_split_until_the_operation_at_fault_is_dead_lettered() {
     let es = FakeEs::start().await.unwrap();
-    let (sink, store, metrics, _dir) = sink_for(&es);
+    let (sink, store, metrics, _dir) = sink_for(&es).await;
     let tracker = AckTracker::default();
     let shard = "shard-1".into();
     let mut acks = tracker.register(&shard, 1, ShardCheckpoint::default(), 16, 16);

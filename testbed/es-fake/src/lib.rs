@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
+pub mod sigv4;
+
 /// Faults applied to `_bulk` requests. Rates are probabilities in [0, 1].
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -75,6 +77,10 @@ pub struct Stats {
     /// document moved backwards. The test server remembers every document's highest version
     /// for ever, to catch exactly that.
     pub applied_backwards: u64,
+    /// Requests refused for a missing or wrong SigV4 signature.
+    pub unsigned: u64,
+    /// Requests that came gzip-compressed.
+    pub gzipped: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +131,8 @@ struct Shared {
     max_content_length: usize,
     /// `action.auto_create_index` (true by default, as in Elasticsearch).
     auto_create_index: std::sync::atomic::AtomicBool,
+    /// When set, every request must carry a valid SigV4 signature (Amazon OpenSearch Service).
+    sigv4: Mutex<Option<sigv4::SigV4Keys>>,
 }
 
 impl Shared {
@@ -142,6 +150,7 @@ impl Shared {
             highest: Mutex::default(),
             max_content_length: 100 * 1024 * 1024,
             auto_create_index: std::sync::atomic::AtomicBool::new(true),
+            sigv4: Mutex::default(),
         }
     }
 }
@@ -205,6 +214,11 @@ impl FakeEs {
         self.shared.hold.send_replace(false);
     }
 
+    /// From now on, every request must be signed (SigV4) with one of these credentials.
+    pub fn require_sigv4(&self, keys: sigv4::SigV4Keys) {
+        *self.shared.sigv4.lock().unwrap() = Some(keys);
+    }
+
     pub fn stats(&self) -> Stats {
         self.shared.stats.lock().unwrap().clone()
     }
@@ -252,6 +266,11 @@ fn router(shared: Arc<Shared>) -> Router {
             "/_cluster/settings",
             axum::routing::put(put_cluster_settings),
         )
+        // SigV4 (when required) is checked over the bytes received, then gzip is undone
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            authenticate_and_decompress,
+        ))
         // Elasticsearch's http.max_content_length (100 MB by default); tests may lower it
         .layer(axum::extract::DefaultBodyLimit::max(
             shared.max_content_length,
@@ -266,6 +285,54 @@ fn router(shared: Arc<Shared>) -> Router {
             },
         ))
         .with_state(shared)
+}
+
+/// Checks the signature of a request (when SigV4 is required) over the bytes as received, then
+/// undoes `Content-Encoding: gzip` for the handlers.
+async fn authenticate_and_decompress(
+    State(s): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let keys = s.sigv4.lock().unwrap().clone();
+    let gzipped = request
+        .headers()
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let fake_api = request.uri().path().starts_with("/_fake") || bypass(request.headers());
+    if (keys.is_none() || fake_api) && !gzipped {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, s.max_content_length).await {
+        Ok(b) => b,
+        Err(_) => {
+            return es_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "content_too_long_exception",
+                "request body too large",
+            )
+        }
+    };
+    if let (Some(keys), false) = (&keys, fake_api) {
+        if let Err(message) = sigv4::check(keys, &parts.method, &parts.uri, &parts.headers, &bytes) {
+            s.stats.lock().unwrap().unsigned += 1;
+            return es_json(StatusCode::FORBIDDEN, json!({ "message": message }));
+        }
+    }
+    let bytes = if gzipped {
+        let mut out = Vec::new();
+        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out).is_err() {
+            return es_error(StatusCode::BAD_REQUEST, "parse_exception", "request body is not valid gzip");
+        }
+        parts.headers.remove("content-encoding");
+        s.stats.lock().unwrap().gzipped += 1;
+        Bytes::from(out)
+    } else {
+        bytes
+    };
+    next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 fn es_json(status: StatusCode, body: Value) -> Response {

@@ -1,0 +1,274 @@
+//! How requests reach the cluster: the URL, authentication (basic, API key, AWS SigV4 for Amazon
+//! OpenSearch Service / OpenSearch Serverless), TLS, and gzip. The sink decides *what* to send;
+//! this module only sends it.
+//!
+//! SigV4 is signed by `aws-sigv4` (the crate the AWS SDK signs with) over the exact bytes put on
+//! the wire — after compression — and again for every attempt (a fresh date, fresh credentials
+//! from the standard chain, which refreshes temporary credentials before they expire).
+
+use std::io::Write as _;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+};
+use aws_sigv4::sign::v4;
+use base64::Engine;
+use bytes::Bytes;
+
+use crate::config::{Compression, SinkAuth, SinkConfig};
+
+/// One answer of the cluster.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Why no answer came.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Connection(String),
+    /// Credentials could not be obtained or the request could not be signed.
+    #[error("cannot sign the request: {0}")]
+    Signing(String),
+}
+
+enum Auth {
+    None,
+    /// A ready `Authorization` header value (basic or API key).
+    Header(String),
+    SigV4 {
+        credentials: SharedCredentialsProvider,
+        region: String,
+        service: String,
+    },
+}
+
+pub struct EsClient {
+    http: reqwest::Client,
+    base: String,
+    auth: Auth,
+    gzip: bool,
+}
+
+impl EsClient {
+    /// Builds the client from `[sink]`; `source_region` is the default SigV4 region. Reads the
+    /// secret files and the CA file now, so a wrong path fails at start, naming the key.
+    pub async fn new(cfg: &SinkConfig, source_region: &str) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder()
+            .timeout(cfg.request_timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .no_proxy();
+        if let Some(path) = &cfg.tls.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("sink.tls.ca_file `{}` cannot be read: {e}", path.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                anyhow::anyhow!("sink.tls.ca_file `{}` is not PEM certificates: {e}", path.display())
+            })?;
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        if cfg.tls.insecure_skip_verify {
+            tracing::warn!("sink.tls.insecure_skip_verify = true: the cluster's certificate is NOT verified; anyone on the path can read and change what sluice writes");
+            http = http.danger_accept_invalid_certs(true);
+        }
+        let auth = match cfg.auth() {
+            SinkAuth::None => Auth::None,
+            SinkAuth::Basic => {
+                let user = cfg.username.clone().unwrap_or_default();
+                let pass = cfg.password()?.unwrap_or_default();
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                Auth::Header(format!("Basic {token}"))
+            }
+            SinkAuth::ApiKey => {
+                let key = cfg.api_key()?.unwrap_or_default();
+                Auth::Header(format!("ApiKey {key}"))
+            }
+            SinkAuth::AwsSigv4 => {
+                let region = cfg.aws_region.clone().unwrap_or_else(|| source_region.to_string());
+                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(region.clone()))
+                    .load()
+                    .await;
+                let credentials = sdk.credentials_provider().ok_or_else(|| {
+                    anyhow::anyhow!("sink.auth = \"aws_sigv4\": no AWS credential provider could be set up")
+                })?;
+                Auth::SigV4 {
+                    credentials,
+                    region,
+                    service: cfg.aws_service.clone(),
+                }
+            }
+        };
+        Ok(Self {
+            http: http.build()?,
+            base: cfg.url.trim_end_matches('/').to_string(),
+            auth,
+            gzip: cfg.compression == Compression::Gzip,
+        })
+    }
+
+    /// `GET /`: is the cluster there (and do the credentials work)?
+    pub async fn info(&self) -> Result<Answer, SendError> {
+        self.send("GET", "/", None).await
+    }
+
+    /// `POST /_bulk` with the NDJSON lines.
+    pub async fn bulk(&self, lines: &[Bytes]) -> Result<Answer, SendError> {
+        let mut body = Vec::with_capacity(lines.iter().map(Bytes::len).sum());
+        for l in lines {
+            body.extend_from_slice(l);
+        }
+        self.send("POST", "/_bulk", Some(body)).await
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Answer, SendError> {
+        let url = format!("{}{path}", self.base);
+        let mut headers: Vec<(&'static str, String)> = Vec::new();
+        let body: Vec<u8> = match body {
+            Some(b) if self.gzip => {
+                headers.push(("content-type", "application/json".into()));
+                headers.push(("content-encoding", "gzip".into()));
+                gzip(&b)
+            }
+            Some(b) => {
+                headers.push(("content-type", "application/json".into()));
+                b
+            }
+            None => Vec::new(),
+        };
+        headers.push(("accept", "application/json".into()));
+        match &self.auth {
+            Auth::None => {}
+            Auth::Header(value) => headers.push(("authorization", value.clone())),
+            Auth::SigV4 {
+                credentials,
+                region,
+                service,
+            } => {
+                let creds = credentials
+                    .provide_credentials()
+                    .await
+                    .map_err(|e| SendError::Signing(e.to_string()))?;
+                let host = host_of(&self.base);
+                let mut to_sign: Vec<(&str, &str)> = vec![("host", host.as_str())];
+                to_sign.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+                let identity = creds.into();
+                let mut settings = SigningSettings::default();
+                // OpenSearch Serverless requires the payload hash header; it is harmless for es
+                settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+                let params = v4::SigningParams::builder()
+                    .identity(&identity)
+                    .region(region)
+                    .name(service)
+                    .time(SystemTime::now())
+                    .settings(settings)
+                    .build()
+                    .map_err(|e| SendError::Signing(e.to_string()))?
+                    .into();
+                let request = SignableRequest::new(
+                    method,
+                    url.as_str(),
+                    to_sign.into_iter(),
+                    SignableBody::Bytes(&body),
+                )
+                .map_err(|e| SendError::Signing(e.to_string()))?;
+                let (instructions, _) = sign(request, &params)
+                    .map_err(|e| SendError::Signing(e.to_string()))?
+                    .into_parts();
+                for (k, v) in instructions.headers() {
+                    headers.push((static_name(k), v.to_string()));
+                }
+            }
+        }
+        let mut req = self
+            .http
+            .request(method.parse().expect("a valid method"), &url);
+        for (k, v) in &headers {
+            req = req.header(*k, v);
+        }
+        if method != "GET" {
+            req = req.body(body);
+        }
+        let response = req.send().await.map_err(classify)?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(classify)?;
+        Ok(Answer { status, body })
+    }
+}
+
+fn classify(e: reqwest::Error) -> SendError {
+    let text = error_chain(&e);
+    if e.is_timeout() {
+        SendError::Timeout(text)
+    } else {
+        SendError::Connection(text)
+    }
+}
+
+/// An error and its causes, in plain words ("error sending request: … : invalid peer certificate").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The signer names the headers it adds; reqwest wants `'static` names for them.
+fn static_name(name: &str) -> &'static str {
+    match name {
+        "authorization" => "authorization",
+        "x-amz-date" => "x-amz-date",
+        "x-amz-security-token" => "x-amz-security-token",
+        "x-amz-content-sha256" => "x-amz-content-sha256",
+        other => Box::leak(other.to_string().into_boxed_str()),
+    }
+}
+
+/// `host[:port]` of a base URL, as the Host header will carry it.
+fn host_of(base: &str) -> String {
+    let rest = base.split_once("://").map_or(base, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(body).expect("compressing to memory");
+    enc.finish().expect("compressing to memory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_header_is_the_authority_of_the_url() {
+        assert_eq!(host_of("https://search-x.us-east-1.es.amazonaws.com"), "search-x.us-east-1.es.amazonaws.com");
+        assert_eq!(host_of("http://127.0.0.1:9200"), "127.0.0.1:9200");
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let body = b"{\"index\":{}}\n{\"a\":1}\n".repeat(100);
+        let packed = gzip(&body);
+        assert!(packed.len() < body.len());
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&packed[..]), &mut out).unwrap();
+        assert_eq!(out, body);
+    }
+}
