@@ -230,8 +230,8 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
             &config.sink,
             &config.source.region,
             store.clone(),
-        metrics.clone(),
-        health.clone(),
+            metrics.clone(),
+            health.clone(),
             fence.clone(),
         )
         .await?,

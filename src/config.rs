@@ -852,7 +852,10 @@ impl Config {
         }
         let sink = &self.sink;
         if sink.password.is_some() && sink.password_file.is_some() {
-            return err("sink.password_file", "set password or password_file, not both");
+            return err(
+                "sink.password_file",
+                "set password or password_file, not both",
+            );
         }
         if sink.api_key.is_some() && sink.api_key_file.is_some() {
             return err("sink.api_key_file", "set api_key or api_key_file, not both");
@@ -867,7 +870,10 @@ impl Config {
                 )
             }
             SinkAuth::ApiKey if !has_key => {
-                return err("sink.api_key", "auth = \"api_key\" needs api_key or api_key_file")
+                return err(
+                    "sink.api_key",
+                    "auth = \"api_key\" needs api_key or api_key_file",
+                )
             }
             SinkAuth::None | SinkAuth::AwsSigv4 if has_password || has_key => {
                 return err(

@@ -70,7 +70,10 @@ impl EsClient {
                 anyhow::anyhow!("sink.tls.ca_file `{}` cannot be read: {e}", path.display())
             })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                anyhow::anyhow!("sink.tls.ca_file `{}` is not PEM certificates: {e}", path.display())
+                anyhow::anyhow!(
+                    "sink.tls.ca_file `{}` is not PEM certificates: {e}",
+                    path.display()
+                )
             })?;
             for cert in certs {
                 http = http.add_root_certificate(cert);
@@ -85,7 +88,8 @@ impl EsClient {
             SinkAuth::Basic => {
                 let user = cfg.username.clone().unwrap_or_default();
                 let pass = cfg.password()?.unwrap_or_default();
-                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
                 Auth::Header(format!("Basic {token}"))
             }
             SinkAuth::ApiKey => {
@@ -93,13 +97,18 @@ impl EsClient {
                 Auth::Header(format!("ApiKey {key}"))
             }
             SinkAuth::AwsSigv4 => {
-                let region = cfg.aws_region.clone().unwrap_or_else(|| source_region.to_string());
+                let region = cfg
+                    .aws_region
+                    .clone()
+                    .unwrap_or_else(|| source_region.to_string());
                 let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .region(aws_config::Region::new(region.clone()))
                     .load()
                     .await;
                 let credentials = sdk.credentials_provider().ok_or_else(|| {
-                    anyhow::anyhow!("sink.auth = \"aws_sigv4\": no AWS credential provider could be set up")
+                    anyhow::anyhow!(
+                        "sink.auth = \"aws_sigv4\": no AWS credential provider could be set up"
+                    )
                 })?;
                 Auth::SigV4 {
                     credentials,
@@ -130,7 +139,12 @@ impl EsClient {
         self.send("POST", "/_bulk", Some(body)).await
     }
 
-    async fn send(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Answer, SendError> {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, SendError> {
         let url = format!("{}{path}", self.base);
         let mut headers: Vec<(&'static str, String)> = Vec::new();
         let body: Vec<u8> = match body {
@@ -258,8 +272,94 @@ mod tests {
 
     #[test]
     fn the_host_header_is_the_authority_of_the_url() {
-        assert_eq!(host_of("https://search-x.us-east-1.es.amazonaws.com"), "search-x.us-east-1.es.amazonaws.com");
+        assert_eq!(
+            host_of("https://search-x.us-east-1.es.amazonaws.com"),
+            "search-x.us-east-1.es.amazonaws.com"
+        );
         assert_eq!(host_of("http://127.0.0.1:9200"), "127.0.0.1:9200");
+    }
+
+    /// A one-shot HTTP server on loopback: the request it received, and a canned answer.
+    async fn one_request() -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = conn.read(&mut buf).await.unwrap();
+            let body = "{\"name\":\"x\"}";
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            conn.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        });
+        (url, task)
+    }
+
+    fn sink(url: &str, extra: &str, dir: &std::path::Path) -> SinkConfig {
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            format!("[source]\ntype = \"dynamodb_streams\"\ntable = \"T\"\n[sink]\nurl = \"{url}\"\n{extra}\n"),
+        )
+        .unwrap();
+        crate::config::Config::load_with_env(&path, Vec::new())
+            .unwrap()
+            .sink
+    }
+
+    #[tokio::test]
+    async fn api_keys_and_passwords_come_from_their_files_and_go_in_the_authorization_header() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "aWQ6c2VjcmV0\n").unwrap();
+        let (url, seen) = one_request().await;
+        let cfg = sink(
+            &url,
+            &format!(
+                "auth = \"api_key\"\napi_key_file = \"{}\"",
+                dir.path().join("key").display()
+            ),
+            dir.path(),
+        );
+        let client = EsClient::new(&cfg, "us-east-1").await.unwrap();
+        assert_eq!(client.info().await.unwrap().status, 200);
+        let request = seen.await.unwrap().to_lowercase();
+        assert!(
+            request.contains("authorization: apikey awq6c2vjcmv0"),
+            "{request}"
+        );
+
+        std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+        let (url, seen) = one_request().await;
+        let cfg = sink(
+            &url,
+            &format!(
+                "username = \"u\"\npassword_file = \"{}\"",
+                dir.path().join("pw").display()
+            ),
+            dir.path(),
+        );
+        assert_eq!(cfg.auth(), SinkAuth::Basic);
+        let client = EsClient::new(&cfg, "us-east-1").await.unwrap();
+        client.info().await.unwrap();
+        let request = seen.await.unwrap();
+        // base64("u:s3cret")
+        assert!(request.contains("dTpzM2NyZXQ="), "{request}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = sink(
+            "http://127.0.0.1:9",
+            "username = \"u\"\npassword = \"hunter2\"",
+            dir.path(),
+        );
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("***"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -268,7 +368,8 @@ mod tests {
         let packed = gzip(&body);
         assert!(packed.len() < body.len());
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&packed[..]), &mut out).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&packed[..]), &mut out)
+            .unwrap();
         assert_eq!(out, body);
     }
 }

@@ -393,7 +393,9 @@ impl BulkSink {
                 true
             }
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "elasticsearch probe failed");
+                // a refused certificate, a wrong port, DNS: said at every probe (every 5 s)
+                tracing::warn!(error = %e, "elasticsearch cannot be reached");
+                self.health.sink_failed(&e.to_string());
                 false
             }
             Err(_) => false,

@@ -53,6 +53,12 @@ impl AuthBed {
             "",
         )
         .replace("[sink]\n", &format!("[sink]\n{sink}\n"));
+        // a sink URL given here replaces the test server's plain one
+        let toml = if sink.contains("url = ") {
+            toml.replace(&format!("url = \"{}\"\n", self.es.url()), "")
+        } else {
+            toml
+        };
         let config = self.dir.path().join(format!("{port}.toml"));
         std::fs::write(&config, toml).unwrap();
         let log = self.dir.path().join(format!("{port}.log"));
@@ -146,7 +152,11 @@ async fn a_wrong_key_gets_403s_and_readiness_says_why() {
         "right-secret".into(),
         None,
     )]));
-    let sluice = bed.start("wrongkey", "auth = \"aws_sigv4\"", &static_keys("wrong-secret"));
+    let sluice = bed.start(
+        "wrongkey",
+        "auth = \"aws_sigv4\"",
+        &static_keys("wrong-secret"),
+    );
     bed.write("wrongkey", 0..5).await;
     let until = Instant::now() + Duration::from_secs(30);
     let reason = loop {
@@ -155,18 +165,30 @@ async fn a_wrong_key_gets_403s_and_readiness_says_why() {
                 break body;
             }
         }
-        assert!(Instant::now() < until, "readiness never named the signature; log:\n{}", sluice.log_text());
+        assert!(
+            Instant::now() < until,
+            "readiness never named the signature; log:\n{}",
+            sluice.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert!(bed.es.fake.stats().unsigned > 0);
     assert!(bed.es.documents("customers").await.is_empty());
-    assert_eq!(sluice.metric("sluice_documents_total", "dead_lettered").await, 0.0);
+    assert_eq!(
+        sluice
+            .metric("sluice_documents_total", "dead_lettered")
+            .await,
+        0.0
+    );
     println!("/readyz: {reason}");
 }
 
 /// The ECS container credentials endpoint, handing out a new session every time it is asked;
 /// the test server accepts only the sessions handed out so far.
-async fn rotating_credentials(accepted: Arc<Mutex<Vec<(String, String, Option<String>)>>>, on_issue: impl Fn(Vec<(String, String, Option<String>)>) + Send + Sync + 'static) -> (String, tokio::task::JoinHandle<()>) {
+async fn rotating_credentials(
+    accepted: Arc<Mutex<Vec<(String, String, Option<String>)>>>,
+    on_issue: impl Fn(Vec<(String, String, Option<String>)>) + Send + Sync + 'static,
+) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/creds", listener.local_addr().unwrap());
     let on_issue = Arc::new(on_issue);
@@ -191,8 +213,10 @@ async fn rotating_credentials(accepted: Arc<Mutex<Vec<(String, String, Option<St
                 let expires = humantime::format_rfc3339_seconds(
                     std::time::SystemTime::now() + Duration::from_secs(20),
                 );
-                axum::Json(json!({"AccessKeyId": session.0, "SecretAccessKey": session.1,
-                    "Token": session.2, "Expiration": expires.to_string()}))
+                axum::Json(
+                    json!({"AccessKeyId": session.0, "SecretAccessKey": session.1,
+                    "Token": session.2, "Expiration": expires.to_string()}),
+                )
             }
         }),
     );
@@ -228,6 +252,111 @@ async fn rotating_temporary_credentials_keep_working() {
     expected.extend(bed.write("rotating", 20..40).await);
     assert_index_equals(&bed.es, "customers", &expected, Duration::from_secs(30)).await;
     let sessions = issued.lock().unwrap().len();
-    println!("rotating credentials: {sessions} sessions issued; {} requests refused", bed.es.fake.stats().unsigned);
+    println!(
+        "rotating credentials: {sessions} sessions issued; {} requests refused",
+        bed.es.fake.stats().unsigned
+    );
     assert!(sessions >= 3, "credentials were refreshed: {sessions}");
+}
+
+/// A CA made for this test, and a certificate for 127.0.0.1 signed by it: (CA PEM, cert DER, key DER).
+fn test_ca() -> (String, Vec<u8>, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "sluice test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = server.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    (ca_cert.pem(), cert.der().to_vec(), key.serialize_der())
+}
+
+/// A TLS front on loopback for the test server (terminates TLS, passes the bytes on).
+async fn tls_front(backend: String, cert: Vec<u8>, key: Vec<u8>) -> String {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(cert)],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, backend) = (acceptor.clone(), backend.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    url
+}
+
+/// Acceptance 2: TLS with a CA made in the test. Without `tls.ca_file` the certificate is
+/// refused, with a clear error in the log and /readyz; with it, the writes converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_and_a_private_ca_can_be_trusted() {
+    let bed = AuthBed::new("tls").await;
+    let (ca_pem, cert, key) = test_ca();
+    let backend = bed.es.url().trim_start_matches("http://").to_string();
+    let https = tls_front(backend, cert, key).await;
+    let ca_file = bed.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let keys = static_keys("unused");
+
+    // untrusted: refused, said plainly
+    let untrusted = bed.start("tls", &format!("url = \"{https}\""), &keys);
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = untrusted.log_text();
+        if log.contains("certificate") {
+            assert!(
+                log.to_lowercase().contains("unknown issuer")
+                    || log.contains("UnknownIssuer")
+                    || log.contains("invalid peer certificate"),
+                "the error names the certificate problem:\n{log}"
+            );
+            let line = log
+                .lines()
+                .find(|l| l.contains("certificate"))
+                .unwrap_or_default();
+            println!("untrusted: {line}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no certificate error logged:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(untrusted.get("/readyz").await.map(|r| r.0), Some(503));
+    drop(untrusted);
+
+    // the private CA trusted: converges over TLS
+    let trusted = bed.start(
+        "tls",
+        &format!(
+            "url = \"{https}\"\ntls = {{ ca_file = \"{}\" }}",
+            ca_file.display()
+        ),
+        &keys,
+    );
+    trusted.wait_ready(Duration::from_secs(30)).await;
+    let expected = bed.write("tls", 0..20).await;
+    assert_index_equals(&bed.es, "customers", &expected, Duration::from_secs(30)).await;
 }

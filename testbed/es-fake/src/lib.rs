@@ -315,15 +315,22 @@ async fn authenticate_and_decompress(
         }
     };
     if let (Some(keys), false) = (&keys, fake_api) {
-        if let Err(message) = sigv4::check(keys, &parts.method, &parts.uri, &parts.headers, &bytes) {
+        if let Err(message) = sigv4::check(keys, &parts.method, &parts.uri, &parts.headers, &bytes)
+        {
             s.stats.lock().unwrap().unsigned += 1;
             return es_json(StatusCode::FORBIDDEN, json!({ "message": message }));
         }
     }
     let bytes = if gzipped {
         let mut out = Vec::new();
-        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out).is_err() {
-            return es_error(StatusCode::BAD_REQUEST, "parse_exception", "request body is not valid gzip");
+        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out)
+            .is_err()
+        {
+            return es_error(
+                StatusCode::BAD_REQUEST,
+                "parse_exception",
+                "request body is not valid gzip",
+            );
         }
         parts.headers.remove("content-encoding");
         s.stats.lock().unwrap().gzipped += 1;

@@ -8,7 +8,9 @@
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+};
 use aws_sigv4::sign::v4;
 use axum::http::{HeaderMap, Method, Uri};
 
@@ -22,7 +24,13 @@ pub struct SigV4Keys {
 }
 
 /// `Err(message)` when the request is not correctly signed with one of `keys`.
-pub fn check(keys: &SigV4Keys, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+pub fn check(
+    keys: &SigV4Keys,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), String> {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -43,9 +51,14 @@ pub fn check(keys: &SigV4Keys, method: &Method, uri: &Uri, headers: &HeaderMap, 
     let key_id = scope.next().unwrap_or_default();
     let (_, region, service) = (scope.next(), scope.next(), scope.next());
     if region != Some(keys.region.as_str()) || service != Some(keys.service.as_str()) {
-        return Err(format!("Credential should be scoped to a valid region and service ({}/{})", keys.region, keys.service));
+        return Err(format!(
+            "Credential should be scoped to a valid region and service ({}/{})",
+            keys.region, keys.service
+        ));
     }
-    let token = headers.get("x-amz-security-token").and_then(|v| v.to_str().ok());
+    let token = headers
+        .get("x-amz-security-token")
+        .and_then(|v| v.to_str().ok());
     let (_, secret, expected_token) = keys
         .credentials
         .iter()
@@ -89,8 +102,14 @@ pub fn check(keys: &SigV4Keys, method: &Method, uri: &Uri, headers: &HeaderMap, 
         .build()
         .map_err(|e| e.to_string())?
         .into();
-    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-    let url = format!("http://{host}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let url = format!(
+        "http://{host}{}",
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
     let request = SignableRequest::new(
         method.as_str(),
         url.as_str(),
@@ -98,7 +117,9 @@ pub fn check(keys: &SigV4Keys, method: &Method, uri: &Uri, headers: &HeaderMap, 
         SignableBody::Bytes(body),
     )
     .map_err(|e| e.to_string())?;
-    let (_, expected) = sign(request, &params).map_err(|e| e.to_string())?.into_parts();
+    let (_, expected) = sign(request, &params)
+        .map_err(|e| e.to_string())?
+        .into_parts();
     if expected != signature {
         return Err("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.".into());
     }
@@ -111,9 +132,20 @@ fn parse_amz_date(s: &str) -> Option<SystemTime> {
         return None;
     }
     let n = |a: usize, b: usize| s.get(a..b)?.parse::<u64>().ok();
-    let (y, mo, d, h, mi, se) = (n(0, 4)?, n(4, 6)?, n(6, 8)?, n(9, 11)?, n(11, 13)?, n(13, 15)?);
+    let (y, mo, d, h, mi, se) = (
+        n(0, 4)?,
+        n(4, 6)?,
+        n(6, 8)?,
+        n(9, 11)?,
+        n(11, 13)?,
+        n(13, 15)?,
+    );
     // days from civil (Howard Hinnant's algorithm)
-    let (y2, m2) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let (y2, m2) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
     let era = y2 / 400;
     let yoe = y2 - era * 400;
     let doy = (153 * m2 + 2) / 5 + d - 1;
@@ -129,6 +161,9 @@ mod tests {
     #[test]
     fn amz_dates_parse() {
         let t = parse_amz_date("20240729T005907Z").unwrap();
-        assert_eq!(t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(), 1_722_214_747);
+        assert_eq!(
+            t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
+            1_722_214_747
+        );
     }
 }
