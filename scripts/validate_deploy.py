@@ -2,7 +2,9 @@
 test virtualenv's python, which has botocore through moto):
 
 * the ECS task definition is valid RegisterTaskDefinition input (botocore parameter validation);
-* every IAM action in deploy/iam/*.json names an operation of its service, and none is a wildcard.
+* every IAM action in deploy/iam/*.json names an operation of its service, and none is a wildcard;
+* compose.yaml parses, every image has an explicit version, and every file it mounts or builds
+  from exists.
 
 Prints one line per check; exits 1 with the problems otherwise."""
 import json
@@ -51,6 +53,32 @@ for path in sorted((ROOT / "iam").glob("*.json")):
             if op not in names:
                 problems.append(f"iam/{path.name}: `{action}` is not an operation of {SERVICES.get(prefix, prefix)}")
     print(f"ok: iam/{path.name} actions checked")
+
+import yaml
+
+compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+for name, service in compose["services"].items():
+    image = service.get("image")
+    if image:
+        tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+        if not tag or tag == "latest":
+            problems.append(f"compose.yaml: {name}: image `{image}` has no pinned version")
+    build = service.get("build")
+    if build:
+        context = (ROOT / build["context"]).resolve()
+        if not (context / build["dockerfile"]).is_file():
+            problems.append(f"compose.yaml: {name}: {build['dockerfile']} not found in {context}")
+    for volume in service.get("volumes", []):
+        source = volume.split(":", 1)[0]
+        if source.startswith("."):
+            if not (ROOT / source).exists():
+                problems.append(f"compose.yaml: {name}: `{source}` does not exist")
+        elif source not in (compose.get("volumes") or {}):
+            problems.append(f"compose.yaml: {name}: volume `{source}` is not declared")
+for extra in ["compose/prometheus.yml", "compose/grafana/provisioning/datasources/prometheus.yaml",
+              "compose/grafana/provisioning/dashboards/sluice.yaml"]:
+    yaml.safe_load((ROOT / extra).read_text())
+print("ok: compose.yaml images pinned, mounted files present")
 
 if problems:
     print("\n".join(problems))

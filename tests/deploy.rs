@@ -32,6 +32,7 @@ fn the_task_definition_and_iam_policies_validate_against_botocore_models() {
     );
     assert!(text.contains("ok: ecs/task-definition.json"), "{text}");
     assert_eq!(text.matches("ok: iam/").count(), 4, "{text}");
+    assert!(text.contains("ok: compose.yaml"), "{text}");
 }
 
 #[test]
