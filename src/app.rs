@@ -418,6 +418,8 @@ async fn retry_setup<T, E: std::fmt::Display, F: std::future::Future<Output = Re
     }
 }
 
+/// Probes every 5 s while the sink is unreachable or its last answers were errors: a probe that
+/// succeeds again clears the error, even when no write is waiting.
 async fn probe_while_unreachable(
     sink: Arc<BulkSink>,
     health: Arc<Health>,
@@ -428,7 +430,7 @@ async fn probe_while_unreachable(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-        if !health.sink_reachable() {
+        if !health.sink_reachable() || health.probe_is_failing() {
             sink.probe().await;
         }
     }

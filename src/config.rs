@@ -875,13 +875,29 @@ impl Config {
                     "auth = \"api_key\" needs api_key or api_key_file",
                 )
             }
-            SinkAuth::None | SinkAuth::AwsSigv4 if has_password || has_key => {
+            SinkAuth::None | SinkAuth::AwsSigv4 if has_password || has_key || sink.username.is_some() => {
                 return err(
                     "sink.auth",
-                    "a password or API key is set but auth is not \"basic\" / \"api_key\"",
+                    "a username, password or API key is set but auth is not \"basic\" / \"api_key\"",
                 )
             }
+            SinkAuth::Basic if has_key => {
+                return err("sink.api_key", "only applies to auth = \"api_key\"")
+            }
+            SinkAuth::ApiKey if has_password || sink.username.is_some() => {
+                return err("sink.username", "username and password only apply to auth = \"basic\"")
+            }
             _ => {}
+        }
+        if sink
+            .url
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
+        {
+            return err(
+                "sink.url",
+                "must not carry credentials (user:password@): use sink.username and sink.password",
+            );
         }
         if !matches!(sink.aws_service.as_str(), "es" | "aoss") {
             return err(

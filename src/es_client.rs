@@ -45,10 +45,16 @@ enum Auth {
     Header(String),
     SigV4 {
         credentials: SharedCredentialsProvider,
+        /// The chain itself does not cache: credentials are kept until shortly before they
+        /// expire, so the ECS endpoint (or STS) is not asked at every request.
+        cached: tokio::sync::Mutex<Option<aws_credential_types::Credentials>>,
         region: String,
         service: String,
     },
 }
+
+/// Temporary credentials are renewed this long before they expire (as the AWS SDK does).
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
 
 pub struct EsClient {
     http: reqwest::Client,
@@ -75,6 +81,9 @@ impl EsClient {
                     path.display()
                 )
             })?;
+            if certs.is_empty() {
+                anyhow::bail!("sink.tls.ca_file `{}` holds no certificate", path.display());
+            }
             for cert in certs {
                 http = http.add_root_certificate(cert);
             }
@@ -88,12 +97,18 @@ impl EsClient {
             SinkAuth::Basic => {
                 let user = cfg.username.clone().unwrap_or_default();
                 let pass = cfg.password()?.unwrap_or_default();
+                if pass.is_empty() {
+                    anyhow::bail!("sink.password (or password_file) is empty");
+                }
                 let token =
                     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
                 Auth::Header(format!("Basic {token}"))
             }
             SinkAuth::ApiKey => {
                 let key = cfg.api_key()?.unwrap_or_default();
+                if key.is_empty() {
+                    anyhow::bail!("sink.api_key (or api_key_file) is empty");
+                }
                 Auth::Header(format!("ApiKey {key}"))
             }
             SinkAuth::AwsSigv4 => {
@@ -112,6 +127,7 @@ impl EsClient {
                 })?;
                 Auth::SigV4 {
                     credentials,
+                    cached: tokio::sync::Mutex::default(),
                     region,
                     service: cfg.aws_service.clone(),
                 }
@@ -145,7 +161,8 @@ impl EsClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Answer, SendError> {
-        let url = format!("{}{path}", self.base);
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base))
+            .map_err(|e| SendError::Connection(format!("sink.url: {e}")))?;
         let mut headers: Vec<(&'static str, String)> = Vec::new();
         let body: Vec<u8> = match body {
             Some(b) if self.gzip => {
@@ -165,15 +182,20 @@ impl EsClient {
             Auth::Header(value) => headers.push(("authorization", value.clone())),
             Auth::SigV4 {
                 credentials,
+                cached,
                 region,
                 service,
             } => {
-                let creds = credentials
-                    .provide_credentials()
-                    .await
-                    .map_err(|e| SendError::Signing(e.to_string()))?;
-                let host = host_of(&self.base);
-                let mut to_sign: Vec<(&str, &str)> = vec![("host", host.as_str())];
+                let creds = current_credentials(credentials, cached).await?;
+                // exactly the Host the request carries (lower-case, no default port), sent
+                // explicitly so that what is signed is what goes out
+                let host = match (url.host_str(), url.port()) {
+                    (Some(h), Some(p)) => format!("{h}:{p}"),
+                    (Some(h), None) => h.to_string(),
+                    (None, _) => return Err(SendError::Signing("sink.url has no host".into())),
+                };
+                headers.push(("host", host.clone()));
+                let mut to_sign: Vec<(&str, &str)> = Vec::new();
                 to_sign.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
                 let identity = creds.into();
                 let mut settings = SigningSettings::default();
@@ -205,9 +227,14 @@ impl EsClient {
         }
         let mut req = self
             .http
-            .request(method.parse().expect("a valid method"), &url);
+            .request(method.parse().expect("a valid method"), url);
         for (k, v) in &headers {
-            req = req.header(*k, v);
+            let mut value = reqwest::header::HeaderValue::from_str(v)
+                .map_err(|e| SendError::Signing(format!("header {k}: {e}")))?;
+            if *k == "authorization" || *k == "x-amz-security-token" {
+                value.set_sensitive(true);
+            }
+            req = req.header(*k, value);
         }
         if method != "GET" {
             req = req.body(body);
@@ -217,6 +244,29 @@ impl EsClient {
         let body = response.text().await.map_err(classify)?;
         Ok(Answer { status, body })
     }
+}
+
+/// The cached credentials, or fresh ones when none are cached or they expire soon.
+async fn current_credentials(
+    provider: &SharedCredentialsProvider,
+    cached: &tokio::sync::Mutex<Option<aws_credential_types::Credentials>>,
+) -> Result<aws_credential_types::Credentials, SendError> {
+    let mut slot = cached.lock().await;
+    let fresh_enough = |c: &aws_credential_types::Credentials| {
+        c.expiry().is_none_or(|at| {
+            at.duration_since(SystemTime::now())
+                .is_ok_and(|left| left > REFRESH_BEFORE_EXPIRY)
+        })
+    };
+    if let Some(c) = slot.as_ref().filter(|c| fresh_enough(c)) {
+        return Ok(c.clone());
+    }
+    let creds = provider
+        .provide_credentials()
+        .await
+        .map_err(|e| SendError::Signing(e.to_string()))?;
+    *slot = Some(creds.clone());
+    Ok(creds)
 }
 
 fn classify(e: reqwest::Error) -> SendError {
@@ -254,7 +304,8 @@ fn static_name(name: &str) -> &'static str {
     }
 }
 
-/// `host[:port]` of a base URL, as the Host header will carry it.
+/// `host[:port]` of a base URL, as written.
+#[cfg(test)]
 fn host_of(base: &str) -> String {
     let rest = base.split_once("://").map_or(base, |(_, r)| r);
     rest.split('/').next().unwrap_or(rest).to_string()

@@ -27,6 +27,8 @@ pub struct Health {
     sink_error_grace: Duration,
     /// Since when every answer of the sink was an error, and the last one.
     sink_failing: Mutex<Option<(Instant, String)>>,
+    /// Since when the readiness probe has failed, and how.
+    probe_failing: Mutex<Option<(Instant, String)>>,
     /// Shards stuck behind parents that nobody is reading (set by the coordinator).
     orphaned_waits: Mutex<Option<String>>,
     /// Records pending and no checkpoint advancing (set by the committer).
@@ -49,6 +51,7 @@ impl Health {
             sink_reachable: AtomicBool::new(false),
             sink_error_grace,
             sink_failing: Mutex::default(),
+            probe_failing: Mutex::default(),
             orphaned_waits: Mutex::default(),
             stalled: Mutex::default(),
             leases: Mutex::default(),
@@ -65,6 +68,19 @@ impl Health {
     }
     pub fn sink_reachable(&self) -> bool {
         self.sink_reachable.load(Ordering::Relaxed)
+    }
+    /// The readiness probe (`GET /`) got an error answer: kept apart from the writes' state, so
+    /// a probe that works again clears it while a write block (probe fine, writes refused) does not.
+    pub fn probe_failed(&self, error: &str) {
+        let mut failing = self.probe_failing.lock().expect("health lock");
+        let since = failing.as_ref().map_or_else(Instant::now, |(at, _)| *at);
+        *failing = Some((since, error.to_string()));
+    }
+    pub fn probe_succeeded(&self) {
+        *self.probe_failing.lock().expect("health lock") = None;
+    }
+    pub fn probe_is_failing(&self) -> bool {
+        self.probe_failing.lock().expect("health lock").is_some()
     }
     /// The sink accepted at least one write (or judged it stale or dead-lettered it).
     pub fn sink_succeeded(&self) {
@@ -97,13 +113,16 @@ impl Health {
         .filter(|(flag, _)| !flag.load(Ordering::Relaxed))
         .map(|(_, what)| what.to_string())
         .collect();
-        if let Some((since, error)) = &*self.sink_failing.lock().expect("health lock") {
-            let failing_for = since.elapsed();
-            if failing_for >= self.sink_error_grace {
-                missing.push(format!(
-                    "sink has answered only errors for {}s (last: {error})",
-                    failing_for.as_secs()
-                ));
+        for state in [&self.sink_failing, &self.probe_failing] {
+            if let Some((since, error)) = &*state.lock().expect("health lock") {
+                let failing_for = since.elapsed();
+                if failing_for >= self.sink_error_grace {
+                    missing.push(format!(
+                        "sink has answered only errors for {}s (last: {error})",
+                        failing_for.as_secs()
+                    ));
+                    break;
+                }
             }
         }
         for what in [&self.orphaned_waits, &self.stalled, &self.leases] {

@@ -384,21 +384,28 @@ impl BulkSink {
     pub async fn probe(&self) -> bool {
         let answer = tokio::time::timeout(Duration::from_secs(5), self.client.info()).await;
         let ok = match answer {
-            Ok(Ok(a)) if (200..300).contains(&a.status) => true,
+            Ok(Ok(a)) if (200..300).contains(&a.status) => {
+                self.health.probe_succeeded();
+                true
+            }
             Ok(Ok(a)) => {
-                // reachable, but refusing us (credentials, permissions): say why
+                // reachable, but refusing us (credentials, permissions — `GET /` needs
+                // cluster:monitor/main): said, and readiness closes after the grace
                 let why = format!("HTTP {}: {}", a.status, truncate(&a.body));
                 tracing::warn!(error = %why, "elasticsearch answers the probe with an error");
-                self.health.sink_failed(&why);
+                self.health.probe_failed(&why);
                 true
             }
             Ok(Err(e)) => {
                 // a refused certificate, a wrong port, DNS: said at every probe (every 5 s)
                 tracing::warn!(error = %e, "elasticsearch cannot be reached");
-                self.health.sink_failed(&e.to_string());
+                self.health.probe_failed(&e.to_string());
                 false
             }
-            Err(_) => false,
+            Err(_) => {
+                self.health.probe_failed("no answer to GET / within 5s");
+                false
+            }
         };
         self.health.set_sink_reachable(ok);
         ok

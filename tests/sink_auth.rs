@@ -242,6 +242,8 @@ async fn rotating_temporary_credentials_keep_working() {
         ("AWS_CONTAINER_CREDENTIALS_FULL_URI", url),
         ("AWS_REGION", "us-east-1".to_string()),
         ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        // one document per bulk request: many signed requests
+        ("SLUICE__BATCH__MAX_DOCUMENTS", "1".to_string()),
     ];
     let sluice = bed.start("rotating", "auth = \"aws_sigv4\"", &env);
     sluice.wait_ready(Duration::from_secs(30)).await;
@@ -252,11 +254,18 @@ async fn rotating_temporary_credentials_keep_working() {
     expected.extend(bed.write("rotating", 20..40).await);
     assert_index_equals(&bed.es, "customers", &expected, Duration::from_secs(30)).await;
     let sessions = issued.lock().unwrap().len();
+    let requests = bed.es.fake.stats().bulk_requests;
     println!(
-        "rotating credentials: {sessions} sessions issued; {} requests refused",
+        "rotating credentials: {sessions} sessions issued for {requests} bulk requests; {} requests refused",
         bed.es.fake.stats().unsigned
     );
     assert!(sessions >= 3, "credentials were refreshed: {sessions}");
+    // kept between requests and renewed before expiry, not fetched for every request (the
+    // source's Kinesis client asks the endpoint too, with its own cache)
+    assert!(
+        sessions * 2 < requests as usize,
+        "{sessions} sessions for {requests} requests"
+    );
 }
 
 /// A CA made for this test, and a certificate for 127.0.0.1 signed by it: (CA PEM, cert DER, key DER).
