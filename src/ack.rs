@@ -112,22 +112,13 @@ impl AckTracker {
             .get(shard)
             .copied()
             .unwrap_or(0);
-        if epoch < floor {
-            // a reader of a discarded epoch, not yet stopped: its work goes nowhere
-            let detached = Arc::new(Segment {
-                checkpoint,
-                records,
-                remaining: AtomicUsize::new(ops),
-                without_ops: ops == 0,
-                epoch,
-                tracker: self.inner.clone(),
-            });
-            return (0..ops).map(|_| Ack(detached.clone())).collect();
-        }
         let mut pending = self.inner.pending.lock().expect("tracker lock");
         let queue = pending.entry(shard.clone()).or_default();
         let mut records = records;
-        if ops == 0
+        // a reader of a discarded epoch, not yet stopped: its work goes nowhere
+        let detached = epoch < floor;
+        if !detached
+            && ops == 0
             && queue
                 .back()
                 .is_some_and(|s| s.without_ops && s.epoch == epoch)
@@ -144,6 +135,12 @@ impl AckTracker {
             epoch,
             tracker: self.inner.clone(),
         });
+        if detached {
+            if queue.is_empty() {
+                pending.remove(shard);
+            }
+            return (0..ops).map(|_| Ack(segment.clone())).collect();
+        }
         queue.push_back(segment.clone());
         drop(pending);
         if ops == 0 {

@@ -35,16 +35,17 @@ fn the_task_definition_and_iam_policies_validate_against_botocore_models() {
     assert!(text.contains("ok: compose.yaml"), "{text}");
 }
 
+fn task_definition() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/ecs/task-definition.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 #[test]
 fn the_task_definition_matches_what_sluice_needs_on_fargate() {
-    let task: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/ecs/task-definition.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let task = task_definition();
     let c = &task["containerDefinitions"][0];
     let env: std::collections::HashMap<&str, &str> = c["environment"]
         .as_array()
@@ -68,14 +69,7 @@ fn the_task_definition_matches_what_sluice_needs_on_fargate() {
 /// valid: `sluice check-config` as the container would run it.
 #[test]
 fn the_image_config_with_the_task_environment_passes_check_config() {
-    let task: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/ecs/task-definition.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let task = task_definition();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
     cmd.args([
         "check-config",
