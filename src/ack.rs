@@ -182,6 +182,23 @@ impl AckTracker {
         self.inner.room.notify_waiters();
     }
 
+    /// Pops the complete prefix of `shard`, for tools that keep their own progress (the
+    /// backfill); `true` when nothing of it is pending any more.
+    pub fn complete_prefix(&self, shard: &ShardId) -> bool {
+        let mut pending = self.inner.pending.lock().expect("tracker lock");
+        let Some(queue) = pending.get_mut(shard) else {
+            return true;
+        };
+        while queue.front().is_some_and(|s| s.is_complete()) {
+            queue.pop_front();
+        }
+        let empty = queue.is_empty();
+        if empty {
+            pending.remove(shard);
+        }
+        empty
+    }
+
     /// Segments of `shard` read and not yet checkpointed.
     pub fn pending_segments(&self, shard: &ShardId) -> usize {
         let pending = self.inner.pending.lock().expect("tracker lock");

@@ -33,6 +33,8 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub lease: LeaseConfig,
+    #[serde(default)]
+    pub backfill: BackfillConfig,
     /// format = "dms": one route per source table.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -358,6 +360,53 @@ pub struct ShutdownConfig {
     /// Deadline for stop-reading → flush → wait for acks → commit. ECS kills 30 s after SIGTERM.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+}
+
+/// `sluice backfill`: loading the rows that existed before the stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// The DynamoDB table to scan; default: source.table.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Parallel Scan segments; default: one per 256 MiB of table, plus one (at most 65).
+    #[serde(default)]
+    pub segments: Option<u32>,
+    /// Items per Scan page (the Scan `Limit`); unset: DynamoDB's 1 MB pages. Progress is saved
+    /// per page, so smaller pages re-scan less after a crash.
+    #[serde(default)]
+    pub page_items: Option<u32>,
+    /// Strongly consistent reads (twice the read units).
+    #[serde(default)]
+    pub consistent_read: bool,
+    /// Read units per second the scan may use (all segments together), so production traffic
+    /// is not starved; unset: no limit.
+    #[serde(default)]
+    pub max_read_units_per_second: Option<f64>,
+    /// How far DynamoDB's clock and this host's may differ: scan images are versioned this much
+    /// before the scan started (ARCHITECTURE.md, "Backfill").
+    #[serde(
+        default = "default_clock_skew_allowance",
+        deserialize_with = "duration"
+    )]
+    pub clock_skew_allowance: Duration,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        Self {
+            table: None,
+            segments: None,
+            page_items: None,
+            consistent_read: false,
+            max_read_units_per_second: None,
+            clock_skew_allowance: default_clock_skew_allowance(),
+        }
+    }
+}
+
+fn default_clock_skew_allowance() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// Where shard leases are kept.
@@ -910,6 +959,26 @@ impl Config {
             return err(
                 "sink.backoff_max",
                 "needs 0 < backoff_initial ≤ backoff_max",
+            );
+        }
+        if self
+            .backfill
+            .segments
+            .is_some_and(|n| n == 0 || n > 1_000_000)
+        {
+            return err("backfill.segments", "must be between 1 and 1000000");
+        }
+        if self.backfill.page_items == Some(0) {
+            return err("backfill.page_items", "must be at least 1");
+        }
+        if self
+            .backfill
+            .max_read_units_per_second
+            .is_some_and(|r| !(r > 0.0))
+        {
+            return err(
+                "backfill.max_read_units_per_second",
+                "must be greater than zero",
             );
         }
         if self.lease.renew_interval * 2 > self.lease.duration {

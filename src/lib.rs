@@ -5,6 +5,7 @@
 
 pub mod ack;
 pub mod app;
+pub mod backfill;
 pub mod batch;
 pub mod checkpoint;
 pub mod commands;

@@ -36,6 +36,18 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Load the rows that existed before the stream (a parallel Scan, resumable), beside the
+    /// running stream; `--status` prints each segment's progress.
+    Backfill {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print progress per segment and exit.
+        #[arg(long)]
+        status: bool,
+        /// Parallel Scan segments for a new backfill (a resumed one keeps its own).
+        #[arg(long)]
+        segments: Option<u32>,
+    },
     /// Show each shard's lease: owner, epoch, heartbeat, handoff and checkpoint.
     Leases {
         #[arg(long, short)]
@@ -51,7 +63,8 @@ fn main() -> ExitCode {
     let (Command::Run { config }
     | Command::CheckConfig { config }
     | Command::Leases { config, .. }
-    | Command::Healthcheck { config }) = &cli.command;
+    | Command::Healthcheck { config }
+    | Command::Backfill { config, .. }) = &cli.command;
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -81,6 +94,24 @@ fn main() -> ExitCode {
             }
             Err(why) => {
                 println!("sluice healthcheck: {why}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Command::Backfill {
+        status, segments, ..
+    } = cli.command
+    {
+        if !status {
+            init_tracing(&cfg);
+        }
+        return match runtime.block_on(sluice::commands::backfill::run(&cfg, status, segments)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice backfill: {e:#}");
                 ExitCode::FAILURE
             }
         };

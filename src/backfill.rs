@@ -1,0 +1,533 @@
+//! Backfill: the rows that existed before the stream, loaded with a parallel Scan beside the
+//! running stream, resumably, through the same batcher and sink.
+//!
+//! * One task per Scan segment (`Segment`/`TotalSegments`); a segment's `LastEvaluatedKey` is
+//!   saved in the SQLite file only after every document of the page is acknowledged, so a killed
+//!   backfill resumes at the last acknowledged page of each segment.
+//! * Every scan image is written with one version: the scan's start time **minus**
+//!   `backfill.clock_skew_allowance`, in µs — the unit of stream versions. A change the scan did
+//!   not see was made after its item was read, so after the scan started; its stream version is at
+//!   least its `ApproximateCreationDateTime` (whole seconds, from DynamoDB's clock), which is above
+//!   the scan version as long as the two clocks differ by less than the allowance (less one
+//!   second of rounding). So a scan image never overwrites a newer change, and a stream change is
+//!   never lost to an older scan image (ARCHITECTURE.md, "Backfill").
+//! * Reads are paced by `ConsumedCapacity` to `max_read_units_per_second`, shared by all segments.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+use rusqlite::params;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::ack::{AckTracker, ShardId};
+use crate::batch::{self, Router};
+use crate::checkpoint::{now_ms, CheckpointStore, ShardCheckpoint, StoreError};
+use crate::config::Config;
+use crate::http::Health;
+use crate::lease::Fence;
+use crate::metrics::Metrics;
+use crate::sink::{BulkOp, BulkSink, Origin};
+use crate::transform::{item_to_json, DocAction, DocIdSpec};
+
+/// Where one segment stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentProgress {
+    pub segment: u32,
+    pub total: u32,
+    /// The last acknowledged page's LastEvaluatedKey (DynamoDB JSON); `None` before the first.
+    pub last_key: Option<String>,
+    pub done: bool,
+    pub items: u64,
+    /// The version every image of this backfill is written with.
+    pub version: u64,
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS backfill_segments (
+    table_name TEXT NOT NULL,
+    segment    INTEGER NOT NULL,
+    total      INTEGER NOT NULL,
+    last_key   TEXT,
+    done       INTEGER NOT NULL DEFAULT 0,
+    items      INTEGER NOT NULL DEFAULT 0,
+    version    INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (table_name, segment)
+)";
+
+/// The saved progress of `table`'s backfill (empty if none ever started).
+pub async fn progress(
+    store: &CheckpointStore,
+    table: &str,
+) -> Result<Vec<SegmentProgress>, StoreError> {
+    let table = table.to_string();
+    store
+        .with_connection(move |conn| {
+            conn.execute(SCHEMA, [])?;
+            let mut stmt = conn.prepare(
+                "SELECT segment, total, last_key, done, items, version FROM backfill_segments
+                 WHERE table_name = ?1 ORDER BY segment",
+            )?;
+            let rows = stmt.query_map(params![table], |r| {
+                Ok(SegmentProgress {
+                    segment: r.get(0)?,
+                    total: r.get(1)?,
+                    last_key: r.get(2)?,
+                    done: r.get::<_, i64>(3)? != 0,
+                    items: r.get::<_, i64>(4)? as u64,
+                    version: r.get::<_, i64>(5)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+}
+
+async fn save(store: &CheckpointStore, table: &str, p: &SegmentProgress) -> Result<(), StoreError> {
+    let (table, p) = (table.to_string(), p.clone());
+    store
+        .with_connection(move |conn| {
+            conn.execute(SCHEMA, [])?;
+            conn.execute(
+                "INSERT INTO backfill_segments (table_name, segment, total, last_key, done, items, version, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (table_name, segment) DO UPDATE SET last_key = excluded.last_key,
+                   done = excluded.done, items = excluded.items, updated_at_ms = excluded.updated_at_ms",
+                params![table, p.segment, p.total, p.last_key, p.done as i64, p.items as i64, p.version as i64, now_ms()],
+            )
+            .map(|_| ())
+            .map_err(StoreError::from)
+        })
+        .await
+}
+
+/// Scans can read at most this many units a second (shared by every segment); 0: no limit.
+struct ReadPace {
+    per_second: f64,
+    /// Units read beyond what the elapsed time allows: paid back by sleeping.
+    debt: Mutex<(tokio::time::Instant, f64)>,
+}
+
+impl ReadPace {
+    async fn consumed(&self, units: f64) {
+        if self.per_second <= 0.0 {
+            return;
+        }
+        let wait = {
+            let mut d = self.debt.lock().await;
+            let now = tokio::time::Instant::now();
+            let paid = now.duration_since(d.0).as_secs_f64() * self.per_second;
+            d.1 = (d.1 - paid).max(0.0) + units;
+            d.0 = now;
+            Duration::from_secs_f64(d.1 / self.per_second)
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// DynamoDB's AttributeValue, as the stream decoder's (which turns it into JSON).
+fn to_stream_value(
+    v: &AttributeValue,
+) -> Result<aws_sdk_dynamodbstreams::types::AttributeValue, String> {
+    use aws_sdk_dynamodbstreams::primitives::Blob;
+    use aws_sdk_dynamodbstreams::types::AttributeValue as S;
+    Ok(match v {
+        AttributeValue::S(x) => S::S(x.clone()),
+        AttributeValue::N(x) => S::N(x.clone()),
+        AttributeValue::B(b) => S::B(Blob::new(b.as_ref())),
+        AttributeValue::Bool(b) => S::Bool(*b),
+        AttributeValue::Null(b) => S::Null(*b),
+        AttributeValue::M(m) => S::M(
+            m.iter()
+                .map(|(k, v)| Ok((k.clone(), to_stream_value(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        AttributeValue::L(l) => S::L(l.iter().map(to_stream_value).collect::<Result<_, _>>()?),
+        AttributeValue::Ss(x) => S::Ss(x.clone()),
+        AttributeValue::Ns(x) => S::Ns(x.clone()),
+        AttributeValue::Bs(x) => S::Bs(x.iter().map(|b| Blob::new(b.as_ref())).collect()),
+        other => return Err(format!("unsupported attribute type {other:?}")),
+    })
+}
+
+/// A LastEvaluatedKey in DynamoDB's JSON wire form (`{"attr": {"S": "…"}}`), read back exactly.
+fn key_json(key: &HashMap<String, AttributeValue>) -> Result<String, String> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in key {
+        let wire = match v {
+            AttributeValue::S(s) => serde_json::json!({ "S": s }),
+            AttributeValue::N(n) => serde_json::json!({ "N": n }),
+            AttributeValue::B(b) => {
+                serde_json::json!({ "B": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b.as_ref()) })
+            }
+            _ => return Err("a key attribute is not S, N or B".into()),
+        };
+        out.insert(k.clone(), wire);
+    }
+    Ok(Value::Object(out).to_string())
+}
+
+fn key_from_json(text: &str) -> Result<HashMap<String, AttributeValue>, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let obj = v.as_object().ok_or("not an object")?;
+    obj.iter()
+        .map(|(k, v)| {
+            let value = if let Some(s) = v.get("S").and_then(Value::as_str) {
+                AttributeValue::S(s.into())
+            } else if let Some(n) = v.get("N").and_then(Value::as_str) {
+                AttributeValue::N(n.into())
+            } else if let Some(b) = v.get("B").and_then(Value::as_str) {
+                let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b)
+                    .map_err(|e| e.to_string())?;
+                AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(bytes))
+            } else {
+                return Err(format!("key attribute `{k}` is not S, N or B"));
+            };
+            Ok((k.clone(), value))
+        })
+        .collect()
+}
+
+/// What every segment task shares.
+struct Shared {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    ids: DocIdSpec,
+    index: Arc<str>,
+    consistent_read: bool,
+    page_items: Option<u32>,
+    router: Router,
+    tracker: AckTracker,
+    store: CheckpointStore,
+    pace: ReadPace,
+}
+
+/// Runs (or resumes) the backfill of the configured table until every segment is done.
+pub async fn run(config: &Config, segments: Option<u32>) -> anyhow::Result<Vec<SegmentProgress>> {
+    let table = config
+        .backfill
+        .table
+        .clone()
+        .or_else(|| config.source.table.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!("backfill.table (or source.table) names no table to scan")
+        })?;
+    let sdk = crate::source::dynamodb_streams::sdk_config(&config.source).await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let described = client
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "table `{table}`: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(e)
+            )
+        })?;
+    let description = described
+        .table()
+        .ok_or_else(|| anyhow::anyhow!("table `{table}` not described"))?;
+    let key_attributes: Vec<String> = {
+        let mut schema: Vec<_> = description.key_schema().to_vec();
+        // hash key first, then range key, as the stream decoder does
+        schema.sort_by_key(|k| k.key_type().as_str() != "HASH");
+        schema
+            .iter()
+            .map(|k| k.attribute_name().to_string())
+            .collect()
+    };
+    let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
+    let saved = progress(&store, &table).await?;
+    let (total, version) = match saved.first() {
+        // resume with the segmentation and the version this backfill started with
+        Some(p) => (p.total, p.version),
+        None => {
+            let size = description.table_size_bytes().unwrap_or(0).max(0) as u64;
+            let total = segments
+                .or(config.backfill.segments)
+                .unwrap_or_else(|| (size / (256 << 20)).clamp(1, 64) as u32 + 1);
+            (total, scan_version(config.backfill.clock_skew_allowance))
+        }
+    };
+    tracing::info!(table = %table, segments = total, version, resumed = !saved.is_empty(), "backfill starting");
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::new(config.health.sink_error_grace));
+    let fence = Fence::default();
+    let forever = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    for s in 0..total {
+        fence.grant(&segment_id(s), 1, forever);
+    }
+    let sink = Arc::new(
+        BulkSink::new(
+            &config.sink,
+            &config.source.region,
+            store.clone(),
+            metrics.clone(),
+            health,
+            fence,
+        )
+        .await?,
+    );
+    let (router, lanes) = batch::start(&config.batch, sink, metrics);
+    let ids = DocIdSpec {
+        attributes: if config.sink.document_id.is_empty() {
+            key_attributes
+        } else {
+            config.sink.document_id.clone()
+        },
+        separator: config.sink.document_id_separator.clone(),
+    };
+    let shared = Arc::new(Shared {
+        client,
+        table: table.clone(),
+        ids,
+        index: config.sink.index.clone().into(),
+        consistent_read: config.backfill.consistent_read,
+        page_items: config.backfill.page_items,
+        router,
+        tracker: AckTracker::default(),
+        store: store.clone(),
+        pace: ReadPace {
+            per_second: config.backfill.max_read_units_per_second.unwrap_or(0.0),
+            debt: Mutex::new((tokio::time::Instant::now(), 0.0)),
+        },
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 0..total {
+        let start = saved
+            .iter()
+            .find(|p| p.segment == s)
+            .cloned()
+            .unwrap_or(SegmentProgress {
+                segment: s,
+                total,
+                last_key: None,
+                done: false,
+                items: 0,
+                version,
+            });
+        if start.done {
+            continue;
+        }
+        let shared = shared.clone();
+        tasks.spawn(async move { scan_segment(&shared, start).await });
+    }
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(anyhow::anyhow!("a segment task failed: {e}")),
+        }
+    }
+    drop(shared);
+    for lane in lanes {
+        let _ = lane.await;
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(progress(&store, &table).await?)
+}
+
+fn segment_id(segment: u32) -> ShardId {
+    format!("backfill-segment-{segment}").into()
+}
+
+/// The version of every scan image: the scan's start, less the clock-skew allowance, in µs.
+pub fn scan_version(allowance: Duration) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(allowance).as_micros() as u64
+}
+
+async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Result<()> {
+    let shard = segment_id(at.segment);
+    let origin_stream: Arc<str> = format!("backfill:{}", shared.table).into();
+    let mut backoff = 0u32;
+    loop {
+        let start_key = at
+            .last_key
+            .as_deref()
+            .map(key_from_json)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("saved key of segment {}: {e}", at.segment))?;
+        let page = shared
+            .client
+            .scan()
+            .table_name(&shared.table)
+            .segment(at.segment as i32)
+            .total_segments(at.total as i32)
+            .consistent_read(shared.consistent_read)
+            .set_limit(shared.page_items.map(|n| n as i32))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .set_exclusive_start_key(start_key)
+            .send()
+            .await;
+        let page = match page {
+            Ok(p) => {
+                backoff = 0;
+                p
+            }
+            Err(e) => {
+                backoff += 1;
+                let delay = crate::retry::Backoff::AWS.delay(backoff);
+                tracing::warn!(segment = at.segment, error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "scan failed; retrying");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        if let Some(units) = page.consumed_capacity().and_then(|c| c.capacity_units()) {
+            shared.pace.consumed(units).await;
+        }
+        let next_key = page
+            .last_evaluated_key()
+            .filter(|k| !k.is_empty())
+            .map(key_json)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("segment {}: {e}", at.segment))?;
+        let mut ops = Vec::new();
+        let mut dead = 0;
+        for item in page.items() {
+            let stream_item: Result<HashMap<String, _>, String> = item
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), to_stream_value(v)?)))
+                .collect();
+            let change = stream_item
+                .map_err(crate::transform::DecodeError)
+                .and_then(|i| {
+                    let id = shared.ids.render(&i)?;
+                    Ok((id, item_to_json(&i)?))
+                });
+            match change {
+                Ok((id, doc)) => ops.push(BulkOp::new(
+                    shared.index.clone(),
+                    id,
+                    at.version,
+                    DocAction::Index(doc),
+                    Origin {
+                        stream: origin_stream.clone(),
+                        shard: shard.clone(),
+                        sequence_number: format!("segment {} item", at.segment),
+                        epoch: 1,
+                    },
+                )),
+                Err(e) => {
+                    dead += 1;
+                    tracing::error!(segment = at.segment, error = %e, "item cannot be indexed; skipped by the backfill (the stream will carry its next change)");
+                }
+            }
+        }
+        let n = ops.len();
+        let checkpoint = ShardCheckpoint {
+            sequence_number: next_key.clone(),
+            clock: at.version,
+            finished: next_key.is_none(),
+        };
+        let acks = shared.tracker.register(&shard, 1, checkpoint, n + dead, n);
+        for (mut op, ack) in ops.into_iter().zip(acks) {
+            op.acks.push(ack);
+            if shared.router.send(op).await.is_err() {
+                anyhow::bail!("the sink stopped");
+            }
+        }
+        // the page is saved only once every document of it is acknowledged
+        while shared.tracker.pending_segments(&shard) > 0 {
+            if shared.tracker.complete_prefix(&shard) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        at.items += n as u64;
+        at.last_key = next_key;
+        at.done = at.last_key.is_none();
+        save(&shared.store, &shared.table, &at).await?;
+        tracing::info!(
+            segment = at.segment,
+            items = at.items,
+            done = at.done,
+            "backfill page acknowledged"
+        );
+        if at.done {
+            return Ok(());
+        }
+    }
+}
+
+/// `--status`: one line per segment.
+pub fn render_status(table: &str, segments: &[SegmentProgress]) -> String {
+    if segments.is_empty() {
+        return format!("no backfill of `{table}` has started\n");
+    }
+    let done = segments.iter().filter(|s| s.done).count();
+    let items: u64 = segments.iter().map(|s| s.items).sum();
+    let mut out = format!(
+        "backfill of `{table}`: {done}/{} segments done, {items} items written (version {})\n",
+        segments[0].total, segments[0].version
+    );
+    for s in segments {
+        out.push_str(&format!(
+            "  segment {:>3}/{}: {:>9} items  {}\n",
+            s.segment,
+            s.total,
+            s.items,
+            if s.done {
+                "done"
+            } else if s.last_key.is_some() {
+                "in progress"
+            } else {
+                "not started"
+            }
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_their_saved_form() {
+        let key: HashMap<String, AttributeValue> = [
+            ("pk".to_string(), AttributeValue::S("POST#1".into())),
+            (
+                "n".to_string(),
+                AttributeValue::N("12345678901234567890".into()),
+            ),
+        ]
+        .into();
+        assert_eq!(key_from_json(&key_json(&key).unwrap()).unwrap(), key);
+    }
+
+    #[test]
+    fn the_scan_version_is_below_every_later_change_by_the_allowance() {
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        let v = scan_version(Duration::from_secs(300));
+        // a change made now, stamped by a DynamoDB clock up to 4 min behind and rounded down to
+        // the second, still gets a higher version
+        let change = (now_us / 1_000_000 - 240) * 1_000_000;
+        assert!(v < change);
+    }
+
+    #[tokio::test]
+    async fn reads_are_paced_to_the_units_per_second() {
+        tokio::time::pause();
+        let pace = ReadPace {
+            per_second: 100.0,
+            debt: Mutex::new((tokio::time::Instant::now(), 0.0)),
+        };
+        let t = tokio::time::Instant::now();
+        for _ in 0..5 {
+            pace.consumed(100.0).await;
+        }
+        assert!(t.elapsed() >= Duration::from_secs(4), "{:?}", t.elapsed());
+    }
+}

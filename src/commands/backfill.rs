@@ -1,0 +1,23 @@
+//! `sluice backfill --config FILE [--status] [--segments N]`: loads (or resumes loading) the
+//! table's existing rows beside the running stream; `--status` prints each segment's progress.
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::Config;
+
+pub async fn run(config: &Config, status: bool, segments: Option<u32>) -> anyhow::Result<String> {
+    let table = config
+        .backfill
+        .table
+        .clone()
+        .or_else(|| config.source.table.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!("backfill.table (or source.table) names no table to scan")
+        })?;
+    if status {
+        let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
+        let segments = crate::backfill::progress(&store, &table).await?;
+        return Ok(crate::backfill::render_status(&table, &segments));
+    }
+    let done = crate::backfill::run(config, segments).await?;
+    Ok(crate::backfill::render_status(&table, &done))
+}
