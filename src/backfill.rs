@@ -342,7 +342,17 @@ pub fn scan_version(allowance: Duration) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    now.saturating_sub(allowance).as_micros() as u64
+    let now_us = now.as_micros() as i64 + test_clock_offset_us();
+    (now_us.max(0) as u64).saturating_sub(allowance.as_micros() as u64)
+}
+
+/// Test hook: `SLUICE_TEST_BACKFILL_CLOCK_OFFSET_MS` shifts the scan's clock (positive: ahead of
+/// DynamoDB's), to show that a skew within the allowance changes nothing.
+fn test_clock_offset_us() -> i64 {
+    std::env::var("SLUICE_TEST_BACKFILL_CLOCK_OFFSET_MS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .map_or(0, |ms| ms * 1000)
 }
 
 async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Result<()> {

@@ -97,6 +97,45 @@ async fn a_backfill_beside_the_stream_ends_with_the_index_equal_to_the_table() {
     println!("{out}");
 }
 
+/// Acceptance 3: the scan's clock 3 s ahead of DynamoDB's, then 3 s behind, with an allowance
+/// of only 5 s (the default is 5 min) → still equal, nothing applied backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_skew_within_the_allowance_changes_nothing() {
+    for (index, offset) in [("posts-skew-ahead", 3000), ("posts-skew-behind", -3000)] {
+        let (bed, sluice) = bed_with_existing_rows(index, 400).await;
+        let config = sluice.config.with_file_name("skew.toml");
+        std::fs::write(
+            &config,
+            std::fs::read_to_string(&sluice.config).unwrap()
+                + "\n[backfill]\nclock_skew_allowance = \"5s\"\npage_items = 25\n",
+        )
+        .unwrap();
+        let writer = {
+            let ddb = bed.ddb.clone();
+            tokio::spawn(async move { random_workload(&ddb, "Posts", 400, 400, 9).await })
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["backfill", "--segments", "2", "--config"])
+            .arg(&config)
+            .envs(aws_env())
+            .env("SLUICE_TEST_BACKFILL_CLOCK_OFFSET_MS", offset.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (code, out) =
+            tokio::task::spawn_blocking(move || wait(child, Duration::from_secs(120)))
+                .await
+                .unwrap();
+        assert_eq!(code, Some(0), "{out}");
+        writer.await.unwrap();
+        bed.assert_converges(Duration::from_secs(90)).await;
+        assert_eq!(bed.es.fake.stats().applied_backwards, 0);
+        println!("clock offset {offset} ms: converged");
+        drop(sluice);
+    }
+}
+
 /// Acceptance 2 and 5: kill -9 mid-backfill (reads throttled so it is still running), restart →
 /// it resumes from the segments' checkpoints, `--status` shows the progress, and the index equals
 /// the table. Reports how many items were scanned twice.
