@@ -47,6 +47,9 @@ enum Command {
         /// Parallel Scan segments for a new backfill (a resumed one keeps its own).
         #[arg(long)]
         segments: Option<u32>,
+        /// Load a DynamoDB export (DYNAMODB_JSON, a local directory) instead of scanning.
+        #[arg(long)]
+        from_export: Option<PathBuf>,
     },
     /// Show each shard's lease: owner, epoch, heartbeat, handoff and checkpoint.
     Leases {
@@ -99,13 +102,21 @@ fn main() -> ExitCode {
         };
     }
     if let Command::Backfill {
-        status, segments, ..
+        status,
+        segments,
+        from_export,
+        ..
     } = cli.command
     {
         if !status {
             init_tracing(&cfg);
         }
-        return match runtime.block_on(sluice::commands::backfill::run(&cfg, status, segments)) {
+        return match runtime.block_on(sluice::commands::backfill::run(
+            &cfg,
+            status,
+            segments,
+            from_export.as_deref(),
+        )) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS

@@ -190,3 +190,117 @@ async fn a_killed_backfill_resumes_from_its_segment_checkpoints() {
     assert!(scanned_twice < 1200, "resumed, not restarted from zero");
     drop(sluice);
 }
+
+/// Writes a DynamoDB export (DYNAMODB_JSON) of `n` items in `files` gzip data files, as
+/// ExportTableToPointInTime lays it out; returns the expected documents.
+fn write_export(
+    dir: &std::path::Path,
+    n: usize,
+    files: usize,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    use std::io::Write;
+    let root = dir.join("AWSDynamoDB").join("01700000000000-abcdef12");
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    let mut manifest = String::new();
+    for f in 0..files {
+        let name = format!("data-{f:04}.json.gz");
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(root.join("data").join(&name)).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut count = 0;
+        for i in (f..n).step_by(files) {
+            let id = format!("item-{i}");
+            let line = serde_json::json!({"Item": {"id": {"S": id}, "n": {"N": i.to_string()},
+                "tags": {"SS": ["a", "b"]}, "big": {"N": "12345678901234567890123"}}});
+            writeln!(gz, "{line}").unwrap();
+            expected.insert(id.clone(), serde_json::json!({"id": id, "n": i, "tags": ["a", "b"],
+                "big": serde_json::from_str::<serde_json::Value>("12345678901234567890123").unwrap()}));
+            count += 1;
+        }
+        gz.finish().unwrap();
+        manifest.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"itemCount": count, "dataFileS3Key": format!("AWSDynamoDB/01700000000000-abcdef12/data/{name}")})
+        ));
+    }
+    std::fs::write(root.join("manifest-files.json"), manifest).unwrap();
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    std::fs::write(
+        root.join("manifest-summary.json"),
+        serde_json::json!({"exportTime": now, "outputFormat": "DYNAMODB_JSON", "itemCount": n})
+            .to_string(),
+    )
+    .unwrap();
+    expected
+}
+
+/// Acceptance 4 (local directory): an export of 100,000 items in 8 data files → the index equals
+/// the export; items/s printed; loading it again skips every file already done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_directory_loads_into_the_index() {
+    let es = Es::start().await;
+    es.delete_index("exported").await;
+    let dir = tempfile::tempdir().unwrap();
+    let expected = write_export(dir.path(), 100_000, 8);
+    let closed = free_port();
+    let config = dir.path().join("export.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\ntype = \"dynamodb_streams\"\ntable = \"Posts\"\nendpoint_url = \"http://127.0.0.1:{closed}\"\n[sink]\nurl = \"{}\"\nindex = \"exported\"\ndocument_id = [\"id\"]\n[checkpoint]\npath = \"{}\"\n",
+            es.url(),
+            dir.path().join("sluice.db").display()
+        ),
+    )
+    .unwrap();
+    let export_dir = dir.path().to_path_buf();
+    let load = move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["backfill", "--from-export"])
+            .arg(&export_dir)
+            .arg("--config")
+            .arg(&config)
+            .envs(aws_env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = tokio::task::spawn_blocking(load.clone()).await.unwrap();
+    assert!(first.contains("100000 items"), "{first}");
+    // every document there (the test server returns at most 10,000 hits per search: count, then
+    // compare documents one by one)
+    let client = reqwest::Client::new();
+    let count: serde_json::Value = client
+        .get(format!("{}/exported/_count", es.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count["count"], 100_000);
+    for (id, doc) in expected.iter().step_by(997) {
+        let got: serde_json::Value = client
+            .get(format!("{}/exported/_doc/{id}", es.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(&got["_source"], doc, "{id}");
+    }
+    let again = tokio::task::spawn_blocking(load).await.unwrap();
+    assert!(
+        again.contains("(8 already done before), 0 items"),
+        "{again}"
+    );
+    println!("{first}");
+}

@@ -4,7 +4,20 @@
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 
-pub async fn run(config: &Config, status: bool, segments: Option<u32>) -> anyhow::Result<String> {
+pub async fn run(
+    config: &Config,
+    status: bool,
+    segments: Option<u32>,
+    from_export: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    if let Some(path) = from_export {
+        // the key schema from the table when it can be read; else sink.document_id must say
+        let keys = crate::backfill::table_keys(config)
+            .await
+            .unwrap_or_default();
+        let report = crate::backfill::export::run(config, path, keys).await?;
+        return Ok(report.render());
+    }
     let table = config
         .backfill
         .table

@@ -12,6 +12,10 @@
 //!   second of rounding). So a scan image never overwrites a newer change, and a stream change is
 //!   never lost to an older scan image (ARCHITECTURE.md, "Backfill").
 //! * Reads are paced by `ConsumedCapacity` to `max_read_units_per_second`, shared by all segments.
+//!
+//! [`export`] reads a DynamoDB export (ExportTableToPointInTime) instead of scanning.
+
+pub mod export;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -204,6 +208,37 @@ struct Shared {
     pace: ReadPace,
 }
 
+/// The table's key attributes, hash key first (for `_id`), from DescribeTable.
+pub async fn table_keys(config: &Config) -> anyhow::Result<Vec<String>> {
+    let table = config
+        .backfill
+        .table
+        .clone()
+        .or_else(|| config.source.table.clone())
+        .ok_or_else(|| anyhow::anyhow!("no table configured"))?;
+    let sdk = crate::source::dynamodb_streams::sdk_config(&config.source).await;
+    let out = aws_sdk_dynamodb::Client::new(&sdk)
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "table `{table}`: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(e)
+            )
+        })?;
+    let mut schema: Vec<_> = out
+        .table()
+        .map(|t| t.key_schema().to_vec())
+        .unwrap_or_default();
+    schema.sort_by_key(|k| k.key_type().as_str() != "HASH");
+    Ok(schema
+        .iter()
+        .map(|k| k.attribute_name().to_string())
+        .collect())
+}
+
 /// Runs (or resumes) the backfill of the configured table until every segment is done.
 pub async fn run(config: &Config, segments: Option<u32>) -> anyhow::Result<Vec<SegmentProgress>> {
     let table = config
@@ -253,25 +288,8 @@ pub async fn run(config: &Config, segments: Option<u32>) -> anyhow::Result<Vec<S
         }
     };
     tracing::info!(table = %table, segments = total, version, resumed = !saved.is_empty(), "backfill starting");
-    let metrics = Metrics::new();
-    let health = Arc::new(Health::new(config.health.sink_error_grace));
-    let fence = Fence::default();
-    let forever = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
-    for s in 0..total {
-        fence.grant(&segment_id(s), 1, forever);
-    }
-    let sink = Arc::new(
-        BulkSink::new(
-            &config.sink,
-            &config.source.region,
-            store.clone(),
-            metrics.clone(),
-            health,
-            fence,
-        )
-        .await?,
-    );
-    let (router, lanes) = batch::start(&config.batch, sink, metrics);
+    let segment_ids: Vec<ShardId> = (0..total).map(segment_id).collect();
+    let (router, lanes) = writer(config, &store, &segment_ids).await?;
     let ids = DocIdSpec {
         attributes: if config.sink.document_id.is_empty() {
             key_attributes
@@ -331,6 +349,39 @@ pub async fn run(config: &Config, segments: Option<u32>) -> anyhow::Result<Vec<S
         return Err(e);
     }
     Ok(progress(&store, &table).await?)
+}
+
+/// The batcher and sink the stream uses, for a tool: `parts` are the names its work is tracked
+/// under (it holds them for good: nobody else writes them).
+pub(crate) async fn writer(
+    config: &Config,
+    store: &CheckpointStore,
+    parts: &[ShardId],
+) -> anyhow::Result<(Router, Vec<tokio::task::JoinHandle<()>>)> {
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::new(config.health.sink_error_grace));
+    let fence = Fence::default();
+    let forever = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    for part in parts {
+        fence.grant(part, 1, forever);
+    }
+    let sink = BulkSink::new(
+        &config.sink,
+        &config.source.region,
+        store.clone(),
+        metrics.clone(),
+        health,
+        fence,
+    )
+    .await?;
+    Ok(batch::start(&config.batch, Arc::new(sink), metrics))
+}
+
+/// Waits until everything registered under `part` is acknowledged.
+pub(crate) async fn acknowledged(tracker: &AckTracker, part: &ShardId) {
+    while !tracker.complete_prefix(part) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn segment_id(segment: u32) -> ShardId {
@@ -446,12 +497,7 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
             }
         }
         // the page is saved only once every document of it is acknowledged
-        while shared.tracker.pending_segments(&shard) > 0 {
-            if shared.tracker.complete_prefix(&shard) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        acknowledged(&shared.tracker, &shard).await;
         at.items += n as u64;
         at.last_key = next_key;
         at.done = at.last_key.is_none();
