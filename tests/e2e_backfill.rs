@@ -276,25 +276,18 @@ async fn an_export_directory_loads_into_the_index() {
     assert!(first.contains("100000 items"), "{first}");
     // every document there (the test server returns at most 10,000 hits per search: count, then
     // compare documents one by one)
-    let client = reqwest::Client::new();
-    let count: serde_json::Value = client
-        .get(format!("{}/exported/_count", es.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(count["count"], 100_000);
-    for (id, doc) in expected.iter().step_by(997) {
-        let got: serde_json::Value = client
-            .get(format!("{}/exported/_doc/{id}", es.url()))
-            .send()
+    let get = |path: String| async move {
+        reqwest::get(path)
             .await
             .unwrap()
-            .json()
+            .json::<serde_json::Value>()
             .await
-            .unwrap();
+            .unwrap()
+    };
+    let count = get(format!("{}/exported/_count", es.url())).await;
+    assert_eq!(count["count"], 100_000);
+    for (id, doc) in expected.iter().step_by(997) {
+        let got = get(format!("{}/exported/_doc/{id}", es.url())).await;
         assert_eq!(&got["_source"], doc, "{id}");
     }
     let again = tokio::task::spawn_blocking(load).await.unwrap();

@@ -132,14 +132,7 @@ pub async fn run(
     let part: ShardId = format!("export-{export_id}").into();
     let (router, lanes) = writer(config, &store, std::slice::from_ref(&part)).await?;
     let tracker = AckTracker::default();
-    let ids = DocIdSpec {
-        attributes: if config.sink.document_id.is_empty() {
-            key_attributes
-        } else {
-            config.sink.document_id.clone()
-        },
-        separator: config.sink.document_id_separator.clone(),
-    };
+    let ids = super::doc_ids(config, key_attributes);
     anyhow::ensure!(
         !ids.attributes.is_empty(),
         "the export has no key schema: set sink.document_id (or give access to the table)"

@@ -208,18 +208,25 @@ struct Shared {
     pace: ReadPace,
 }
 
-/// The table's key attributes, hash key first (for `_id`), from DescribeTable.
-pub async fn table_keys(config: &Config) -> anyhow::Result<Vec<String>> {
-    let table = config
+/// The table a backfill reads: `backfill.table`, else `source.table`.
+pub fn table_name(config: &Config) -> anyhow::Result<String> {
+    config
         .backfill
         .table
         .clone()
         .or_else(|| config.source.table.clone())
-        .ok_or_else(|| anyhow::anyhow!("no table configured"))?;
-    let sdk = crate::source::dynamodb_streams::sdk_config(&config.source).await;
-    let out = aws_sdk_dynamodb::Client::new(&sdk)
+        .ok_or_else(|| anyhow::anyhow!("backfill.table (or source.table) names no table to scan"))
+}
+
+/// The table's key attributes, hash key first (for `_id`, as the stream decoder orders them),
+/// and its size in bytes, from DescribeTable.
+async fn describe(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> anyhow::Result<(Vec<String>, u64)> {
+    let out = client
         .describe_table()
-        .table_name(&table)
+        .table_name(table)
         .send()
         .await
         .map_err(|e| {
@@ -228,59 +235,53 @@ pub async fn table_keys(config: &Config) -> anyhow::Result<Vec<String>> {
                 aws_smithy_types::error::display::DisplayErrorContext(e)
             )
         })?;
-    let mut schema: Vec<_> = out
+    let description = out
         .table()
-        .map(|t| t.key_schema().to_vec())
-        .unwrap_or_default();
+        .ok_or_else(|| anyhow::anyhow!("table `{table}` not described"))?;
+    let mut schema: Vec<_> = description.key_schema().to_vec();
     schema.sort_by_key(|k| k.key_type().as_str() != "HASH");
-    Ok(schema
+    let keys = schema
         .iter()
         .map(|k| k.attribute_name().to_string())
-        .collect())
+        .collect();
+    let size = description.table_size_bytes().unwrap_or(0).max(0) as u64;
+    Ok((keys, size))
+}
+
+async fn client(config: &Config) -> aws_sdk_dynamodb::Client {
+    let sdk = crate::source::dynamodb_streams::sdk_config(&config.source).await;
+    aws_sdk_dynamodb::Client::new(&sdk)
+}
+
+/// The table's key attributes, hash key first.
+pub async fn table_keys(config: &Config) -> anyhow::Result<Vec<String>> {
+    let table = table_name(config)?;
+    Ok(describe(&client(config).await, &table).await?.0)
+}
+
+/// How `_id` is built: `sink.document_id`, else the table's key attributes.
+pub(crate) fn doc_ids(config: &Config, key_attributes: Vec<String>) -> DocIdSpec {
+    DocIdSpec {
+        attributes: if config.sink.document_id.is_empty() {
+            key_attributes
+        } else {
+            config.sink.document_id.clone()
+        },
+        separator: config.sink.document_id_separator.clone(),
+    }
 }
 
 /// Runs (or resumes) the backfill of the configured table until every segment is done.
 pub async fn run(config: &Config, segments: Option<u32>) -> anyhow::Result<Vec<SegmentProgress>> {
-    let table = config
-        .backfill
-        .table
-        .clone()
-        .or_else(|| config.source.table.clone())
-        .ok_or_else(|| {
-            anyhow::anyhow!("backfill.table (or source.table) names no table to scan")
-        })?;
-    let sdk = crate::source::dynamodb_streams::sdk_config(&config.source).await;
-    let client = aws_sdk_dynamodb::Client::new(&sdk);
-    let described = client
-        .describe_table()
-        .table_name(&table)
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "table `{table}`: {}",
-                aws_smithy_types::error::display::DisplayErrorContext(e)
-            )
-        })?;
-    let description = described
-        .table()
-        .ok_or_else(|| anyhow::anyhow!("table `{table}` not described"))?;
-    let key_attributes: Vec<String> = {
-        let mut schema: Vec<_> = description.key_schema().to_vec();
-        // hash key first, then range key, as the stream decoder does
-        schema.sort_by_key(|k| k.key_type().as_str() != "HASH");
-        schema
-            .iter()
-            .map(|k| k.attribute_name().to_string())
-            .collect()
-    };
+    let table = table_name(config)?;
+    let client = client(config).await;
+    let (key_attributes, size) = describe(&client, &table).await?;
     let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
     let saved = progress(&store, &table).await?;
     let (total, version) = match saved.first() {
         // resume with the segmentation and the version this backfill started with
         Some(p) => (p.total, p.version),
         None => {
-            let size = description.table_size_bytes().unwrap_or(0).max(0) as u64;
             let total = segments
                 .or(config.backfill.segments)
                 .unwrap_or_else(|| (size / (256 << 20)).clamp(1, 64) as u32 + 1);
@@ -290,14 +291,7 @@ pub async fn run(config: &Config, segments: Option<u32>) -> anyhow::Result<Vec<S
     tracing::info!(table = %table, segments = total, version, resumed = !saved.is_empty(), "backfill starting");
     let segment_ids: Vec<ShardId> = (0..total).map(segment_id).collect();
     let (router, lanes) = writer(config, &store, &segment_ids).await?;
-    let ids = DocIdSpec {
-        attributes: if config.sink.document_id.is_empty() {
-            key_attributes
-        } else {
-            config.sink.document_id.clone()
-        },
-        separator: config.sink.document_id_separator.clone(),
-    };
+    let ids = doc_ids(config, key_attributes);
     let shared = Arc::new(Shared {
         client,
         table: table.clone(),

@@ -18,14 +18,7 @@ pub async fn run(
         let report = crate::backfill::export::run(config, path, keys).await?;
         return Ok(report.render());
     }
-    let table = config
-        .backfill
-        .table
-        .clone()
-        .or_else(|| config.source.table.clone())
-        .ok_or_else(|| {
-            anyhow::anyhow!("backfill.table (or source.table) names no table to scan")
-        })?;
+    let table = crate::backfill::table_name(config)?;
     if status {
         let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
         let segments = crate::backfill::progress(&store, &table).await?;
