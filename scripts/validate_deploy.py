@@ -33,10 +33,13 @@ SERVICES = {
     "kinesis": ["kinesis"],
     "kms": ["kms"],
     "es": ["es", "opensearch"],
+    "s3": ["s3"],
 }
 # Data-plane actions IAM defines for OpenSearch Service that are not API operations (documented
 # in "Identity and Access Management in Amazon OpenSearch Service").
 IAM_ONLY = {f"es:ESHttp{m}" for m in ["Get", "Head", "Post", "Put", "Delete", "Patch"]}
+# S3's IAM action for ListObjects/ListObjectsV2 is named after the bucket, not the operation.
+IAM_ONLY |= {"s3:ListBucket"}
 
 for path in sorted((ROOT / "iam").glob("*.json")):
     policy = json.loads(path.read_text())

@@ -275,6 +275,10 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
     };
     let mut committer = tokio::spawn(committer.run(committing.clone()));
 
+    let backfill_out = crate::backfill::Writer {
+        router: router.clone(),
+        fence: fence.clone(),
+    };
     let ctx = Arc::new(ReaderContext {
         stream: stream.into(),
         index: config.sink.index.clone().into(),
@@ -303,6 +307,17 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         lease_events: events_tx,
     };
     let mut coordinator = tokio::spawn(coordinator.run(reading.clone()));
+    // the backfill holds a router: it stops with the readers, so that the lanes can drain
+    let backfill = config.backfill.on_start.then(|| {
+        tokio::spawn(crate::backfill::on_start(
+            config.clone(),
+            store.clone(),
+            backfill_out,
+            metrics.clone(),
+            health.clone(),
+            reading.clone(),
+        ))
+    });
 
     tokio::pin!(shutdown);
     tokio::select! {
@@ -315,6 +330,9 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
     let drain_deadline = started + timeout.mul_f64(0.8);
     let commit_deadline = started + timeout.mul_f64(0.95);
     reading.cancel();
+    if let Some(backfill) = backfill {
+        let _ = backfill.await;
+    }
     // Readers stop; when the last one is gone the router is dropped and each lane flushes
     // what it holds, waits for Elasticsearch's answer, and ends.
     let drained = tokio::time::timeout_at(drain_deadline, async {

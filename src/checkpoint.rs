@@ -43,6 +43,25 @@ pub struct DeadLetter {
     pub error: String,
 }
 
+/// Which dead letters a command works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterSelection {
+    All,
+    Ids(Vec<i64>),
+    /// Stored at or after this time (ms since the epoch).
+    Since(i64),
+    /// Stored before this time (ms since the epoch).
+    Before(i64),
+}
+
+/// A dead letter as stored: its row id and when it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub created_at_ms: i64,
+    pub letter: DeadLetter,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("checkpoint store: {0}")]
@@ -224,6 +243,64 @@ impl CheckpointStore {
             .send(Command::Run(job))
             .map_err(|_| StoreError::Stopped)?;
         answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// The dead letters `which` selects, oldest first, with their row ids and times.
+    pub async fn stored_dead_letters(
+        &self,
+        which: DeadLetterSelection,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        self.with_connection(move |conn| {
+            let (clause, values): (String, Vec<i64>) = match &which {
+                DeadLetterSelection::All => ("1 = 1".into(), vec![]),
+                DeadLetterSelection::Ids(ids) => (
+                    format!("id IN ({})", vec!["?"; ids.len()].join(", ")),
+                    ids.clone(),
+                ),
+                DeadLetterSelection::Since(ms) => ("created_at_ms >= ?".into(), vec![*ms]),
+                DeadLetterSelection::Before(ms) => ("created_at_ms < ?".into(), vec![*ms]),
+            };
+            let mut stmt = conn.prepare(&format!(
+                "SELECT id, created_at_ms, stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error
+                 FROM dead_letters WHERE {clause} ORDER BY id"
+            ))?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+                Ok(StoredDeadLetter {
+                    id: r.get(0)?,
+                    created_at_ms: r.get(1)?,
+                    letter: DeadLetter {
+                        stream: r.get(2)?,
+                        shard_id: r.get(3)?,
+                        sequence_number: r.get(4)?,
+                        index: r.get(5)?,
+                        doc_id: r.get(6)?,
+                        version: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                        action: r.get(8)?,
+                        payload: r.get(9)?,
+                        error: r.get(10)?,
+                    },
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Removes these dead letters; returns how many were there.
+    pub async fn remove_dead_letters(&self, ids: Vec<i64>) -> Result<usize, StoreError> {
+        self.with_connection(move |conn| {
+            let tx = conn.transaction()?;
+            let mut removed = 0;
+            {
+                let mut stmt = tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
+                for id in ids {
+                    removed += stmt.execute([id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
     }
 
     /// Rows in the dead-letter table (the `sluice_dead_letters` gauge).

@@ -390,11 +390,24 @@ pub struct BackfillConfig {
         deserialize_with = "duration"
     )]
     pub clock_skew_allowance: Duration,
+    /// `sluice run` backfills the table itself when this checkpoint file records no finished
+    /// backfill of it (and resumes one that was interrupted), beside the stream.
+    #[serde(default)]
+    pub on_start: bool,
+    /// Where `--from-export s3://…` reads: an S3-compatible endpoint (unset: AWS).
+    #[serde(default)]
+    pub s3_endpoint_url: Option<String>,
+    /// The export bucket's region; default: source.region.
+    #[serde(default)]
+    pub s3_region: Option<String>,
 }
 
 impl Default for BackfillConfig {
     fn default() -> Self {
         Self {
+            on_start: false,
+            s3_endpoint_url: None,
+            s3_region: None,
             table: None,
             segments: None,
             page_items: None,
@@ -967,6 +980,28 @@ impl Config {
             .is_some_and(|n| n == 0 || n > 1_000_000)
         {
             return err("backfill.segments", "must be between 1 and 1000000");
+        }
+        if self.backfill.on_start {
+            if self.source.kind == SourceType::Kinesis
+                && self.source.format == Some(KinesisFormat::Dms)
+            {
+                return err(
+                    "backfill.on_start",
+                    "a DMS stream backfills itself: run the DMS task as full load and CDC",
+                );
+            }
+            if self.backfill.table.is_none() && self.source.table.is_none() {
+                return err(
+                    "backfill.on_start",
+                    "needs the table to scan: set backfill.table (or source.table)",
+                );
+            }
+            if self.lease.backend == LeaseBackend::Dynamodb {
+                return err(
+                    "backfill.on_start",
+                    "with lease.backend = \"dynamodb\" every task would scan the table: run `sluice backfill` once as its own task instead",
+                );
+            }
         }
         if self.backfill.page_items == Some(0) {
             return err("backfill.page_items", "must be at least 1");

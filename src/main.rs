@@ -47,9 +47,17 @@ enum Command {
         /// Parallel Scan segments for a new backfill (a resumed one keeps its own).
         #[arg(long)]
         segments: Option<u32>,
-        /// Load a DynamoDB export (DYNAMODB_JSON, a local directory) instead of scanning.
-        #[arg(long)]
-        from_export: Option<PathBuf>,
+        /// Load a DynamoDB export (DYNAMODB_JSON) from a directory or s3://bucket/prefix
+        /// instead of scanning.
+        #[arg(long, value_name = "PATH_OR_S3_URL")]
+        from_export: Option<String>,
+    },
+    /// What Elasticsearch refused for good (or could not be read): list, show, replay, purge.
+    DeadLetters {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: DeadLetterAction,
     },
     /// Show each shard's lease: owner, epoch, heartbeat, handoff and checkpoint.
     Leases {
@@ -61,13 +69,73 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// One line per dead letter: id, time, action, index, _id, shard and sequence number, reason.
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter in full, with its document or record (JSON).
+    Show { id: i64 },
+    /// Send the stored operations again with their original versions (a newer document is
+    /// never overwritten: 409, counted as stale); each row is removed once acknowledged.
+    Replay {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        id: Vec<i64>,
+        /// Stored since this time (RFC 3339) or this long ago (2h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete dead letters without sending them.
+    Purge {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        id: Vec<i64>,
+        /// Stored before this time (RFC 3339) or more than this long ago (30d).
+        #[arg(long)]
+        before: Option<String>,
+    },
+}
+
+async fn dead_letters(cfg: &Config, action: DeadLetterAction) -> anyhow::Result<String> {
+    use sluice::commands::dead_letters as dl;
+    match action {
+        DeadLetterAction::List { json } => dl::list(cfg, json).await,
+        DeadLetterAction::Show { id } => dl::show(cfg, id).await,
+        DeadLetterAction::Replay {
+            all,
+            id,
+            since,
+            json,
+        } => {
+            let report = dl::replay(cfg, dl::selection(all, id, since.as_deref(), None)?).await?;
+            Ok(if json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                report.render()
+            })
+        }
+        DeadLetterAction::Purge { all, id, before } => {
+            dl::purge(cfg, dl::selection(all, id, None, before.as_deref())?).await
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (Command::Run { config }
     | Command::CheckConfig { config }
     | Command::Leases { config, .. }
     | Command::Healthcheck { config }
-    | Command::Backfill { config, .. }) = &cli.command;
+    | Command::Backfill { config, .. }
+    | Command::DeadLetters { config, .. }) = &cli.command;
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -127,6 +195,21 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::DeadLetters { action, .. } = cli.command {
+        if matches!(action, DeadLetterAction::Replay { .. }) {
+            init_tracing(&cfg);
+        }
+        return match runtime.block_on(dead_letters(&cfg, action)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice dead-letters: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Leases { json, .. } = cli.command {
         return match runtime.block_on(sluice::commands::leases::run(&cfg, json)) {
             Ok(text) => {
@@ -151,8 +234,10 @@ fn main() -> ExitCode {
 
 fn init_tracing(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::new(&cfg.log.level);
+    // colours only for people: a log collector (CloudWatch, a file) gets plain text
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -37,6 +37,11 @@ pub struct Metrics {
     pub lease_handoffs: IntCounter,
     pub ready: IntGauge,
     pub pipeline_budget_bytes: IntGauge,
+    pub backfill_items: IntCounter,
+    pub backfill_estimated_items: IntGauge,
+    pub backfill_segments: IntGaugeVec,
+    pub backfill_segment_items: IntGaugeVec,
+    pub backfill_complete: IntGauge,
 }
 
 /// Results of document operations (`sluice_documents_total{result}`).
@@ -53,6 +58,8 @@ pub mod result {
 /// Every label value known in advance, exported at 0 from the start so that alerts and
 /// dashboards see each series before its first event.
 pub mod labels {
+    /// `sluice_backfill_segments{state}`.
+    pub const BACKFILL_SEGMENT_STATES: [&str; 3] = ["pending", "in_progress", "done"];
     /// `sluice_retries_total{reason}`: the source's and the sink's.
     pub const RETRY_REASONS: [&str; 22] = [
         // source
@@ -275,6 +282,35 @@ impl Metrics {
             "sluice_pipeline_budget_bytes",
             "The byte budget between readers and Elasticsearch (sluice_pipeline_bytes stops growing here)"
         ));
+        let backfill_items = reg!(IntCounter::new(
+            "sluice_backfill_items_total",
+            "Items the backfill (Scan or export) wrote and Elasticsearch acknowledged"
+        ));
+        let backfill_estimated_items = reg!(IntGauge::new(
+            "sluice_backfill_estimated_items",
+            "Items the backfill expects: the table's ItemCount (updated by DynamoDB about every 6 hours) or the export's"
+        ));
+        let backfill_segments = reg!(IntGaugeVec::new(
+            Opts::new(
+                "sluice_backfill_segments",
+                "Backfill segments (Scan segments, or an export's data files) by state: pending, in_progress, done"
+            ),
+            &["state"]
+        ));
+        let backfill_segment_items = reg!(IntGaugeVec::new(
+            Opts::new(
+                "sluice_backfill_segment_items",
+                "Items of one Scan segment written and acknowledged, over every run of this backfill"
+            ),
+            &["segment"]
+        ));
+        let backfill_complete = reg!(IntGauge::new(
+            "sluice_backfill_complete",
+            "1 once every segment of the backfill is done (0 while it runs, or when none ran)"
+        ));
+        for state in labels::BACKFILL_SEGMENT_STATES {
+            backfill_segments.with_label_values(&[state]);
+        }
         for f in labels::LEASE_TAKEOVERS {
             lease_takeovers.with_label_values(&[f]);
         }
@@ -310,6 +346,11 @@ impl Metrics {
             lease_handoffs,
             ready,
             pipeline_budget_bytes,
+            backfill_items,
+            backfill_estimated_items,
+            backfill_segments,
+            backfill_segment_items,
+            backfill_complete,
         }
     }
 

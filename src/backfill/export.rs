@@ -1,5 +1,5 @@
 //! Backfill from a DynamoDB export (ExportTableToPointInTime, `DYNAMODB_JSON`) in a local
-//! directory: `manifest-summary.json` (the export time), `manifest-files.json` (one data file per
+//! directory or in S3: `manifest-summary.json` (the export time), `manifest-files.json` (one data file per
 //! line), `data/*.json.gz` (one `{"Item": {…}}` per line). Every item is written with the export
 //! time as its version — the second it falls in, less one µs: a change made after the export
 //! has a stream version of at least that second (`ApproximateCreationDateTime` is rounded down),
@@ -14,10 +14,12 @@ use std::time::{Instant, UNIX_EPOCH};
 use rusqlite::params;
 use serde_json::Value;
 
+use super::progress::{Display, Progress};
 use super::{acknowledged, writer};
 use crate::ack::{AckTracker, ShardId};
-use crate::checkpoint::{now_ms, CheckpointStore, ShardCheckpoint};
+use crate::checkpoint::{now_ms, CheckpointStore, DeadLetter, ShardCheckpoint};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::sink::{BulkOp, Origin};
 use crate::transform::{attribute_json_to_json, DocAction, DocIdSpec};
 
@@ -43,6 +45,179 @@ impl ExportReport {
             self.items as f64 / self.seconds.max(1e-9)
         )
     }
+}
+
+/// Where an export lies: a local directory or an S3 prefix — the folder that holds
+/// `manifest-summary.json`, `manifest-files.json` and `data/`.
+enum Location {
+    Dir(PathBuf),
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+        /// The export's folder, without a trailing slash.
+        prefix: String,
+    },
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Dir(p) => write!(f, "{}", p.display()),
+            Location::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// An S3 error in plain words.
+fn s3_error(e: impl std::error::Error + Send + Sync + 'static) -> String {
+    aws_smithy_types::error::display::DisplayErrorContext(e).to_string()
+}
+
+impl Location {
+    /// `spec` is a directory or `s3://bucket/prefix`; either the export's folder itself or one
+    /// that holds exactly one export under `AWSDynamoDB/<export id>/`.
+    async fn find(config: &Config, spec: &str) -> anyhow::Result<Location> {
+        let Some(rest) = spec.strip_prefix("s3://") else {
+            return Ok(Location::Dir(export_root(Path::new(spec))?));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        anyhow::ensure!(!bucket.is_empty(), "`{spec}`: no bucket after s3://");
+        let client = s3_client(config).await;
+        let prefix = prefix.trim_end_matches('/').to_string();
+        let at = |p: &str| {
+            if p.is_empty() {
+                "manifest-summary.json".to_string()
+            } else {
+                format!("{p}/manifest-summary.json")
+            }
+        };
+        let here = client
+            .head_object()
+            .bucket(bucket)
+            .key(at(&prefix))
+            .send()
+            .await;
+        let here_error = here
+            .as_ref()
+            .err()
+            .map(|e| aws_smithy_types::error::display::DisplayErrorContext(e).to_string());
+        if here.is_ok() {
+            return Ok(Location::S3 {
+                client,
+                bucket: bucket.into(),
+                prefix,
+            });
+        }
+        let below = if prefix.is_empty() {
+            "AWSDynamoDB/".to_string()
+        } else {
+            format!("{prefix}/AWSDynamoDB/")
+        };
+        let mut found = Vec::new();
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(&below)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| anyhow::anyhow!("{spec}: listing {below}: {}", s3_error(e)))?;
+            for object in page.contents() {
+                let key = object.key().unwrap_or_default();
+                let folder = key.strip_suffix("/manifest-summary.json");
+                // only the export folders right below AWSDynamoDB/
+                let id = folder.and_then(|f| f.strip_prefix(below.as_str()));
+                if id.is_some_and(|id| !id.is_empty() && !id.contains('/')) {
+                    found.push(folder.unwrap_or_default().to_string());
+                }
+            }
+        }
+        match found.len() {
+            1 => Ok(Location::S3 {
+                client,
+                bucket: bucket.into(),
+                prefix: found.remove(0),
+            }),
+            0 => anyhow::bail!(
+                "{spec}: no manifest-summary.json here ({}) nor under AWSDynamoDB/",
+                here_error.unwrap_or_default()
+            ),
+            n => anyhow::bail!("{spec}: {n} exports under AWSDynamoDB/; give the one to load"),
+        }
+    }
+
+    fn export_id(&self) -> String {
+        let folder = match self {
+            Location::Dir(p) => p.to_string_lossy().to_string(),
+            Location::S3 { prefix, .. } => prefix.clone(),
+        };
+        folder
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// A file of the export's folder (`name` may contain `data/`), as a reader.
+    async fn open(&self, name: &str) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+        match self {
+            Location::Dir(root) => {
+                let path = root.join(name);
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                Ok(Box::new(file))
+            }
+            Location::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let key = if prefix.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                let object = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("s3://{bucket}/{key}: {}", s3_error(e)))?;
+                // streamed, not held in memory: a data file can be large
+                Ok(Box::new(tokio_util::io::SyncIoBridge::new(
+                    object.body.into_async_read(),
+                )))
+            }
+        }
+    }
+
+    async fn read_text(&self, name: &str) -> anyhow::Result<String> {
+        let reader = self.open(name).await?;
+        let text = tokio::task::spawn_blocking(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut { reader }, &mut text).map(|_| text)
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("{self}/{name}: {e}"))?;
+        Ok(text)
+    }
+}
+
+async fn s3_client(config: &Config) -> aws_sdk_s3::Client {
+    let mut source = config.source.clone();
+    if let Some(region) = &config.backfill.s3_region {
+        source.region = region.clone();
+    }
+    source.endpoint_url = config.backfill.s3_endpoint_url.clone();
+    let sdk = crate::source::dynamodb_streams::sdk_config(&source).await;
+    let s3 = aws_sdk_s3::config::Builder::from(&sdk)
+        // S3-compatible endpoints (and moto) answer path-style requests
+        .force_path_style(config.backfill.s3_endpoint_url.is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(s3)
 }
 
 /// The export's folder: `path` itself, or the one `AWSDynamoDB/<id>/` below it.
@@ -86,32 +261,56 @@ fn export_version(summary: &Value) -> anyhow::Result<u64> {
     Ok((secs * 1_000_000).saturating_sub(1))
 }
 
-/// Loads the export at `path` (local directory) through the sink.
+/// One data file's lines, read and gunzipped on a blocking thread (a slow disk or S3 body must
+/// not hold a runtime thread), handed over in order through a bounded channel.
+fn lines_of(
+    reader: Box<dyn std::io::Read + Send>,
+    name: String,
+) -> tokio::sync::mpsc::Receiver<Result<String, String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::task::spawn_blocking(move || {
+        let lines = BufReader::new(flate2::read::MultiGzDecoder::new(reader)).lines();
+        for line in lines {
+            let failed = line.is_err();
+            if tx
+                .blocking_send(line.map_err(|e| format!("{name}: {e}")))
+                .is_err()
+                || failed
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Loads the export at `spec` (a local directory or `s3://bucket/prefix`) through the sink.
 pub async fn run(
     config: &Config,
-    path: &Path,
+    spec: &str,
     key_attributes: Vec<String>,
 ) -> anyhow::Result<ExportReport> {
     let started = Instant::now();
-    let root = export_root(path)?;
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(
-        root.join("manifest-summary.json"),
-    )?)
-    .map_err(|e| anyhow::anyhow!("manifest-summary.json: {e}"))?;
+    let location = Location::find(config, spec).await?;
+    let summary: Value = serde_json::from_str(&location.read_text("manifest-summary.json").await?)
+        .map_err(|e| anyhow::anyhow!("manifest-summary.json: {e}"))?;
     if let Some(format) = summary.get("outputFormat").and_then(Value::as_str) {
         anyhow::ensure!(
             format == "DYNAMODB_JSON",
             "the export is {format}; sluice reads DYNAMODB_JSON exports"
         );
     }
+    if let Some(kind) = summary.get("exportType").and_then(Value::as_str) {
+        // an incremental export holds changes (NewImage/OldImage), deletes among them
+        anyhow::ensure!(
+            kind == "FULL_EXPORT",
+            "the export is {kind}; sluice loads full exports (the stream carries the changes)"
+        );
+    }
     let version = export_version(&summary)?;
-    let export_id = root
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let manifest = std::fs::read_to_string(root.join("manifest-files.json"))
-        .map_err(|e| anyhow::anyhow!("manifest-files.json: {e}"))?;
-    let files: Vec<PathBuf> = manifest
+    let export_id = location.export_id();
+    let manifest = location.read_text("manifest-files.json").await?;
+    let files: Vec<String> = manifest
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -123,14 +322,17 @@ pub async fn run(
                 .ok_or_else(|| {
                     anyhow::anyhow!("manifest-files.json: a line without dataFileS3Key")
                 })?;
-            let name = key.rsplit('/').next().unwrap_or(key);
-            Ok(root.join("data").join(name))
+            // relative to the export's folder, so a copied export loads from where it now is
+            Ok(key.rsplit('/').next().unwrap_or(key).to_string())
         })
         .collect::<anyhow::Result<_>>()?;
     let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
     let done = files_done(&store, &export_id).await?;
     let part: ShardId = format!("export-{export_id}").into();
-    let (router, lanes) = writer(config, &store, std::slice::from_ref(&part)).await?;
+    let metrics = Metrics::new();
+    let (out, lanes) = writer(config, &store, &metrics).await?;
+    out.hold(std::slice::from_ref(&part));
+    let router = out.router;
     let tracker = AckTracker::default();
     let ids = super::doc_ids(config, key_attributes);
     anyhow::ensure!(
@@ -139,42 +341,54 @@ pub async fn run(
     );
     let index: Arc<str> = config.sink.index.clone().into();
     let origin_stream: Arc<str> = format!("export:{export_id}").into();
+    let skipped = files.iter().filter(|f| done.contains(*f)).count();
+    let estimate = summary
+        .get("itemCount")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let report = Progress::new(
+        metrics.clone(),
+        format!("export {export_id}"),
+        "files",
+        files.len() as u32,
+        skipped as u32,
+        0,
+        estimate,
+    );
+    let showing = tokio_util::sync::CancellationToken::new();
+    let shown = tokio::spawn(report.clone().show(Display::for_stderr(), showing.clone()));
     let mut items = 0u64;
-    let mut skipped = 0;
-    for file in &files {
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if done.contains(&name) {
-            skipped += 1;
+    let mut left = (files.len() - skipped) as u32;
+    for name in &files {
+        if done.contains(name) {
             continue;
         }
-        let reader = BufReader::new(flate2::read::GzDecoder::new(
-            std::fs::File::open(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
-        ));
+        report.set_part_states(left, 1);
+        let mut lines = lines_of(location.open(&format!("data/{name}")).await?, name.clone());
         let mut in_file = 0u64;
-        for (n, line) in reader.lines().enumerate() {
-            let line = line.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let mut n = 0usize;
+        let mut dead = Vec::new();
+        while let Some(line) = lines.recv().await {
+            let line = line.map_err(|e| anyhow::anyhow!("{location}/data/{e}"))?;
+            n += 1;
             if line.trim().is_empty() {
                 continue;
             }
-            let op = item_op(&line, &ids).map(|(id, doc)| {
-                BulkOp::new(
-                    index.clone(),
-                    id,
-                    version,
-                    DocAction::Index(doc),
-                    Origin {
-                        stream: origin_stream.clone(),
-                        shard: part.clone(),
-                        sequence_number: format!("{name}:{}", n + 1),
-                        epoch: 1,
-                    },
-                )
-            });
-            match op {
-                Ok(mut op) => {
+            let sequence_number = format!("{name}:{n}");
+            match item_op(&line, &ids) {
+                Ok((id, doc)) => {
+                    let mut op = BulkOp::new(
+                        index.clone(),
+                        id,
+                        version,
+                        DocAction::Index(doc),
+                        Origin {
+                            stream: origin_stream.clone(),
+                            shard: part.clone(),
+                            sequence_number,
+                            epoch: 1,
+                        },
+                    );
                     let ack = tracker.register(&part, 1, ShardCheckpoint::default(), 1, 1);
                     op.acks.extend(ack);
                     if router.send(op).await.is_err() {
@@ -183,15 +397,33 @@ pub async fn run(
                     in_file += 1;
                 }
                 Err(e) => {
-                    tracing::error!(file = %name, line = n + 1, error = %e, "exported item cannot be indexed; skipped")
+                    tracing::error!(file = %name, line = n, error = %e, "exported item cannot be made a document: dead-lettered");
+                    metrics.decode_errors.inc();
+                    dead.push(DeadLetter {
+                        stream: origin_stream.to_string(),
+                        shard_id: part.to_string(),
+                        sequence_number,
+                        index: Some(index.to_string()),
+                        doc_id: None,
+                        version: Some(version),
+                        action: "decode".into(),
+                        payload: line,
+                        error: e,
+                    });
                 }
             }
         }
+        store.dead_letter_durably(dead).await;
         acknowledged(&tracker, &part).await;
-        mark_done(&store, &export_id, &name, in_file).await?;
+        mark_done(&store, &export_id, name, in_file).await?;
         items += in_file;
-        tracing::info!(file = %name, items = in_file, "export data file loaded");
+        left -= 1;
+        report.acknowledged(in_file, true);
+        report.set_part_states(left, 0);
+        tracing::debug!(file = %name, items = in_file, "export data file loaded");
     }
+    showing.cancel();
+    let _ = shown.await;
     drop(router);
     for lane in lanes {
         let _ = lane.await;

@@ -16,6 +16,7 @@
 //! [`export`] reads a DynamoDB export (ExportTableToPointInTime) instead of scanning.
 
 pub mod export;
+pub mod progress;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,10 +26,11 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use rusqlite::params;
 use serde_json::Value;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::ack::{AckTracker, ShardId};
 use crate::batch::{self, Router};
-use crate::checkpoint::{now_ms, CheckpointStore, ShardCheckpoint, StoreError};
+use crate::checkpoint::{now_ms, CheckpointStore, DeadLetter, ShardCheckpoint, StoreError};
 use crate::config::Config;
 use crate::http::Health;
 use crate::lease::Fence;
@@ -156,21 +158,44 @@ fn to_stream_value(
     })
 }
 
+/// An item in DynamoDB's JSON wire form (`{"attr": {"S": "…"}}`), for dead letters.
+fn wire_json(item: &HashMap<String, AttributeValue>) -> Value {
+    fn one(v: &AttributeValue) -> Value {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        match v {
+            AttributeValue::S(x) => serde_json::json!({ "S": x }),
+            AttributeValue::N(x) => serde_json::json!({ "N": x }),
+            AttributeValue::B(b) => serde_json::json!({ "B": b64(b.as_ref()) }),
+            AttributeValue::Bool(b) => serde_json::json!({ "BOOL": b }),
+            AttributeValue::Null(b) => serde_json::json!({ "NULL": b }),
+            AttributeValue::M(m) => serde_json::json!({ "M": wire_json(m) }),
+            AttributeValue::L(l) => {
+                serde_json::json!({ "L": l.iter().map(one).collect::<Vec<_>>() })
+            }
+            AttributeValue::Ss(x) => serde_json::json!({ "SS": x }),
+            AttributeValue::Ns(x) => serde_json::json!({ "NS": x }),
+            AttributeValue::Bs(x) => {
+                serde_json::json!({ "BS": x.iter().map(|b| b64(b.as_ref())).collect::<Vec<_>>() })
+            }
+            _ => serde_json::json!({ "unknown": "an attribute type this SDK does not know" }),
+        }
+    }
+    Value::Object(item.iter().map(|(k, v)| (k.clone(), one(v))).collect())
+}
+
 /// A LastEvaluatedKey in DynamoDB's JSON wire form (`{"attr": {"S": "…"}}`), read back exactly.
 fn key_json(key: &HashMap<String, AttributeValue>) -> Result<String, String> {
-    let mut out = serde_json::Map::new();
-    for (k, v) in key {
-        let wire = match v {
-            AttributeValue::S(s) => serde_json::json!({ "S": s }),
-            AttributeValue::N(n) => serde_json::json!({ "N": n }),
-            AttributeValue::B(b) => {
-                serde_json::json!({ "B": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b.as_ref()) })
-            }
-            _ => return Err("a key attribute is not S, N or B".into()),
-        };
-        out.insert(k.clone(), wire);
+    let scalar = |v: &AttributeValue| {
+        matches!(
+            v,
+            AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)
+        )
+    };
+    if !key.values().all(scalar) {
+        return Err("a key attribute is not S, N or B".into());
     }
-    Ok(Value::Object(out).to_string())
+    Ok(wire_json(key).to_string())
 }
 
 fn key_from_json(text: &str) -> Result<HashMap<String, AttributeValue>, String> {
@@ -206,6 +231,8 @@ struct Shared {
     tracker: AckTracker,
     store: CheckpointStore,
     pace: ReadPace,
+    progress: Arc<progress::Progress>,
+    metrics: Metrics,
 }
 
 /// The table a backfill reads: `backfill.table`, else `source.table`.
@@ -219,11 +246,12 @@ pub fn table_name(config: &Config) -> anyhow::Result<String> {
 }
 
 /// The table's key attributes, hash key first (for `_id`, as the stream decoder orders them),
-/// and its size in bytes, from DescribeTable.
+/// its size in bytes and its item count (both approximate: DynamoDB updates them about every
+/// six hours), from DescribeTable.
 async fn describe(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
-) -> anyhow::Result<(Vec<String>, u64)> {
+) -> anyhow::Result<(Vec<String>, u64, u64)> {
     let out = client
         .describe_table()
         .table_name(table)
@@ -245,7 +273,8 @@ async fn describe(
         .map(|k| k.attribute_name().to_string())
         .collect();
     let size = description.table_size_bytes().unwrap_or(0).max(0) as u64;
-    Ok((keys, size))
+    let count = description.item_count().unwrap_or(0).max(0) as u64;
+    Ok((keys, size, count))
 }
 
 async fn client(config: &Config) -> aws_sdk_dynamodb::Client {
@@ -271,13 +300,244 @@ pub(crate) fn doc_ids(config: &Config, key_attributes: Vec<String>) -> DocIdSpec
     }
 }
 
-/// Runs (or resumes) the backfill of the configured table until every segment is done.
-pub async fn run(config: &Config, segments: Option<u32>) -> anyhow::Result<Vec<SegmentProgress>> {
+/// Where a backfill's operations go: a batcher's router, and the fence its sink checks (the
+/// backfill grants its own parts in it: nobody else writes them).
+#[derive(Clone)]
+pub struct Writer {
+    pub router: Router,
+    pub fence: Fence,
+}
+
+impl Writer {
+    pub(crate) fn hold(&self, parts: &[ShardId]) {
+        let forever = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+        for part in parts {
+            self.fence.grant(part, 1, forever);
+        }
+    }
+}
+
+/// The batcher and sink the stream uses, for a tool that runs without the daemon; the lanes end
+/// once every clone of the router is dropped.
+pub(crate) async fn writer(
+    config: &Config,
+    store: &CheckpointStore,
+    metrics: &Metrics,
+) -> anyhow::Result<(Writer, Vec<tokio::task::JoinHandle<()>>)> {
+    let health = Arc::new(Health::new(config.health.sink_error_grace));
+    let fence = Fence::default();
+    let sink = BulkSink::new(
+        &config.sink,
+        &config.source.region,
+        store.clone(),
+        metrics.clone(),
+        health,
+        fence.clone(),
+    )
+    .await?;
+    let (router, lanes) = batch::start(&config.batch, Arc::new(sink), metrics.clone());
+    Ok((Writer { router, fence }, lanes))
+}
+
+/// Runs `sluice backfill` on its own: a writer of its own, progress on stderr.
+pub async fn run_alone(
+    config: &Config,
+    segments: Option<u32>,
+) -> anyhow::Result<Vec<SegmentProgress>> {
+    let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
+    let metrics = Metrics::new();
+    let table = table_name(config)?;
+    let worker = crate::app::worker_id(config);
+    // a process killed while backfilling leaves its claim: it is taken over once stale
+    let mut said = false;
+    while !claim(&store, &table, &worker).await? {
+        if !said {
+            tracing::warn!(table = %table, "another process is backfilling this table with this checkpoint file; waiting until it stops or its claim goes stale (30 s)");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (out, lanes) = writer(config, &store, &metrics).await?;
+    let result = tokio::select! {
+        r = run(config, &store, segments, out, &metrics, progress::Display::for_stderr()) => r,
+        _ = renew_claim(store.clone(), table.clone(), worker.clone()) => {
+            Err(anyhow::anyhow!("the claim on the backfill could not be renewed"))
+        }
+    };
+    let _ = release_claim(&store, &table, &worker).await;
+    for lane in lanes {
+        let _ = lane.await;
+    }
+    result
+}
+
+/// `[backfill] on_start`: inside `sluice run`, once the stream is being followed, backfills the
+/// table unless this checkpoint file records that it was done (an interrupted one resumes).
+/// Errors are logged and the backfill tried again a minute later; the stream is not stopped.
+pub async fn on_start(
+    config: Config,
+    store: CheckpointStore,
+    out: Writer,
+    metrics: Metrics,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let table = match table_name(&config) {
+        Ok(t) => t,
+        Err(e) => return tracing::error!(error = %e, "backfill on start"),
+    };
+    let worker = crate::app::worker_id(&config);
+    let work = async {
+        // Changes the scan misses must reach the stream's readers: start scanning only once
+        // every shard is read (ready), and its reader has polled at least once.
+        while health.not_ready().is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(config.source.poll_interval * 2 + Duration::from_secs(1)).await;
+        let mut attempt = 0u32;
+        loop {
+            match finished(&store, &table).await {
+                Ok(true) => {
+                    tracing::info!(table = %table, "backfill on start: this table was backfilled before; nothing to do");
+                    metrics.backfill_complete.set(1);
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "backfill on start: cannot read its progress")
+                }
+            }
+            match claim(&store, &table, &worker).await {
+                Ok(true) => {
+                    let renewing = renew_claim(store.clone(), table.clone(), worker.clone());
+                    let result = tokio::select! {
+                        r = run(&config, &store, None, out.clone(), &metrics, progress::Display::Log) => r,
+                        _ = renewing => Err(anyhow::anyhow!("the claim on the backfill could not be renewed")),
+                    };
+                    let _ = release_claim(&store, &table, &worker).await;
+                    match result {
+                        Ok(_) => return,
+                        Err(e) => {
+                            tracing::error!(table = %table, error = format!("{e:#}"), "backfill on start failed; trying again in a minute")
+                        }
+                    }
+                }
+                Ok(false) => {
+                    tracing::info!(table = %table, "another process on this checkpoint file is backfilling; waiting")
+                }
+                Err(e) => tracing::error!(error = %e, "backfill on start: cannot claim it"),
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_secs(60).min(Duration::from_secs(5) * attempt)).await;
+        }
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = stop.cancelled() => {
+            // the next process need not wait for the claim to go stale
+            let _ = release_claim(&store, &table, &worker).await;
+        }
+    }
+}
+
+/// A claim unrenewed this long is taken over (its process died).
+const CLAIM_STALE_AFTER_MS: i64 = 30_000;
+
+const CLAIMS: &str = "CREATE TABLE IF NOT EXISTS backfill_claims (
+    table_name TEXT PRIMARY KEY, owner TEXT NOT NULL, heartbeat_ms INTEGER NOT NULL)";
+
+/// Claims the backfill of `table` among the processes sharing this checkpoint file (the
+/// `sqlite` lease backend), so that one of them scans.
+async fn claim(store: &CheckpointStore, table: &str, worker: &str) -> Result<bool, StoreError> {
+    let (table, worker) = (table.to_string(), worker.to_string());
+    store
+        .with_connection(move |conn| {
+            conn.execute(CLAIMS, [])?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let held: Option<(String, i64)> = rusqlite::OptionalExtension::optional(tx.query_row(
+                "SELECT owner, heartbeat_ms FROM backfill_claims WHERE table_name = ?1",
+                params![table],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            ))?;
+            let now = now_ms();
+            let free = match &held {
+                None => true,
+                Some((owner, beat)) => owner == &worker || now - beat > CLAIM_STALE_AFTER_MS,
+            };
+            if free {
+                tx.execute(
+                    "INSERT OR REPLACE INTO backfill_claims (table_name, owner, heartbeat_ms) VALUES (?1, ?2, ?3)",
+                    params![table, worker, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(free)
+        })
+        .await
+}
+
+/// Renews the claim every few seconds; returns only when it was lost or cannot be renewed.
+async fn renew_claim(store: CheckpointStore, table: String, worker: String) {
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(CLAIM_STALE_AFTER_MS as u64 / 6)).await;
+        match claim(&store, &table, &worker).await {
+            Ok(true) => failures = 0,
+            Ok(false) => return,
+            Err(_) => {
+                failures += 1;
+                if failures >= 3 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn release_claim(
+    store: &CheckpointStore,
+    table: &str,
+    worker: &str,
+) -> Result<(), StoreError> {
+    let (table, worker) = (table.to_string(), worker.to_string());
+    store
+        .with_connection(move |conn| {
+            conn.execute(CLAIMS, [])?;
+            conn.execute(
+                "DELETE FROM backfill_claims WHERE table_name = ?1 AND owner = ?2",
+                params![table, worker],
+            )?;
+            Ok(())
+        })
+        .await
+}
+
+/// Has this checkpoint file seen the backfill of `table` through to the end?
+pub async fn finished(store: &CheckpointStore, table: &str) -> Result<bool, StoreError> {
+    let saved = progress(store, table).await?;
+    Ok(!saved.is_empty() && saved.iter().all(|p| p.done) && saved.len() as u32 == saved[0].total)
+}
+
+/// Runs (or resumes) the backfill of the configured table until every segment is done,
+/// writing through `out`.
+pub async fn run(
+    config: &Config,
+    store: &CheckpointStore,
+    segments: Option<u32>,
+    out: Writer,
+    metrics: &Metrics,
+    display: progress::Display,
+) -> anyhow::Result<Vec<SegmentProgress>> {
     let table = table_name(config)?;
     let client = client(config).await;
-    let (key_attributes, size) = describe(&client, &table).await?;
-    let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
-    let saved = progress(&store, &table).await?;
+    let (key_attributes, size, item_count) = describe(&client, &table).await?;
+    let saved = progress(store, &table).await?;
+    if let Some(n) = segments {
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&n),
+            "--segments {n}: must be between 1 and 1000000"
+        );
+    }
     let (total, version) = match saved.first() {
         // resume with the segmentation and the version this backfill started with
         Some(p) => (p.total, p.version),
@@ -290,8 +550,40 @@ pub async fn run(config: &Config, segments: Option<u32>) -> anyhow::Result<Vec<S
     };
     tracing::info!(table = %table, segments = total, version, resumed = !saved.is_empty(), "backfill starting");
     let segment_ids: Vec<ShardId> = (0..total).map(segment_id).collect();
-    let (router, lanes) = writer(config, &store, &segment_ids).await?;
+    out.hold(&segment_ids);
     let ids = doc_ids(config, key_attributes);
+    let starts: Vec<SegmentProgress> = (0..total)
+        .map(|s| {
+            saved
+                .iter()
+                .find(|p| p.segment == s)
+                .cloned()
+                .unwrap_or(SegmentProgress {
+                    segment: s,
+                    total,
+                    last_key: None,
+                    done: false,
+                    items: 0,
+                    version,
+                })
+        })
+        .collect();
+    let done_before = starts.iter().filter(|p| p.done).count() as u32;
+    let report = progress::Progress::new(
+        metrics.clone(),
+        format!("table `{table}`"),
+        "segments",
+        total,
+        done_before,
+        starts.iter().map(|p| p.items).sum(),
+        item_count,
+    );
+    for p in &starts {
+        metrics
+            .backfill_segment_items
+            .with_label_values(&[&p.segment.to_string()])
+            .set(p.items as i64);
+    }
     let shared = Arc::new(Shared {
         client,
         table: table.clone(),
@@ -299,76 +591,46 @@ pub async fn run(config: &Config, segments: Option<u32>) -> anyhow::Result<Vec<S
         index: config.sink.index.clone().into(),
         consistent_read: config.backfill.consistent_read,
         page_items: config.backfill.page_items,
-        router,
+        router: out.router,
         tracker: AckTracker::default(),
         store: store.clone(),
         pace: ReadPace {
             per_second: config.backfill.max_read_units_per_second.unwrap_or(0.0),
             debt: Mutex::new((tokio::time::Instant::now(), 0.0)),
         },
+        progress: report.clone(),
+        metrics: metrics.clone(),
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for s in 0..total {
-        let start = saved
-            .iter()
-            .find(|p| p.segment == s)
-            .cloned()
-            .unwrap_or(SegmentProgress {
-                segment: s,
-                total,
-                last_key: None,
-                done: false,
-                items: 0,
-                version,
-            });
-        if start.done {
-            continue;
-        }
+    for start in starts.into_iter().filter(|p| !p.done) {
         let shared = shared.clone();
         tasks.spawn(async move { scan_segment(&shared, start).await });
     }
+    let not_done = total - done_before;
+    report.set_part_states(not_done, not_done);
+    let showing = CancellationToken::new();
+    let shown = tokio::spawn(report.clone().show(display, showing.clone()));
+    // stops showing however this ends (an error, or the caller dropping it)
+    let _showing = showing.clone().drop_guard();
     let mut failure = None;
+    let mut left = not_done;
     while let Some(joined) = tasks.join_next().await {
+        left -= 1;
+        report.set_part_states(left, left);
         match joined {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failure = Some(e),
             Err(e) => failure = Some(anyhow::anyhow!("a segment task failed: {e}")),
         }
     }
+    showing.cancel();
+    let _ = shown.await;
     drop(shared);
-    for lane in lanes {
-        let _ = lane.await;
-    }
     if let Some(e) = failure {
         return Err(e);
     }
-    Ok(progress(&store, &table).await?)
-}
-
-/// The batcher and sink the stream uses, for a tool: `parts` are the names its work is tracked
-/// under (it holds them for good: nobody else writes them).
-pub(crate) async fn writer(
-    config: &Config,
-    store: &CheckpointStore,
-    parts: &[ShardId],
-) -> anyhow::Result<(Router, Vec<tokio::task::JoinHandle<()>>)> {
-    let metrics = Metrics::new();
-    let health = Arc::new(Health::new(config.health.sink_error_grace));
-    let fence = Fence::default();
-    let forever = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
-    for part in parts {
-        fence.grant(part, 1, forever);
-    }
-    let sink = BulkSink::new(
-        &config.sink,
-        &config.source.region,
-        store.clone(),
-        metrics.clone(),
-        health,
-        fence,
-    )
-    .await?;
-    Ok(batch::start(&config.batch, Arc::new(sink), metrics))
+    tracing::info!(table = %table, "backfill complete");
+    Ok(progress(store, &table).await?)
 }
 
 /// Waits until everything registered under `part` is acknowledged.
@@ -429,16 +691,25 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
                 p
             }
             Err(e) => {
+                let why = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+                if !scan_error_may_pass(&e) {
+                    anyhow::bail!(
+                        "scanning segment {} of `{}`: {why}",
+                        at.segment,
+                        shared.table
+                    );
+                }
                 backoff += 1;
                 let delay = crate::retry::Backoff::AWS.delay(backoff);
-                tracing::warn!(segment = at.segment, error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "scan failed; retrying");
+                tracing::warn!(segment = at.segment, error = %why, "scan failed; retrying");
                 tokio::time::sleep(delay).await;
                 continue;
             }
         };
-        if let Some(units) = page.consumed_capacity().and_then(|c| c.capacity_units()) {
-            shared.pace.consumed(units).await;
-        }
+        let units = page
+            .consumed_capacity()
+            .and_then(|c| c.capacity_units())
+            .unwrap_or(0.0);
         let next_key = page
             .last_evaluated_key()
             .filter(|k| !k.is_empty())
@@ -446,7 +717,7 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
             .transpose()
             .map_err(|e| anyhow::anyhow!("segment {}: {e}", at.segment))?;
         let mut ops = Vec::new();
-        let mut dead = 0;
+        let mut dead = Vec::new();
         for item in page.items() {
             let stream_item: Result<HashMap<String, _>, String> = item
                 .iter()
@@ -472,18 +743,33 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
                     },
                 )),
                 Err(e) => {
-                    dead += 1;
-                    tracing::error!(segment = at.segment, error = %e, "item cannot be indexed; skipped by the backfill (the stream will carry its next change)");
+                    tracing::error!(segment = at.segment, error = %e, "item cannot be made a document: dead-lettered");
+                    shared.metrics.decode_errors.inc();
+                    dead.push(DeadLetter {
+                        stream: origin_stream.to_string(),
+                        shard_id: shard.to_string(),
+                        sequence_number: format!("segment {} item", at.segment),
+                        index: Some(shared.index.to_string()),
+                        doc_id: None,
+                        version: Some(at.version),
+                        action: "decode".into(),
+                        payload: wire_json(item).to_string(),
+                        error: e.to_string(),
+                    });
                 }
             }
         }
         let n = ops.len();
+        let refused = dead.len();
+        shared.store.dead_letter_durably(dead).await;
         let checkpoint = ShardCheckpoint {
             sequence_number: next_key.clone(),
             clock: at.version,
             finished: next_key.is_none(),
         };
-        let acks = shared.tracker.register(&shard, 1, checkpoint, n + dead, n);
+        let acks = shared
+            .tracker
+            .register(&shard, 1, checkpoint, n + refused, n);
         for (mut op, ack) in ops.into_iter().zip(acks) {
             op.acks.push(ack);
             if shared.router.send(op).await.is_err() {
@@ -496,7 +782,13 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
         at.last_key = next_key;
         at.done = at.last_key.is_none();
         save(&shared.store, &shared.table, &at).await?;
-        tracing::info!(
+        shared.progress.acknowledged(n as u64, at.done);
+        shared
+            .metrics
+            .backfill_segment_items
+            .with_label_values(&[&at.segment.to_string()])
+            .set(at.items as i64);
+        tracing::debug!(
             segment = at.segment,
             items = at.items,
             done = at.done,
@@ -505,6 +797,31 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
         if at.done {
             return Ok(());
         }
+        // paid before the next read, not between a read and its write: a page never waits
+        // (and so never ages past index.gc_deletes) because of the pace
+        shared.pace.consumed(units).await;
+    }
+}
+
+/// Throttling, server errors and transport trouble pass; a missing table, missing permission or
+/// an invalid request do not (a one-off task must end and say why).
+fn scan_error_may_pass<R>(
+    e: &aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::scan::ScanError, R>,
+) -> bool {
+    use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+    match e {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            !matches!(
+                code,
+                "ResourceNotFoundException"
+                    | "AccessDeniedException"
+                    | "ValidationException"
+                    | "UnrecognizedClientException"
+                    | "MissingAuthenticationTokenException"
+            )
+        }
+        _ => true,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `sluice backfill --config FILE [--status] [--segments N]`: loads (or resumes loading) the
-//! table's existing rows beside the running stream; `--status` prints each segment's progress.
+//! table's existing rows beside the running stream; `--status` prints each segment's progress;
+//! `--from-export DIR|s3://…` loads a DynamoDB export instead.
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
@@ -8,7 +9,7 @@ pub async fn run(
     config: &Config,
     status: bool,
     segments: Option<u32>,
-    from_export: Option<&std::path::Path>,
+    from_export: Option<&str>,
 ) -> anyhow::Result<String> {
     if let Some(path) = from_export {
         // the key schema from the table when it can be read; else sink.document_id must say
@@ -24,6 +25,6 @@ pub async fn run(
         let segments = crate::backfill::progress(&store, &table).await?;
         return Ok(crate::backfill::render_status(&table, &segments));
     }
-    let done = crate::backfill::run(config, segments).await?;
+    let done = crate::backfill::run_alone(config, segments).await?;
     Ok(crate::backfill::render_status(&table, &done))
 }

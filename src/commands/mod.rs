@@ -2,5 +2,6 @@
 //! through the same function as the daemon, so they read the state the daemon wrote.
 
 pub mod backfill;
+pub mod dead_letters;
 pub mod healthcheck;
 pub mod leases;

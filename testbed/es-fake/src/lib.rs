@@ -222,6 +222,21 @@ impl FakeEs {
     pub fn stats(&self) -> Stats {
         self.shared.stats.lock().unwrap().clone()
     }
+
+    /// Every document of `index` as `_id → _source`, read in process: for assertions on more
+    /// documents than one search returns (10,000, as in Elasticsearch).
+    pub fn documents(&self, index: &str) -> BTreeMap<String, Value> {
+        let indices = self.shared.indices.lock().unwrap();
+        indices
+            .get(index)
+            .map(|i| {
+                i.docs
+                    .iter()
+                    .map(|(id, d)| (id.clone(), d.source.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -428,6 +443,23 @@ async fn create_index(
     if s.upstream.is_some() {
         return forward(&s, method, &uri, body).await;
     }
+    let req: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return es_error(StatusCode::BAD_REQUEST, "parse_exception", &e.to_string()),
+        }
+    };
+    let mut mapping = HashMap::new();
+    if let Some(properties) = req
+        .pointer("/mappings/properties")
+        .and_then(Value::as_object)
+    {
+        if let Err(e) = explicit_mapping(&mut mapping, "", properties) {
+            return es_error(StatusCode::BAD_REQUEST, "mapper_parsing_exception", &e);
+        }
+    }
     let mut indices = s.indices.lock().unwrap();
     if indices.contains_key(&index) {
         return es_error(
@@ -436,7 +468,13 @@ async fn create_index(
             &format!("index [{index}] already exists"),
         );
     }
-    indices.insert(index.clone(), Index::default());
+    indices.insert(
+        index.clone(),
+        Index {
+            mapping,
+            ..Index::default()
+        },
+    );
     es_json(
         StatusCode::OK,
         json!({"acknowledged": true, "shards_acknowledged": true, "index": index}),
@@ -1408,6 +1446,37 @@ fn check_value(
         (FieldType::Boolean, _) => fail("boolean"),
         (FieldType::Text, _) => Ok(()),
     }
+}
+
+/// `mappings.properties` of an index creation, flattened to dotted paths. Field types the test
+/// server does not model (date, ip, …) are taken as text: it checks the types sluice's tests use.
+fn explicit_mapping(
+    mapping: &mut HashMap<String, FieldType>,
+    prefix: &str,
+    properties: &Map<String, Value>,
+) -> Result<(), String> {
+    for (name, field) in properties {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        let ty = field.get("type").and_then(Value::as_str);
+        let ty = match ty {
+            None | Some("object") | Some("nested") => FieldType::Object,
+            Some("long" | "integer" | "short" | "byte" | "unsigned_long") => FieldType::Long,
+            Some("float" | "double" | "half_float" | "scaled_float") => FieldType::Float,
+            Some("boolean") => FieldType::Boolean,
+            Some(_) => FieldType::Text,
+        };
+        mapping.insert(path.clone(), ty);
+        if let Some(inner) = field.get("properties").and_then(Value::as_object) {
+            explicit_mapping(mapping, &path, inner)?;
+        } else if ty == FieldType::Object && field.get("type").is_none() {
+            return Err(format!("No type specified for field [{name}]"));
+        }
+    }
+    Ok(())
 }
 
 fn type_name(t: FieldType) -> &'static str {
