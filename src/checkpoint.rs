@@ -268,17 +268,7 @@ impl CheckpointStore {
                 Ok(StoredDeadLetter {
                     id: r.get(0)?,
                     created_at_ms: r.get(1)?,
-                    letter: DeadLetter {
-                        stream: r.get(2)?,
-                        shard_id: r.get(3)?,
-                        sequence_number: r.get(4)?,
-                        index: r.get(5)?,
-                        doc_id: r.get(6)?,
-                        version: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-                        action: r.get(8)?,
-                        payload: r.get(9)?,
-                        error: r.get(10)?,
-                    },
+                    letter: letter_at(r, 2)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -470,20 +460,23 @@ fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error FROM dead_letters ORDER BY id",
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(DeadLetter {
-            stream: r.get(0)?,
-            shard_id: r.get(1)?,
-            sequence_number: r.get(2)?,
-            index: r.get(3)?,
-            doc_id: r.get(4)?,
-            version: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-            action: r.get(6)?,
-            payload: r.get(7)?,
-            error: r.get(8)?,
-        })
-    })?;
+    let rows = stmt.query_map([], |r| letter_at(r, 0))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A dead letter from its nine columns (stream … error), starting at column `from`.
+fn letter_at(r: &rusqlite::Row, from: usize) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        stream: r.get(from)?,
+        shard_id: r.get(from + 1)?,
+        sequence_number: r.get(from + 2)?,
+        index: r.get(from + 3)?,
+        doc_id: r.get(from + 4)?,
+        version: r.get::<_, Option<i64>>(from + 5)?.map(|v| v as u64),
+        action: r.get(from + 6)?,
+        payload: r.get(from + 7)?,
+        error: r.get(from + 8)?,
+    })
 }
 
 /// Reads the checkpoints of a file without starting a store (tests, tooling).
