@@ -39,6 +39,9 @@ pub struct Segment {
     without_ops: bool,
     /// The lease epoch it was read under: its checkpoint is committed only under that epoch.
     epoch: u64,
+    /// When its first record arrived in the stream (µs since 1970), if the service says: what
+    /// the time to data loss counts from while the segment is not checkpointed.
+    arrived: Option<u64>,
     tracker: Arc<Inner>,
 }
 
@@ -75,6 +78,9 @@ struct Inner {
     wake: Notify,
     /// Wakes readers waiting for room (segments were committed).
     room: Notify,
+    /// Per shard being read: every record that arrived in the stream before this time (µs) has
+    /// been read (set by the reader after each page).
+    read_up_to: Mutex<HashMap<ShardId, u64>>,
 }
 
 /// A shard's complete segments at the front of its queue: what one commit covers.
@@ -104,6 +110,20 @@ impl AckTracker {
         records: usize,
         ops: usize,
     ) -> Vec<Ack> {
+        self.register_page(shard, epoch, checkpoint, records, ops, None)
+    }
+
+    /// [`register`](Self::register) for a page read from a stream, with the arrival time of its
+    /// first record (µs since 1970).
+    pub fn register_page(
+        &self,
+        shard: &ShardId,
+        epoch: u64,
+        checkpoint: ShardCheckpoint,
+        records: usize,
+        ops: usize,
+        arrived: Option<u64>,
+    ) -> Vec<Ack> {
         let floor = self
             .inner
             .floors
@@ -115,6 +135,7 @@ impl AckTracker {
         let mut pending = self.inner.pending.lock().expect("tracker lock");
         let queue = pending.entry(shard.clone()).or_default();
         let mut records = records;
+        let mut arrived = arrived;
         // a reader of a discarded epoch, not yet stopped: its work goes nowhere
         let detached = epoch < floor;
         if !detached
@@ -126,6 +147,7 @@ impl AckTracker {
             // Two pages in a row without operations: one segment ending at the later one.
             let merged = queue.pop_back().expect("back checked");
             records += merged.records;
+            arrived = merged.arrived.or(arrived);
         }
         let segment = Arc::new(Segment {
             checkpoint,
@@ -133,6 +155,7 @@ impl AckTracker {
             remaining: AtomicUsize::new(ops),
             without_ops: ops == 0,
             epoch,
+            arrived,
             tracker: self.inner.clone(),
         });
         if detached {
@@ -265,6 +288,47 @@ impl AckTracker {
     /// Records acknowledged (complete prefixes) but not yet checkpointed.
     pub fn committable_records(&self) -> usize {
         self.complete_prefixes().iter().map(|p| p.records).sum()
+    }
+
+    /// The reader of `shard` has read every record that arrived before `micros`.
+    pub fn read_up_to(&self, shard: &ShardId, micros: u64) {
+        self.inner
+            .read_up_to
+            .lock()
+            .expect("tracker lock")
+            .insert(shard.clone(), micros);
+    }
+
+    /// Nobody reads `shard` here any more (it ended, or its lease moved).
+    pub fn reader_stopped(&self, shard: &ShardId) {
+        self.inner
+            .read_up_to
+            .lock()
+            .expect("tracker lock")
+            .remove(shard);
+    }
+
+    /// Per shard read or pending here: when the oldest record not yet checkpointed arrived in
+    /// the stream (µs since 1970) — the oldest pending page's first record, or, with nothing
+    /// pending, the first record not yet read. A restart would read from there, so this is the
+    /// record the stream's retention must not pass.
+    pub fn oldest_unacknowledged(&self) -> HashMap<ShardId, u64> {
+        let mut oldest: HashMap<ShardId, u64> = self
+            .inner
+            .read_up_to
+            .lock()
+            .expect("tracker lock")
+            .clone();
+        let pending = self.inner.pending.lock().expect("tracker lock");
+        for (shard, queue) in pending.iter() {
+            if let Some(t) = queue.iter().filter_map(|s| s.arrived).min() {
+                oldest
+                    .entry(shard.clone())
+                    .and_modify(|o| *o = (*o).min(t))
+                    .or_insert(t);
+            }
+        }
+        oldest
     }
 
     /// Records read but not yet checkpointed, per shard.

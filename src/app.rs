@@ -292,6 +292,14 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         backoff: Backoff::AWS,
     });
     let reading = CancellationToken::new();
+    tokio::spawn(crate::data_loss::watch(
+        api.clone(),
+        tracker.clone(),
+        metrics.clone(),
+        health.clone(),
+        config.health.min_time_to_data_loss,
+        background.clone(),
+    ));
     let coordinator = Coordinator {
         api,
         ctx,

@@ -507,6 +507,10 @@ pub struct HealthConfig {
     /// plus this long.
     #[serde(default = "default_parent_timeout", deserialize_with = "duration")]
     pub parent_timeout: Duration,
+    /// Not ready once a shard's oldest unacknowledged record is this close to the stream's
+    /// retention (`sluice_shard_time_to_data_loss_seconds`); "0s" turns the check off.
+    #[serde(default = "default_min_time_to_data_loss", deserialize_with = "duration")]
+    pub min_time_to_data_loss: Duration,
 }
 
 impl Default for HealthConfig {
@@ -515,6 +519,7 @@ impl Default for HealthConfig {
             sink_error_grace: default_sink_error_grace(),
             stall_after: default_stall_after(),
             parent_timeout: default_parent_timeout(),
+            min_time_to_data_loss: default_min_time_to_data_loss(),
         }
     }
 }
@@ -527,6 +532,9 @@ fn default_stall_after() -> Duration {
 }
 fn default_parent_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_min_time_to_data_loss() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_region() -> String {

@@ -1,11 +1,12 @@
 //! /metrics, /healthz (alive), /readyz (able to make progress).
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -35,6 +36,10 @@ pub struct Health {
     stalled: Mutex<Option<String>>,
     /// This worker holds no lease while shards are unowned (set by the lease keeper).
     leases: Mutex<Option<String>>,
+    /// A shard's time to data loss is below `health.min_time_to_data_loss` (set by the
+    /// data-loss watch), and every shard's figure for the details.
+    data_loss: Mutex<Option<String>>,
+    time_to_data_loss: Mutex<BTreeMap<String, f64>>,
 }
 
 impl Default for Health {
@@ -55,6 +60,8 @@ impl Health {
             orphaned_waits: Mutex::default(),
             stalled: Mutex::default(),
             leases: Mutex::default(),
+            data_loss: Mutex::default(),
+            time_to_data_loss: Mutex::default(),
         }
     }
     pub fn set_store_open(&self, v: bool) {
@@ -101,9 +108,34 @@ impl Health {
     pub fn set_leases(&self, what: Option<String>) {
         *self.leases.lock().expect("health lock") = what;
     }
+    /// Every shard's time to data loss (seconds), and the reason readiness closes, if any.
+    pub fn set_time_to_data_loss(&self, per_shard: BTreeMap<String, f64>, what: Option<String>) {
+        *self.time_to_data_loss.lock().expect("health lock") = per_shard;
+        *self.data_loss.lock().expect("health lock") = what;
+    }
+    /// The details `/readyz?format=json` gives beside the reasons.
+    pub fn details(&self) -> serde_json::Value {
+        let ttdl = self.time_to_data_loss.lock().expect("health lock");
+        let shards: serde_json::Map<String, serde_json::Value> = ttdl
+            .iter()
+            .map(|(shard, secs)| {
+                (
+                    shard.clone(),
+                    serde_json::json!({ "time_to_data_loss_seconds": secs.round() as i64 }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "shards": shards })
+    }
 
     /// `None` when ready, else what is missing.
     pub fn not_ready(&self) -> Option<String> {
+        let missing = self.reasons();
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+
+    /// What keeps sluice from being ready, one reason each (empty: ready).
+    pub fn reasons(&self) -> Vec<String> {
         let mut missing: Vec<String> = [
             (&self.store_open, "checkpoint store not open"),
             (&self.shards_discovered, "shards not discovered"),
@@ -125,12 +157,17 @@ impl Health {
                 }
             }
         }
-        for what in [&self.orphaned_waits, &self.stalled, &self.leases] {
+        for what in [
+            &self.orphaned_waits,
+            &self.stalled,
+            &self.leases,
+            &self.data_loss,
+        ] {
             if let Some(why) = &*what.lock().expect("health lock") {
                 missing.push(why.clone());
             }
         }
-        (!missing.is_empty()).then(|| missing.join("; "))
+        missing
     }
 }
 
@@ -159,14 +196,30 @@ async fn metrics_page(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    match s.health.not_ready() {
-        None => (StatusCode::OK, "ready\n".to_string()),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        ),
+/// `ready` or `not ready: <reasons>` as text (what people and `sluice healthcheck` read);
+/// with `?format=json` the same verdict as JSON, with each shard's time to data loss.
+async fn readyz(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    let reasons = s.health.reasons();
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if q.get("format").map(String::as_str) == Some("json") {
+        let mut body = s.health.details();
+        body["ready"] = reasons.is_empty().into();
+        body["reasons"] = reasons.into();
+        return (status, axum::Json(body)).into_response();
     }
+    let text = if reasons.is_empty() {
+        "ready\n".to_string()
+    } else {
+        format!("not ready: {}\n", reasons.join("; "))
+    };
+    (status, text).into_response()
 }
 
 /// Binds now (so a port clash is reported at start) and serves until `stop`.

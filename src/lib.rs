@@ -10,6 +10,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;
+pub mod data_loss;
 pub mod es_client;
 pub mod http;
 pub mod lease;

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub backfill_segments: IntGaugeVec,
     pub backfill_segment_items: IntGaugeVec,
     pub backfill_complete: IntGauge,
+    pub time_to_data_loss: prometheus::GaugeVec,
+    pub retention: prometheus::Gauge,
 }
 
 /// Results of document operations (`sluice_documents_total{result}`).
@@ -278,6 +280,17 @@ impl Metrics {
             "sluice_ready",
             "1 when /readyz answers 200 (set at every scrape), else 0"
         ));
+        let time_to_data_loss = reg!(prometheus::GaugeVec::new(
+            Opts::new(
+                "sluice_shard_time_to_data_loss_seconds",
+                "Retention minus the age of the oldest record not yet acknowledged, per shard read here: below 0, records are being trimmed unread"
+            ),
+            &["shard"]
+        ));
+        let retention = reg!(prometheus::Gauge::new(
+            "sluice_stream_retention_seconds",
+            "How long the stream keeps a record (DynamoDB Streams: 24 h; Kinesis: RetentionPeriodHours, re-read every 5 minutes)"
+        ));
         let pipeline_budget_bytes = reg!(IntGauge::new(
             "sluice_pipeline_budget_bytes",
             "The byte budget between readers and Elasticsearch (sluice_pipeline_bytes stops growing here)"
@@ -351,6 +364,8 @@ impl Metrics {
             backfill_segments,
             backfill_segment_items,
             backfill_complete,
+            time_to_data_loss,
+            retention,
         }
     }
 

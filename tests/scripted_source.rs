@@ -131,6 +131,10 @@ impl<R: SourceRecord + Clone> ShardApi for ScriptedStreams<R> {
         self.pacing.1
     }
 
+    async fn retention(&self) -> Result<Duration, ApiError> {
+        Ok(Duration::from_secs(24 * 3600))
+    }
+
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, ApiError> {
         Ok(self.shards.iter().map(|s| s.info.clone()).collect())
     }
@@ -1022,5 +1026,135 @@ async fn readiness_closes_while_no_checkpoint_advances_and_opens_when_one_does()
         run.health.not_ready().is_none()
     })
     .await;
+    stop(run).await;
+}
+
+/// A free port on 127.0.0.1 for an HTTP endpoint started by the test.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Operate 4: time to data loss = retention − age of the oldest unacknowledged record. A shard
+/// whose unacknowledged records arrived 23.5 h ago in a 24 h stream has 30 min left: below
+/// `health.min_time_to_data_loss` (1 h by default), so /readyz is 503 naming that shard (and not
+/// the fresh one), the metric falls second by second, and once Elasticsearch acknowledges, the
+/// shard has its whole retention again and readiness opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_close_to_losing_records_closes_readiness_and_names_it() {
+    let es = FakeEs::start().await.unwrap();
+    es.hold();
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let old: Vec<Record> = (1..=5)
+        .map(|i| put(i, &format!("old{i}"), 1, now - (23 * 3600 + 1800)))
+        .collect();
+    let fresh: Vec<Record> = (6..=8)
+        .map(|i| put(i, &format!("fresh{i}"), 1, now))
+        .collect();
+    let api = Arc::new(ScriptedStreams::new(
+        vec![
+            shard("shardId-old", &[], false, old),
+            shard("shardId-fresh", &[], false, fresh),
+        ],
+        dir.path().join("sluice.db"),
+    ));
+    let run = start(
+        api,
+        config_with(
+            dir.path(),
+            &es.url(),
+            10,
+            "[health]\nstall_after = \"1h\"\nsink_error_grace = \"1h\"\n",
+        ),
+    );
+    let port = free_port();
+    let serving = tokio_util::sync::CancellationToken::new();
+    let http = sluice::http::serve(
+        ([127, 0, 0, 1], port).into(),
+        run.metrics.clone(),
+        run.health.clone(),
+        serving.clone(),
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let readyz = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let ttdl = |shard: &str| {
+        run.metrics
+            .time_to_data_loss
+            .get_metric_with_label_values(&[shard])
+            .unwrap()
+            .get()
+    };
+
+    wait_until("readiness names the old shard", Duration::from_secs(20), || {
+        run.health
+            .not_ready()
+            .is_some_and(|why| why.contains("shardId-old"))
+    })
+    .await;
+    let (status, body) = readyz("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("time to data loss below health.min_time_to_data_loss (1h)")
+            && body.contains("shardId-old has 1")
+            && !body.contains("shardId-fresh"),
+        "{body}"
+    );
+    let (status, details) = readyz("/readyz?format=json").await;
+    let details: Value = serde_json::from_str(&details).unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(details["ready"], json!(false));
+    let old_left = details["shards"]["shardId-old"]["time_to_data_loss_seconds"]
+        .as_i64()
+        .unwrap();
+    assert!((1700..=1800).contains(&old_left), "{details}");
+    assert!(
+        details["shards"]["shardId-fresh"]["time_to_data_loss_seconds"]
+            .as_i64()
+            .unwrap()
+            > 86_000,
+        "{details}"
+    );
+
+    // the figure falls as the records age (it is computed every 5 s)
+    let first = ttdl("shardId-old");
+    let measured = Instant::now();
+    wait_until("the figure is computed again", Duration::from_secs(15), || {
+        ttdl("shardId-old") != first
+    })
+    .await;
+    let fell = first - ttdl("shardId-old");
+    let waited = measured.elapsed().as_secs_f64();
+    println!("time to data loss fell by {fell:.1}s in {waited:.1}s");
+    assert!(fell > 0.0 && fell <= waited + 5.5, "fell {fell}s in {waited}s");
+
+    // acknowledged: nothing old is pending, the shard is caught up, readiness opens
+    es.release();
+    wait_until("ready again", Duration::from_secs(20), || {
+        run.health.not_ready().is_none()
+    })
+    .await;
+    assert!(ttdl("shardId-old") > 86_000.0, "{}", ttdl("shardId-old"));
+    assert_eq!(readyz("/readyz").await.0, 200);
+    serving.cancel();
+    let _ = http.await;
     stop(run).await;
 }

@@ -171,6 +171,11 @@ impl ShardApi for DynamoDbStreams {
         None
     }
 
+    /// Fixed by the service: a stream record is kept for 24 hours.
+    async fn retention(&self) -> Result<Duration, ApiError> {
+        Ok(Duration::from_secs(24 * 3600))
+    }
+
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, ApiError> {
         let mut shards = Vec::new();
         let mut start: Option<String> = None;

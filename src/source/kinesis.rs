@@ -183,4 +183,23 @@ impl ShardApi for Kinesis {
     fn max_read_bytes_per_sec(&self) -> Option<u64> {
         Some(2 * 1024 * 1024)
     }
+
+    /// The stream's `RetentionPeriodHours` (24 h to 365 days; it can be changed at any time, so
+    /// it is asked again, not remembered from the start).
+    async fn retention(&self) -> Result<Duration, ApiError> {
+        let req = self.client.describe_stream_summary();
+        let req = if self.by_arn {
+            req.stream_arn(&self.stream)
+        } else {
+            req.stream_name(&self.stream)
+        };
+        let out = req.send().await.map_err(classify)?;
+        let hours = out
+            .stream_description_summary()
+            .map(|d| d.retention_period_hours())
+            .ok_or_else(|| {
+                ApiError::Transient("DescribeStreamSummary answered without a summary".into())
+            })?;
+        Ok(Duration::from_secs(u64::try_from(hours).unwrap_or(24) * 3600))
+    }
 }

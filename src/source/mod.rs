@@ -109,6 +109,9 @@ pub trait ShardApi: Send + Sync + 'static {
 
     /// Read throughput per shard the service allows, in bytes per second (None: no pacing).
     fn max_read_bytes_per_sec(&self) -> Option<u64>;
+
+    /// How long the service keeps a record: past it, an unread record is lost to sluice.
+    fn retention(&self) -> impl Future<Output = Result<Duration, ApiError>> + Send;
 }
 
 /// An AWS timestamp in µs since 1970 (None before 1970).

@@ -74,7 +74,15 @@ impl<A: ShardApi> ShardReader<A> {
     /// Reads until the shard ends or a token is cancelled: `hard` stops at once (a lost lease,
     /// shutdown), `soft` (a child of `hard`) only between pages, never with a page half queued (a
     /// handover: everything read is then acknowledged and committed before the lease moves).
-    pub async fn run(mut self, hard: CancellationToken, soft: CancellationToken) -> ReaderExit {
+    pub async fn run(self, hard: CancellationToken, soft: CancellationToken) -> ReaderExit {
+        let tracker = self.ctx.tracker.clone();
+        let shard = self.shard.clone();
+        let exit = self.read(hard, soft).await;
+        tracker.reader_stopped(&shard);
+        exit
+    }
+
+    async fn read(mut self, hard: CancellationToken, soft: CancellationToken) -> ReaderExit {
         let cancel = soft;
         let shard = self.shard.clone();
         let mut last_read: Option<String> = match &self.start {
@@ -103,6 +111,7 @@ impl<A: ShardApi> ShardReader<A> {
                 }
             }
             last_call = Some(tokio::time::Instant::now());
+            let asked_at = now_micros();
             let answer = tokio::select! {
                 a = self.api.get_records(&iterator, self.ctx.records_per_call) => a,
                 _ = cancel.cancelled() => return ReaderExit::Cancelled,
@@ -126,9 +135,20 @@ impl<A: ShardApi> ShardReader<A> {
                     if let Some(last) = page.records.last() {
                         last_read = Some(last.sequence_number().to_owned());
                     }
+                    // What arrived before this is read: Kinesis says how far behind the tip the
+                    // page is; otherwise the last record read, or (an empty page) the call.
+                    let read_up_to = match page.millis_behind_latest {
+                        Some(ms) => asked_at.saturating_sub(u64::try_from(ms).unwrap_or(0) * 1000),
+                        None => page
+                            .records
+                            .last()
+                            .map_or(Some(asked_at), |r| r.created_at_micros())
+                            .unwrap_or(asked_at),
+                    };
                     if read > 0 && !self.deliver(page.records, &hard).await {
                         return ReaderExit::Cancelled;
                     }
+                    self.ctx.tracker.read_up_to(&shard, read_up_to);
                     let Some(next) = page.next_iterator else {
                         let children: Vec<&str> =
                             page.child_shards.iter().map(|c| &*c.id).collect();
@@ -411,12 +431,13 @@ impl<A: ShardApi> ShardReader<A> {
             _ = ctx.tracker.room_for(&self.shard) => {}
             _ = cancel.cancelled() => return false,
         }
-        let acks = ctx.tracker.register(
+        let acks = ctx.tracker.register_page(
             &self.shard,
             self.epoch,
             checkpoint,
             records.len(),
             ops.len(),
+            records.first().and_then(|r| r.created_at_micros()),
         );
         for (mut op, ack) in ops.into_iter().zip(acks) {
             op.acks.push(ack);
@@ -476,7 +497,7 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     }
 }
 
-fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
