@@ -502,6 +502,7 @@ mod tests {
             sequence_number: Some(seq.to_string()),
             clock: seq,
             finished: false,
+            start_at: None,
         }
     }
 

@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::config::JournalMode;
+use crate::source::StartAt;
 
 /// Where a shard's reading stands, as far as the sink has acknowledged it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -25,6 +26,29 @@ pub struct ShardCheckpoint {
     pub clock: u64,
     /// Read to its end and every record acknowledged: children may start.
     pub finished: bool,
+    /// Where reading starts while no sequence number is acknowledged (set by `sluice
+    /// checkpoints reset`): LATEST or AT_TIMESTAMP. `None`: TRIM_HORIZON.
+    pub start_at: Option<StartAt>,
+}
+
+/// How a reset start position is stored (a column of its own; the sequence number stays a
+/// sequence number).
+pub fn start_at_text(at: &StartAt) -> Option<String> {
+    match at {
+        StartAt::Latest => Some("latest".into()),
+        StartAt::AtTimestamp(ms) => Some(format!("at_timestamp:{ms}")),
+        StartAt::TrimHorizon | StartAt::AfterSequence(_) => None,
+    }
+}
+
+pub fn start_at_of(text: Option<&str>) -> Option<StartAt> {
+    match text? {
+        "latest" => Some(StartAt::Latest),
+        t => t
+            .strip_prefix("at_timestamp:")
+            .and_then(|ms| ms.parse().ok())
+            .map(StartAt::AtTimestamp),
+    }
 }
 
 /// An operation Elasticsearch refused for good (or a record that could not be decoded).
@@ -102,6 +126,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     clock           INTEGER NOT NULL,
     finished        INTEGER NOT NULL DEFAULT 0,
     updated_at_ms   INTEGER NOT NULL,
+    start_at        TEXT,
     PRIMARY KEY (stream, shard_id)
 );
 -- Shard leases of the SQLite backend (src/lease/sqlite.rs): workers on one host share this file.
@@ -170,6 +195,15 @@ impl CheckpointStore {
         // FULL: a committed checkpoint survives power loss too, in either journal mode.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        // files written before `checkpoints reset` existed
+        let has_start_at: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('checkpoints') WHERE name = 'start_at'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_start_at {
+            conn.execute_batch("ALTER TABLE checkpoints ADD COLUMN start_at TEXT")?;
+        }
         Ok(conn)
     }
 
@@ -344,7 +378,7 @@ pub(crate) fn load(
     stream: &str,
 ) -> Result<HashMap<String, ShardCheckpoint>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT shard_id, sequence_number, clock, finished FROM checkpoints WHERE stream = ?1",
+        "SELECT shard_id, sequence_number, clock, finished, start_at FROM checkpoints WHERE stream = ?1",
     )?;
     let rows = stmt.query_map(params![stream], |r| {
         Ok((
@@ -353,6 +387,7 @@ pub(crate) fn load(
                 sequence_number: r.get(1)?,
                 clock: r.get::<_, i64>(2)? as u64,
                 finished: r.get::<_, i64>(3)? != 0,
+                start_at: start_at_of(r.get::<_, Option<String>>(4)?.as_deref()),
             },
         ))
     })?;
@@ -512,6 +547,7 @@ mod tests {
                 sequence_number: Some(seq.into()),
                 clock,
                 finished,
+                start_at: None,
             };
             store
                 .commit("s", vec![("shard-1".into(), cp("100", 7, false))])
@@ -542,6 +578,7 @@ mod tests {
             sequence_number: Some("1".into()),
             clock: 1,
             finished,
+            start_at: None,
         };
         store
             .commit(

@@ -59,6 +59,13 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Where each shard's reading stands (position, clock, owner, lag), and moving it.
+    Checkpoints {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: CheckpointAction,
+    },
     /// Show each shard's lease: owner, epoch, heartbeat, handoff and checkpoint.
     Leases {
         #[arg(long, short)]
@@ -66,6 +73,31 @@ enum Command {
         /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointAction {
+    /// Each shard: position, clock, finished, owner and lease, and its lag read from the stream
+    /// (the age of the first record after the checkpoint).
+    List {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move one shard's checkpoint; says first what will be read again or skipped. Refused while
+    /// a live worker holds the shard, unless --force (the lease is then taken from it).
+    Reset {
+        #[arg(long)]
+        shard: String,
+        /// trim_horizon, latest, or a sequence number to resume after.
+        #[arg(long, value_name = "trim_horizon|latest|SEQUENCE")]
+        to: String,
+        /// The stream, when the checkpoint file holds the shard for several.
+        #[arg(long)]
+        stream: Option<String>,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -135,7 +167,8 @@ fn main() -> ExitCode {
     | Command::Leases { config, .. }
     | Command::Healthcheck { config }
     | Command::Backfill { config, .. }
-    | Command::DeadLetters { config, .. }) = &cli.command;
+    | Command::DeadLetters { config, .. }
+    | Command::Checkpoints { config, .. }) = &cli.command;
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -206,6 +239,30 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("sluice dead-letters: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Command::Checkpoints { action, .. } = cli.command {
+        use sluice::commands::checkpoints;
+        let answer = runtime.block_on(async {
+            match action {
+                CheckpointAction::List { json } => checkpoints::list(&cfg, json).await,
+                CheckpointAction::Reset {
+                    shard,
+                    to,
+                    stream,
+                    force,
+                } => checkpoints::reset(&cfg, &shard, &to, stream.as_deref(), force).await,
+            }
+        });
+        return match answer {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice checkpoints: {e:#}");
                 ExitCode::FAILURE
             }
         };

@@ -626,6 +626,7 @@ async fn a_parent_that_aged_out_unfinished_is_recorded_as_lost_and_its_child_sta
         // above every version the child's own timestamps would give
         clock: 1_800_000_000_000_000,
         finished: false,
+        start_at: None,
     };
     store
         .commit(STREAM, vec![("aged-out".into(), reached)])

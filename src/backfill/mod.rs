@@ -766,6 +766,7 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
             sequence_number: next_key.clone(),
             clock: at.version,
             finished: next_key.is_none(),
+            start_at: None,
         };
         let acks = shared
             .tracker

@@ -10,14 +10,7 @@ use crate::config::{Config, LeaseBackend};
 use crate::lease::{dynamodb, sqlite, LeaseRow};
 
 pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<String> {
-    let rows = match config.lease.backend {
-        LeaseBackend::Sqlite => {
-            let store =
-                CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
-            sqlite::list_all(&store).await?
-        }
-        LeaseBackend::Dynamodb => dynamodb::list_all(config).await?,
-    };
+    let rows = rows(config).await?;
     Ok(if as_json {
         render_json(&rows)
     } else {
@@ -26,6 +19,18 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<String> {
             config.lease.duration.as_millis() as u64,
             now_ms() as u64,
         )
+    })
+}
+
+/// Every lease (with its checkpoint) in the backend the configuration names, all streams.
+pub async fn rows(config: &Config) -> anyhow::Result<Vec<LeaseRow>> {
+    Ok(match config.lease.backend {
+        LeaseBackend::Sqlite => {
+            let store =
+                CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
+            sqlite::list_all(&store).await?
+        }
+        LeaseBackend::Dynamodb => dynamodb::list_all(config).await?,
     })
 }
 
@@ -118,6 +123,7 @@ mod tests {
                 sequence_number: Some(s.into()),
                 clock: 7,
                 finished: false,
+                start_at: None,
             }),
         };
         let text = render_table(

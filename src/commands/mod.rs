@@ -2,6 +2,7 @@
 //! through the same function as the daemon, so they read the state the daemon wrote.
 
 pub mod backfill;
+pub mod checkpoints;
 pub mod dead_letters;
 pub mod healthcheck;
 pub mod leases;

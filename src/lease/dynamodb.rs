@@ -86,6 +86,10 @@ fn checkpoint_of(item: &Item) -> Option<ShardCheckpoint> {
             _ => 0,
         },
         finished: matches!(item.get("finished"), Some(AttributeValue::Bool(true))),
+        start_at: match item.get("start_at") {
+            Some(AttributeValue::S(v)) => crate::checkpoint::start_at_of(Some(v)),
+            _ => None,
+        },
     })
 }
 
@@ -261,6 +265,55 @@ pub async fn list_all(config: &Config) -> anyhow::Result<Vec<super::LeaseRow>> {
         }
     }
     Ok(rows)
+}
+
+/// `sluice checkpoints reset` on the lease table: the same change as the SQLite backend's
+/// [`super::sqlite::reset`] — position moved, clock kept, lease taken from its holder (epoch + 1)
+/// — in one conditional write. `false` when the shard has no checkpoint or is finished.
+pub async fn reset(
+    config: &Config,
+    stream: &str,
+    shard: &str,
+    sequence_number: Option<String>,
+    start_at: Option<crate::source::StartAt>,
+) -> anyhow::Result<bool> {
+    let leases = DynamoDbLeases::client_for(config, stream, String::new()).await;
+    let mut set = vec!["#ep = #ep + :one", "#ct = #ct + :one"];
+    let mut remove = vec!["#ow", "#no"];
+    let mut req = leases
+        .client
+        .update_item()
+        .table_name(&leases.table)
+        .set_key(Some(leases.key(shard)))
+        .condition_expression("#st = :t AND NOT (#f = :t)")
+        .expression_attribute_names("#st", "started")
+        .expression_attribute_names("#f", "finished")
+        .expression_attribute_names("#ep", "epoch")
+        .expression_attribute_names("#ct", "counter")
+        .expression_attribute_names("#ow", "owner")
+        .expression_attribute_names("#no", "next_owner")
+        .expression_attribute_names("#sq", "sequence_number")
+        .expression_attribute_names("#sa", "start_at")
+        .expression_attribute_values(":t", AttributeValue::Bool(true))
+        .expression_attribute_values(":one", n(1));
+    match sequence_number {
+        Some(seq) => {
+            set.push("#sq = :sq");
+            req = req.expression_attribute_values(":sq", s(seq));
+        }
+        None => remove.push("#sq"),
+    }
+    match start_at.as_ref().and_then(crate::checkpoint::start_at_text) {
+        Some(at) => {
+            set.push("#sa = :sa");
+            req = req.expression_attribute_values(":sa", s(at));
+        }
+        None => remove.push("#sa"),
+    }
+    let update = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
+    let done = conditional(req.update_expression(update).send().await)
+        .map_err(|e| anyhow::anyhow!("lease table `{}` (lease.table): {e}", leases.table))?;
+    Ok(done.is_some())
 }
 
 impl LeaseTable for DynamoDbLeases {

@@ -74,7 +74,7 @@ pub async fn list_all(store: &CheckpointStore) -> Result<Vec<super::LeaseRow>, S
         .with_connection(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT l.shard_id, l.owner, l.epoch, l.counter, l.next_owner, COALESCE(c.finished, 0),
-                        l.stream, l.updated_at_ms, c.sequence_number, c.clock, c.shard_id IS NOT NULL
+                        l.stream, l.updated_at_ms, c.sequence_number, c.clock, c.shard_id IS NOT NULL, c.start_at
                  FROM leases l LEFT JOIN checkpoints c ON c.stream = l.stream AND c.shard_id = l.shard_id
                  ORDER BY l.stream, l.shard_id",
             )?;
@@ -89,12 +89,57 @@ pub async fn list_all(store: &CheckpointStore) -> Result<Vec<super::LeaseRow>, S
                             sequence_number: r.get(8)?,
                             clock: r.get::<_, Option<i64>>(9)?.unwrap_or(0) as u64,
                             finished: lease.finished,
+                            start_at: crate::checkpoint::start_at_of(r.get::<_, Option<String>>(11)?.as_deref()),
                         })
                     }).transpose()?,
                     lease,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+}
+
+/// `sluice checkpoints reset`: moves a started, unfinished shard's checkpoint to
+/// `sequence_number` (resume after it) or, without one, to `start_at` (LATEST, AT_TIMESTAMP;
+/// neither: TRIM_HORIZON). The clock is kept, so versions never go back. In the same transaction
+/// the lease is taken from whoever holds it (epoch + 1): a running holder's next renewal or
+/// commit is refused, it drops what it has in flight, and the shard is read again from here.
+/// `false` when the shard has no checkpoint or is finished (nothing was changed).
+pub async fn reset(
+    store: &CheckpointStore,
+    stream: &str,
+    shard: &str,
+    sequence_number: Option<String>,
+    start_at: Option<crate::source::StartAt>,
+) -> Result<bool, StoreError> {
+    let (stream, shard) = (stream.to_string(), shard.to_string());
+    store
+        .with_connection(move |conn| {
+            let tx = conn.transaction()?;
+            let now = checkpoint::now_ms();
+            let moved = tx.execute(
+                "UPDATE checkpoints SET sequence_number = ?3, start_at = ?4, updated_at_ms = ?5
+                 WHERE stream = ?1 AND shard_id = ?2 AND finished = 0",
+                params![
+                    stream,
+                    shard,
+                    sequence_number,
+                    start_at.as_ref().and_then(checkpoint::start_at_text),
+                    now
+                ],
+            )?;
+            if moved == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE leases SET owner = NULL, next_owner = NULL, epoch = epoch + 1,
+                   counter = counter + 1, updated_at_ms = ?3
+                 WHERE stream = ?1 AND shard_id = ?2",
+                params![stream, shard, now],
+            )?;
+            tx.commit()?;
+            Ok(true)
         })
         .await
 }
@@ -272,6 +317,7 @@ mod tests {
             sequence_number: Some(seq.into()),
             clock: 1,
             finished: false,
+            start_at: None,
         }
     }
 

@@ -47,10 +47,12 @@ pub fn plan(
     initial: &StartAt,
 ) -> Plan {
     if let Some(cp) = checkpoints.get(&*shard.id) {
-        return match &cp.sequence_number {
-            Some(seq) => Plan::Read(StartAt::AfterSequence(seq.clone()), cp.clock),
+        return match (&cp.sequence_number, &cp.start_at) {
+            (Some(seq), _) => Plan::Read(StartAt::AfterSequence(seq.clone()), cp.clock),
+            // Reset by `sluice checkpoints reset` to LATEST or a time, nothing read since.
+            (None, Some(at)) => Plan::Read(at.clone(), cp.clock),
             // Started before but nothing acknowledged yet: TRIM_HORIZON, so nothing is skipped.
-            None => Plan::Read(StartAt::TrimHorizon, cp.clock),
+            (None, None) => Plan::Read(StartAt::TrimHorizon, cp.clock),
         };
     }
     let known_parents: Vec<&ShardId> = shard
@@ -312,6 +314,7 @@ impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
                         sequence_number: None,
                         clock,
                         finished: true,
+                        start_at: None,
                     };
                     self.commit_under_lease(&shard.id, epoch, done).await?;
                     continue;
@@ -324,6 +327,7 @@ impl<A: ShardApi, L: LeaseTable> Coordinator<A, L> {
                     sequence_number: None,
                     clock,
                     finished: false,
+                    start_at: None,
                 };
                 if !self.commit_under_lease(&shard.id, epoch, started).await? {
                     continue;
@@ -524,6 +528,7 @@ mod tests {
             sequence_number: seq.map(str::to_owned),
             clock,
             finished,
+            start_at: None,
         }
     }
 

@@ -238,6 +238,7 @@ impl<A: ShardApi> ShardReader<A> {
             sequence_number: last_read,
             clock: self.clock.last(),
             finished: true,
+            start_at: None,
         };
         let _ = self
             .ctx
@@ -424,6 +425,7 @@ impl<A: ShardApi> ShardReader<A> {
             sequence_number: Some(last.sequence_number().to_owned()),
             clock: self.clock.last(),
             finished: false,
+            start_at: None,
         };
         // Pages that produce no operation take no budget: this bound keeps them from piling up
         // while Elasticsearch is down (the tracker also merges consecutive ones).
