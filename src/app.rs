@@ -245,6 +245,20 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         background.clone(),
     ));
 
+    tokio::pin!(shutdown);
+    if config.sink.manage_indices {
+        // before anything is written: the first write would create the index dynamically
+        tokio::select! {
+            r = crate::index_setup::at_start(config, &background) => if let Err(e) = r {
+                background.cancel();
+                return Err(e);
+            },
+            _ = &mut shutdown => {
+                background.cancel();
+                return Ok(());
+            }
+        }
+    }
     let (router, mut lanes) = batch::start(&config.batch, sink.clone(), metrics.clone());
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -327,7 +341,6 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         ))
     });
 
-    tokio::pin!(shutdown);
     tokio::select! {
         _ = &mut shutdown => tracing::info!("shutdown requested: stop reading, flush, commit"),
         r = &mut coordinator => anyhow::bail!("shard coordinator stopped unexpectedly: {r:?}"),

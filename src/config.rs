@@ -38,7 +38,36 @@ pub struct Config {
     /// format = "dms": one route per source table.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
+    /// How the indices sluice writes to are created (`sluice index ensure`).
+    #[serde(default)]
+    pub index: Vec<IndexConfig>,
 }
+
+/// One index sluice writes to, and how to create it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    /// The index to create. With `alias`, the concrete index behind it (`posts-000001`).
+    pub name: String,
+    /// Written through: `sink.index` (or a route's index) names the alias, which points at
+    /// `name` once sluice creates it (the alias is its write index).
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// A JSON file with the index `settings` object (nested or flat keys).
+    #[serde(default)]
+    pub settings_file: Option<PathBuf>,
+    /// A JSON file with the index `mappings` object (`{"properties": …}`).
+    #[serde(default)]
+    pub mappings_file: Option<PathBuf>,
+}
+
+impl IndexConfig {
+    /// The name documents are written to: the alias, or the index itself.
+    pub fn written_as(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.name)
+    }
+}
+
 
 /// Where a DMS source table goes.
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +240,10 @@ pub struct SinkConfig {
     pub compression: Compression,
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Create the `[[index]]` indices that are missing before reading starts (what `sluice
+    /// index ensure` does); an existing index that differs is reported, never changed.
+    #[serde(default)]
+    pub manage_indices: bool,
 }
 
 /// TLS to the cluster: certificates are verified against the system's (webpki) roots.
@@ -625,6 +658,7 @@ impl Default for SinkConfig {
             aws_service: default_aws_service(),
             compression: default_compression(),
             tls: TlsConfig::default(),
+            manage_indices: false,
         }
     }
 }
@@ -880,6 +914,45 @@ impl Config {
                 return err(&key("include"), "set include or exclude, not both");
             }
         }
+        let written: Vec<&str> = if self.route.is_empty() {
+            vec![self.sink.index.as_str()]
+        } else {
+            self.route.iter().map(|r| r.index.as_str()).collect()
+        };
+        let mut targets = std::collections::HashSet::new();
+        for (i, x) in self.index.iter().enumerate() {
+            let key = |k: &str| format!("index[{i}].{k}");
+            if !valid_index(&x.name) {
+                return err(&key("name"), "must be a lowercase Elasticsearch index name");
+            }
+            if let Some(alias) = &x.alias {
+                if !valid_index(alias) || alias == &x.name {
+                    return err(
+                        &key("alias"),
+                        "must be a lowercase Elasticsearch name, other than the index's",
+                    );
+                }
+            }
+            if !written.contains(&x.written_as()) {
+                return err(
+                    &key(if x.alias.is_some() { "alias" } else { "name" }),
+                    &format!(
+                        "sluice writes to no index named `{}` (it writes to: {})",
+                        x.written_as(),
+                        written.join(", ")
+                    ),
+                );
+            }
+            if !targets.insert(x.written_as().to_string()) {
+                return err(&key("name"), &format!("`{}` is set up twice", x.written_as()));
+            }
+        }
+        if self.sink.manage_indices && self.index.is_empty() {
+            return err(
+                "sink.manage_indices",
+                "needs at least one [[index]] (name, settings_file, mappings_file) to create",
+            );
+        }
         for (key, d) in [
             ("source.poll_interval", s.poll_interval),
             ("source.discovery_interval", s.discovery_interval),
@@ -1090,6 +1163,20 @@ mod tests {
     }
 
     const MINIMAL: &str = "[source]\ntype = \"dynamodb_streams\"\ntable = \"Posts\"\n";
+
+    #[test]
+    fn an_index_set_up_must_name_an_index_sluice_writes_to() {
+        let ok = format!("{MINIMAL}[sink]\nindex = \"posts\"\nmanage_indices = true\n[[index]]\nname = \"posts-000001\"\nalias = \"posts\"\n");
+        let c = load(&ok, &[]).unwrap();
+        assert_eq!(c.index[0].written_as(), "posts");
+        let elsewhere = format!("{MINIMAL}[sink]\nindex = \"posts\"\n[[index]]\nname = \"comments\"\n");
+        let e = load(&elsewhere, &[]).unwrap_err().to_string();
+        assert!(e.contains("index[0].name") && e.contains("writes to: posts"), "{e}");
+        let upper = format!("{MINIMAL}[sink]\nindex = \"posts\"\n[[index]]\nname = \"Posts\"\n");
+        assert!(load(&upper, &[]).unwrap_err().to_string().contains("index[0].name"));
+        let nothing = format!("{MINIMAL}[sink]\nmanage_indices = true\n");
+        assert!(load(&nothing, &[]).unwrap_err().to_string().contains("sink.manage_indices"));
+    }
 
     #[test]
     fn minimal_file_gets_documented_defaults() {

@@ -155,6 +155,17 @@ impl EsClient {
         self.send("POST", "/_bulk", Some(body)).await
     }
 
+    /// Any other request (index set-up, `_mget`, searches of the tools), signed and
+    /// compressed like the bulk requests.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, SendError> {
+        self.send(method, path, body).await
+    }
+
     async fn send(
         &self,
         method: &str,

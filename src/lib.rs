@@ -13,6 +13,7 @@ pub mod config;
 pub mod data_loss;
 pub mod es_client;
 pub mod http;
+pub mod index_setup;
 pub mod lease;
 pub mod metrics;
 pub mod retry;

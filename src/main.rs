@@ -25,7 +25,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate the configuration (file + SLUICE__… environment) without any I/O.
+    /// Validate the configuration (file + SLUICE__… environment) without contacting any service.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
@@ -66,6 +66,14 @@ enum Command {
         #[command(subcommand)]
         action: CheckpointAction,
     },
+    /// Set up the `[[index]]` indices: create the missing ones (settings, mappings, alias);
+    /// report how existing ones differ, never changing them.
+    Index {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: IndexAction,
+    },
     /// Show each shard's lease: owner, epoch, heartbeat, handoff and checkpoint.
     Leases {
         #[arg(long, short)]
@@ -74,6 +82,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum IndexAction {
+    /// Create what is missing; exit 1 when an existing index differs from the files.
+    Ensure,
 }
 
 #[derive(Subcommand)]
@@ -168,7 +182,8 @@ fn main() -> ExitCode {
     | Command::Healthcheck { config }
     | Command::Backfill { config, .. }
     | Command::DeadLetters { config, .. }
-    | Command::Checkpoints { config, .. }) = &cli.command;
+    | Command::Checkpoints { config, .. }
+    | Command::Index { config, .. }) = &cli.command;
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -239,6 +254,26 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("sluice dead-letters: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Command::Index {
+        action: IndexAction::Ensure,
+        ..
+    } = cli.command
+    {
+        return match runtime.block_on(sluice::commands::index::ensure(&cfg)) {
+            Ok((text, all_match)) => {
+                print!("{text}");
+                if all_match {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("sluice index: {e:#}");
                 ExitCode::FAILURE
             }
         };

@@ -1159,3 +1159,42 @@ async fn a_shard_close_to_losing_records_closes_readiness_and_names_it() {
     let _ = http.await;
     stop(run).await;
 }
+
+/// Operate 5 at start: with `sink.manage_indices`, the `[[index]]` is created from its mappings
+/// file, behind its alias, before the first write — so the stream's documents land in it through
+/// the alias instead of creating an index of that name with a dynamic mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_indices_are_created_before_the_first_write() {
+    let es = FakeEs::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mappings = dir.path().join("mappings.json");
+    std::fs::write(&mappings, r#"{"properties": {"id": {"type": "keyword"}, "n": {"type": "long"}}}"#).unwrap();
+    let mut config = config_with(
+        dir.path(),
+        &es.url(),
+        10,
+        &format!(
+            "[[index]]\nname = \"scripted-v1\"\nalias = \"scripted\"\nmappings_file = \"{}\"\n",
+            mappings.display()
+        ),
+    );
+    config.sink.manage_indices = true;
+    let records: Vec<Record> = (1..=5).map(|i| put(i, &format!("d{i}"), i, 1_700_000_000)).collect();
+    let api = Arc::new(ScriptedStreams::new(
+        vec![shard("s", &[], false, records)],
+        dir.path().join("sluice.db"),
+    ));
+    let run = start(api, config);
+    let expected: BTreeMap<String, Value> = (1..=5).map(|i| doc(&format!("d{i}"), i)).collect();
+    wait_for(&es, &expected, Duration::from_secs(20)).await;
+    assert_eq!(es.documents("scripted-v1"), expected, "written into the index behind the alias");
+    let state: Value = reqwest::get(format!("{}/scripted", es.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["scripted-v1"]["mappings"]["properties"]["n"]["type"], "long", "{state}");
+    assert_eq!(state["scripted-v1"]["aliases"]["scripted"]["is_write_index"], true, "{state}");
+    stop(run).await;
+}

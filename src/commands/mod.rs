@@ -5,4 +5,5 @@ pub mod backfill;
 pub mod checkpoints;
 pub mod dead_letters;
 pub mod healthcheck;
+pub mod index;
 pub mod leases;

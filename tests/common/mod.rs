@@ -280,6 +280,11 @@ impl Es {
         out
     }
 
+    /// `GET /{name}` (an index or an alias) as Elasticsearch answers it; `None` when missing.
+    pub async fn index_state(&self, name: &str) -> Option<Value> {
+        self.get(&format!("/{name}")).await
+    }
+
     pub async fn delete_index(&self, index: &str) {
         let _ = self
             .http

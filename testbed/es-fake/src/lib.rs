@@ -103,6 +103,106 @@ struct Index {
     /// `index.blocks.read_only_allow_delete` (the flood-stage disk watermark): writes other
     /// than deletes answered 429 cluster_block_exception (Elasticsearch 7.7+).
     block_read_only_allow_delete: bool,
+    /// Index settings as `GET /{index}` answers them: nested under `index`, values as strings.
+    settings: Map<String, Value>,
+    /// The `mappings` of the creation request, as given (dynamic fields are not added).
+    mappings: Value,
+    /// Aliases of this index and their properties (`is_write_index`, …).
+    aliases: Map<String, Value>,
+}
+
+impl Index {
+    /// An index created by its first write (`action.auto_create_index`): default settings and a
+    /// dynamic mapping.
+    fn auto_created(name: &str) -> Index {
+        let settings: BTreeMap<String, Value> = [
+            ("index.number_of_shards".to_string(), json!("1")),
+            ("index.number_of_replicas".to_string(), json!("1")),
+            ("index.provided_name".to_string(), json!(name)),
+        ]
+        .into();
+        Index {
+            settings: nested(&settings),
+            mappings: json!({}),
+            ..Index::default()
+        }
+    }
+}
+
+/// The index a name means: the index itself, or the write index of an alias of that name (the
+/// only index behind it, or the one marked `is_write_index`). Unknown names come back as given.
+fn resolve(indices: &BTreeMap<String, Index>, name: &str) -> String {
+    if indices.contains_key(name) {
+        return name.to_string();
+    }
+    let behind: Vec<(&String, &Index)> = indices
+        .iter()
+        .filter(|(_, i)| i.aliases.contains_key(name))
+        .collect();
+    let write = behind.iter().find(|(_, i)| {
+        i.aliases[name].get("is_write_index") == Some(&Value::Bool(true))
+    });
+    match (write, behind.as_slice()) {
+        (Some((n, _)), _) => (*n).clone(),
+        (None, [(n, _)]) => (*n).clone(),
+        _ => name.to_string(),
+    }
+}
+
+/// Settings of an index creation, nested or flat (`{"index": {"number_of_shards": 1}}`,
+/// `{"number_of_shards": 1}`, `{"index.number_of_shards": "1"}`), as Elasticsearch stores them:
+/// dotted paths under `index.`, every value a string.
+fn normalised_settings(given: &Value) -> BTreeMap<String, Value> {
+    fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    flatten(&key, v, out);
+                }
+            }
+            Value::Array(items) => {
+                let strings = items
+                    .iter()
+                    .map(|i| Value::String(i.as_str().map_or_else(|| i.to_string(), str::to_owned)))
+                    .collect();
+                out.insert(prefix.to_string(), Value::Array(strings));
+            }
+            Value::String(t) => {
+                out.insert(prefix.to_string(), Value::String(t.clone()));
+            }
+            Value::Null => {}
+            other => {
+                out.insert(prefix.to_string(), Value::String(other.to_string()));
+            }
+        }
+    }
+    let mut flat = BTreeMap::new();
+    flatten("", given, &mut flat);
+    flat.into_iter()
+        .map(|(k, v)| {
+            let k = if k.starts_with("index.") { k } else { format!("index.{k}") };
+            (k, v)
+        })
+        .collect()
+}
+
+/// Dotted paths back into nested objects (how `GET /{index}` shows settings).
+fn nested(flat: &BTreeMap<String, Value>) -> Map<String, Value> {
+    let mut root = Map::new();
+    for (path, v) in flat {
+        let mut at = &mut root;
+        let parts: Vec<&str> = path.split('.').collect();
+        for p in &parts[..parts.len() - 1] {
+            at = at
+                .entry(p.to_string())
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .expect("settings paths do not clash");
+        }
+        at.insert(parts[parts.len() - 1].to_string(), v.clone());
+    }
+    root
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,7 +328,7 @@ impl FakeEs {
     pub fn documents(&self, index: &str) -> BTreeMap<String, Value> {
         let indices = self.shared.indices.lock().unwrap();
         indices
-            .get(index)
+            .get(&resolve(&indices, index))
             .map(|i| {
                 i.docs
                     .iter()
@@ -460,6 +560,19 @@ async fn create_index(
             return es_error(StatusCode::BAD_REQUEST, "mapper_parsing_exception", &e);
         }
     }
+    let mut settings = normalised_settings(req.get("settings").unwrap_or(&json!({})));
+    settings
+        .entry("index.number_of_shards".into())
+        .or_insert_with(|| json!("1"));
+    settings
+        .entry("index.number_of_replicas".into())
+        .or_insert_with(|| json!("1"));
+    settings.insert("index.provided_name".into(), json!(index));
+    let aliases = req
+        .get("aliases")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let mut indices = s.indices.lock().unwrap();
     if indices.contains_key(&index) {
         return es_error(
@@ -468,10 +581,27 @@ async fn create_index(
             &format!("index [{index}] already exists"),
         );
     }
+    if indices.values().any(|i| i.aliases.contains_key(&index)) {
+        return es_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_index_name_exception",
+            &format!("Invalid index name [{index}], an alias with the same name already exists"),
+        );
+    }
+    if let Some(clash) = aliases.keys().find(|a| indices.contains_key(*a)) {
+        return es_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_alias_name_exception",
+            &format!("Invalid alias name [{clash}]: an index or data stream exists with the same name as the alias"),
+        );
+    }
     indices.insert(
         index.clone(),
         Index {
             mapping,
+            settings: nested(&settings),
+            mappings: req.get("mappings").cloned().unwrap_or_else(|| json!({})),
+            aliases,
             ..Index::default()
         },
     );
@@ -507,13 +637,14 @@ async fn index_exists(
     if s.upstream.is_some() {
         return forward(&s, method, &uri, body).await;
     }
-    if s.indices.lock().unwrap().contains_key(&index) {
-        es_json(
+    let indices = s.indices.lock().unwrap();
+    let name = resolve(&indices, &index);
+    match indices.get(&name) {
+        Some(i) => es_json(
             StatusCode::OK,
-            json!({ index: {"mappings": {}, "settings": {}} }),
-        )
-    } else {
-        not_found_index(&index)
+            json!({ name: {"aliases": i.aliases, "mappings": i.mappings, "settings": i.settings} }),
+        ),
+        None => not_found_index(&index),
     }
 }
 
@@ -628,6 +759,7 @@ async fn get_doc(
         return forward(&s, method, &uri, body).await;
     }
     let indices = s.indices.lock().unwrap();
+    let index = resolve(&indices, &index);
     let Some(idx) = indices.get(&index) else {
         return not_found_index(&index);
     };
@@ -719,6 +851,7 @@ async fn count(
         Err(e) => return es_error(StatusCode::BAD_REQUEST, "parsing_exception", &e),
     };
     let indices = s.indices.lock().unwrap();
+    let index = resolve(&indices, &index);
     let Some(idx) = indices.get(&index) else {
         return not_found_index(&index);
     };
@@ -774,6 +907,7 @@ async fn search(
         );
     }
     let indices = s.indices.lock().unwrap();
+    let index = resolve(&indices, &index);
     let Some(idx) = indices.get(&index) else {
         return not_found_index(&index);
     };
@@ -1201,6 +1335,12 @@ fn apply(s: &Shared, a: &Action) -> Value {
         );
     }
     let mut indices = s.indices.lock().unwrap();
+    // a write to an alias goes to its write index, and the answer names that index
+    let resolved = Action {
+        index: resolve(&indices, &a.index),
+        ..a.clone()
+    };
+    let a = &resolved;
     if !indices.contains_key(&a.index) && !s.auto_create_index.load(Ordering::Relaxed) {
         return item_error(
             a,
@@ -1212,7 +1352,9 @@ fn apply(s: &Shared, a: &Action) -> Value {
             ),
         );
     }
-    let idx = indices.entry(a.index.clone()).or_default();
+    let idx = indices
+        .entry(a.index.clone())
+        .or_insert_with(|| Index::auto_created(&a.index));
     if idx.block_write {
         return item_error(
             a,
