@@ -313,12 +313,8 @@ impl AckTracker {
     /// pending, the first record not yet read. A restart would read from there, so this is the
     /// record the stream's retention must not pass.
     pub fn oldest_unacknowledged(&self) -> HashMap<ShardId, u64> {
-        let mut oldest: HashMap<ShardId, u64> = self
-            .inner
-            .read_up_to
-            .lock()
-            .expect("tracker lock")
-            .clone();
+        let mut oldest: HashMap<ShardId, u64> =
+            self.inner.read_up_to.lock().expect("tracker lock").clone();
         let pending = self.inner.pending.lock().expect("tracker lock");
         for (shard, queue) in pending.iter() {
             if let Some(t) = queue.iter().filter_map(|s| s.arrived).min() {

@@ -306,6 +306,11 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         backoff: Backoff::AWS,
     });
     let reading = CancellationToken::new();
+    tokio::spawn(crate::commands::verify::export_last_run(
+        store.clone(),
+        metrics.clone(),
+        background.clone(),
+    ));
     tokio::spawn(crate::data_loss::watch(
         api.clone(),
         tracker.clone(),

@@ -68,7 +68,6 @@ impl IndexConfig {
     }
 }
 
-
 /// Where a DMS source table goes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -542,7 +541,10 @@ pub struct HealthConfig {
     pub parent_timeout: Duration,
     /// Not ready once a shard's oldest unacknowledged record is this close to the stream's
     /// retention (`sluice_shard_time_to_data_loss_seconds`); "0s" turns the check off.
-    #[serde(default = "default_min_time_to_data_loss", deserialize_with = "duration")]
+    #[serde(
+        default = "default_min_time_to_data_loss",
+        deserialize_with = "duration"
+    )]
     pub min_time_to_data_loss: Duration,
 }
 
@@ -944,7 +946,10 @@ impl Config {
                 );
             }
             if !targets.insert(x.written_as().to_string()) {
-                return err(&key("name"), &format!("`{}` is set up twice", x.written_as()));
+                return err(
+                    &key("name"),
+                    &format!("`{}` is set up twice", x.written_as()),
+                );
             }
         }
         if self.sink.manage_indices && self.index.is_empty() {
@@ -1169,13 +1174,23 @@ mod tests {
         let ok = format!("{MINIMAL}[sink]\nindex = \"posts\"\nmanage_indices = true\n[[index]]\nname = \"posts-000001\"\nalias = \"posts\"\n");
         let c = load(&ok, &[]).unwrap();
         assert_eq!(c.index[0].written_as(), "posts");
-        let elsewhere = format!("{MINIMAL}[sink]\nindex = \"posts\"\n[[index]]\nname = \"comments\"\n");
+        let elsewhere =
+            format!("{MINIMAL}[sink]\nindex = \"posts\"\n[[index]]\nname = \"comments\"\n");
         let e = load(&elsewhere, &[]).unwrap_err().to_string();
-        assert!(e.contains("index[0].name") && e.contains("writes to: posts"), "{e}");
+        assert!(
+            e.contains("index[0].name") && e.contains("writes to: posts"),
+            "{e}"
+        );
         let upper = format!("{MINIMAL}[sink]\nindex = \"posts\"\n[[index]]\nname = \"Posts\"\n");
-        assert!(load(&upper, &[]).unwrap_err().to_string().contains("index[0].name"));
+        assert!(load(&upper, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("index[0].name"));
         let nothing = format!("{MINIMAL}[sink]\nmanage_indices = true\n");
-        assert!(load(&nothing, &[]).unwrap_err().to_string().contains("sink.manage_indices"));
+        assert!(load(&nothing, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("sink.manage_indices"));
     }
 
     #[test]

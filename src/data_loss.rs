@@ -164,8 +164,14 @@ mod tests {
             why.contains("shardId-c is 30s past it, shardId-b has 1800s left"),
             "{why}"
         );
-        assert!(!why.contains("shardId-a") && why.contains("1h") && why.contains("1day"), "{why}");
-        assert_eq!(verdict(&shards, Duration::from_secs(60), 24 * HOUR).map(|w| w.contains("shardId-b")), Some(false));
+        assert!(
+            !why.contains("shardId-a") && why.contains("1h") && why.contains("1day"),
+            "{why}"
+        );
+        assert_eq!(
+            verdict(&shards, Duration::from_secs(60), 24 * HOUR).map(|w| w.contains("shardId-b")),
+            Some(false)
+        );
         assert_eq!(verdict(&shards, Duration::ZERO, 24 * HOUR), None);
         assert_eq!(verdict(&BTreeMap::new(), HOUR, 24 * HOUR), None);
     }

@@ -26,9 +26,14 @@ pub struct Desired {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Created,
-    Matches { index: String },
+    Matches {
+        index: String,
+    },
     /// The existing index differs from the files; it was left as it is.
-    Differs { index: String, differences: Vec<String> },
+    Differs {
+        index: String,
+        differences: Vec<String>,
+    },
 }
 
 /// Why `ensure` could not finish: worth retrying (the cluster is not there or overloaded) or not
@@ -52,7 +57,10 @@ pub fn desired(config: &Config) -> anyhow::Result<Vec<Desired>> {
 }
 
 fn desired_one(i: usize, x: &IndexConfig) -> anyhow::Result<Desired> {
-    let read = |key: &str, path: &Option<std::path::PathBuf>, wrapper: &str| -> anyhow::Result<Value> {
+    let read = |key: &str,
+                path: &Option<std::path::PathBuf>,
+                wrapper: &str|
+     -> anyhow::Result<Value> {
         let Some(path) = path else {
             return Ok(json!({}));
         };
@@ -63,7 +71,10 @@ fn desired_one(i: usize, x: &IndexConfig) -> anyhow::Result<Desired> {
             anyhow::anyhow!("index[{i}].{key} `{}` is not JSON: {e}", path.display())
         })?;
         let Value::Object(m) = &v else {
-            anyhow::bail!("index[{i}].{key} `{}` must hold a JSON object", path.display());
+            anyhow::bail!(
+                "index[{i}].{key} `{}` must hold a JSON object",
+                path.display()
+            );
         };
         if m.len() == 1 && m.contains_key(wrapper) {
             anyhow::bail!(
@@ -108,7 +119,11 @@ pub async fn ensure(client: &EsClient, d: &Desired) -> Result<Outcome, SetupErro
                 }),
             }
         }
-        status => Err(judge(status, &format!("creating index `{}`", d.name), &answer.body)),
+        status => Err(judge(
+            status,
+            &format!("creating index `{}`", d.name),
+            &answer.body,
+        )),
     }
 }
 
@@ -123,7 +138,11 @@ async fn compare_existing(
         return Ok(None);
     }
     if !(200..300).contains(&answer.status) {
-        return Err(judge(answer.status, &format!("reading index `{target}`"), &answer.body));
+        return Err(judge(
+            answer.status,
+            &format!("reading index `{target}`"),
+            &answer.body,
+        ));
     }
     let found: Map<String, Value> = serde_json::from_str(&answer.body).map_err(|e| {
         SetupError::Unavailable(format!("reading index `{target}`: not JSON ({e})"))
@@ -137,7 +156,9 @@ async fn compare_existing(
             })
         })
         .or_else(|| found.iter().next())
-        .ok_or_else(|| SetupError::Unavailable(format!("reading index `{target}`: empty answer")))?;
+        .ok_or_else(|| {
+            SetupError::Unavailable(format!("reading index `{target}`: empty answer"))
+        })?;
     let mut differences = differences(d, state);
     if let Some(alias) = &d.alias {
         if index == alias {
@@ -164,10 +185,12 @@ pub fn differences(d: &Desired, state: &Value) -> Vec<String> {
     let have = flat_settings(state.get("settings").unwrap_or(&Value::Null));
     for (key, value) in &want {
         match have.get(key) {
-            None => out.push(format!("setting {key}: {value} in the file, not set in the index")),
-            Some(v) if v != value => {
-                out.push(format!("setting {key}: {value} in the file, {v} in the index"))
-            }
+            None => out.push(format!(
+                "setting {key}: {value} in the file, not set in the index"
+            )),
+            Some(v) if v != value => out.push(format!(
+                "setting {key}: {value} in the file, {v} in the index"
+            )),
             Some(_) => {}
         }
     }
@@ -383,11 +406,27 @@ mod tests {
             "mappings": {"properties": {"title": {"type": "keyword"}, "author": {"properties": {}}}}
         });
         let diffs = differences(&d, &changed);
-        assert!(diffs.contains(&"setting index.number_of_shards: 2 in the file, 1 in the index".to_string()), "{diffs:#?}");
+        assert!(
+            diffs.contains(
+                &"setting index.number_of_shards: 2 in the file, 1 in the index".to_string()
+            ),
+            "{diffs:#?}"
+        );
         assert!(diffs.iter().any(|d| d.starts_with("setting index.analysis.analyzer.folded.filter: lowercase,asciifolding in the file, not set")), "{diffs:#?}");
-        assert!(diffs.contains(&"mappings.properties.title.type: text in the file, keyword in the index".to_string()), "{diffs:#?}");
+        assert!(
+            diffs.contains(
+                &"mappings.properties.title.type: text in the file, keyword in the index"
+                    .to_string()
+            ),
+            "{diffs:#?}"
+        );
         assert!(diffs.contains(&"mappings.properties.author.properties.name: {\"type\":\"keyword\"} in the file, not in the index".to_string()), "{diffs:#?}");
-        assert!(diffs.iter().any(|d| d.starts_with("mappings.properties.score")), "{diffs:#?}");
+        assert!(
+            diffs
+                .iter()
+                .any(|d| d.starts_with("mappings.properties.score")),
+            "{diffs:#?}"
+        );
     }
 
     #[test]
@@ -402,6 +441,9 @@ mod tests {
             mappings_file: Some(path),
         };
         let e = desired_one(0, &x).unwrap_err().to_string();
-        assert!(e.contains("index[0].mappings_file") && e.contains("only what is inside"), "{e}");
+        assert!(
+            e.contains("index[0].mappings_file") && e.contains("only what is inside"),
+            "{e}"
+        );
     }
 }

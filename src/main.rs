@@ -74,6 +74,24 @@ enum Command {
         #[command(subcommand)]
         action: IndexAction,
     },
+    /// Does the index equal the table? Scans the table (or --sample N items), compares each
+    /// document; exit 0 only when nothing differs. --repair fixes what differs.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Compare this many items from random segments instead of the whole table.
+        #[arg(long)]
+        sample: Option<u64>,
+        /// Also find documents whose item is gone (reads every id of the index).
+        #[arg(long)]
+        extra: bool,
+        /// Re-index missing and different items, delete extra documents (backfill versions: a
+        /// newer stream change always wins).
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show each shard's lease: owner, epoch, heartbeat, handoff and checkpoint.
     Leases {
         #[arg(long, short)]
@@ -183,7 +201,8 @@ fn main() -> ExitCode {
     | Command::Backfill { config, .. }
     | Command::DeadLetters { config, .. }
     | Command::Checkpoints { config, .. }
-    | Command::Index { config, .. }) = &cli.command;
+    | Command::Index { config, .. }
+    | Command::Verify { config, .. }) = &cli.command;
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -255,6 +274,42 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("sluice dead-letters: {e:#}");
                 ExitCode::FAILURE
+            }
+        };
+    }
+    if let Command::Verify {
+        sample,
+        extra,
+        repair,
+        json,
+        ..
+    } = cli.command
+    {
+        init_tracing(&cfg);
+        let options = sluice::commands::verify::Options {
+            sample,
+            extra,
+            repair,
+        };
+        return match runtime.block_on(sluice::commands::verify::run(&cfg, options)) {
+            Ok(report) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", report.render());
+                }
+                if report.differences() == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("sluice verify: {e:#}");
+                ExitCode::from(2)
             }
         };
     }

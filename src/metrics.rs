@@ -44,6 +44,9 @@ pub struct Metrics {
     pub backfill_complete: IntGauge,
     pub time_to_data_loss: prometheus::GaugeVec,
     pub retention: prometheus::Gauge,
+    pub verify_last_run: prometheus::Gauge,
+    pub verify_last_checked: IntGauge,
+    pub verify_last_differences: IntGaugeVec,
 }
 
 /// Results of document operations (`sluice_documents_total{result}`).
@@ -291,6 +294,21 @@ impl Metrics {
             "sluice_stream_retention_seconds",
             "How long the stream keeps a record (DynamoDB Streams: 24 h; Kinesis: RetentionPeriodHours, re-read every 5 minutes)"
         ));
+        let verify_last_run = reg!(prometheus::Gauge::new(
+            "sluice_verify_last_run_timestamp_seconds",
+            "When the last `sluice verify` recorded in the checkpoint file finished (0: never)"
+        ));
+        let verify_last_checked = reg!(IntGauge::new(
+            "sluice_verify_last_items_checked",
+            "Items the last `sluice verify` compared"
+        ));
+        let verify_last_differences = reg!(IntGaugeVec::new(
+            Opts::new(
+                "sluice_verify_last_differences",
+                "Documents the last `sluice verify` found differing from the table, by class: missing, different, extra"
+            ),
+            &["class"]
+        ));
         let pipeline_budget_bytes = reg!(IntGauge::new(
             "sluice_pipeline_budget_bytes",
             "The byte budget between readers and Elasticsearch (sluice_pipeline_bytes stops growing here)"
@@ -366,6 +384,9 @@ impl Metrics {
             backfill_complete,
             time_to_data_loss,
             retention,
+            verify_last_run,
+            verify_last_checked,
+            verify_last_differences,
         }
     }
 

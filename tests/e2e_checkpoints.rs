@@ -82,7 +82,16 @@ async fn checkpoints_list_after_a_split_and_a_reset_to_latest_skips_what_it_said
     let config = dir.path().join("sluice.toml");
     std::fs::write(
         &config,
-        kinesis_config_toml(&kinesis.url, &es.url(), STREAM, "dms", &db, http_port, ROUTE, ""),
+        kinesis_config_toml(
+            &kinesis.url,
+            &es.url(),
+            STREAM,
+            "dms",
+            &db,
+            http_port,
+            ROUTE,
+            "",
+        ),
     )
     .unwrap();
     let mut sluice = Sluice::start_with_config(&config, http_port, dir.path());
@@ -113,14 +122,20 @@ async fn checkpoints_list_after_a_split_and_a_reset_to_latest_skips_what_it_said
     // changes until both children have records
     let mut rev = 1;
     let mut landed: BTreeMap<String, usize> = BTreeMap::new();
-    while children.iter().any(|c| landed.get(c).copied().unwrap_or(0) < 3) {
+    while children
+        .iter()
+        .any(|c| landed.get(c).copied().unwrap_or(0) < 3)
+    {
         for id in 1..=40 {
             let (shard, row) = change(&k, id, rev).await;
             *landed.entry(shard).or_default() += 1;
             model.insert(id.to_string(), row);
         }
         rev += 1;
-        assert!(rev < 20, "partition keys never reached both children: {landed:?}");
+        assert!(
+            rev < 20,
+            "partition keys never reached both children: {landed:?}"
+        );
     }
     assert_index_equals(&es, "customers", &model, Duration::from_secs(60)).await;
 
@@ -217,7 +232,16 @@ async fn checkpoints_list_after_a_split_and_a_reset_to_latest_skips_what_it_said
     let config2 = dir.path().join("sluice2.toml");
     std::fs::write(
         &config2,
-        kinesis_config_toml(&kinesis.url, &es.url(), STREAM, "dms", &db, http_port, ROUTE, ""),
+        kinesis_config_toml(
+            &kinesis.url,
+            &es.url(),
+            STREAM,
+            "dms",
+            &db,
+            http_port,
+            ROUTE,
+            "",
+        ),
     )
     .unwrap();
     let _sluice = Sluice::start_with_config(&config2, http_port, dir.path());

@@ -95,12 +95,24 @@ mappings_file = "{}"
 
     let (code, out) = ensure(&config);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains(&format!("created {INDEX} (alias {ALIAS})")), "{out}");
+    assert!(
+        out.contains(&format!("created {INDEX} (alias {ALIAS})")),
+        "{out}"
+    );
     let state = es.index_state(ALIAS).await.expect("the alias resolves");
     let created = &state[INDEX];
-    assert_eq!(created["mappings"]["properties"]["title"]["type"], "text", "{state}");
-    assert_eq!(created["mappings"]["properties"]["author"]["properties"]["name"]["type"], "keyword");
-    assert_eq!(created["settings"]["index"]["number_of_replicas"], "0", "{state}");
+    assert_eq!(
+        created["mappings"]["properties"]["title"]["type"], "text",
+        "{state}"
+    );
+    assert_eq!(
+        created["mappings"]["properties"]["author"]["properties"]["name"]["type"],
+        "keyword"
+    );
+    assert_eq!(
+        created["settings"]["index"]["number_of_replicas"], "0",
+        "{state}"
+    );
     assert_eq!(created["aliases"][ALIAS]["is_write_index"], true, "{state}");
 
     // written through the alias into the index, under the mapping: a score that is not a number
@@ -119,17 +131,23 @@ mappings_file = "{}"
     assert_eq!(answer["items"][0]["index"]["status"], 201, "{answer}");
     assert_eq!(answer["items"][1]["index"]["status"], 400, "{answer}");
     // Elasticsearch before 8.8 says mapper_parsing_exception, later document_parsing_exception
-    let refused = answer["items"][1]["index"]["error"]["type"].as_str().unwrap_or_default();
+    let refused = answer["items"][1]["index"]["error"]["type"]
+        .as_str()
+        .unwrap_or_default();
     assert!(refused.ends_with("_parsing_exception"), "{answer}");
 
     let (code, out) = ensure(&config);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains(&format!("exists as `{INDEX}` and matches")), "{out}");
+    assert!(
+        out.contains(&format!("exists as `{INDEX}` and matches")),
+        "{out}"
+    );
 
     // the file changes; the index does not
     std::fs::write(
         &mappings,
-        json!({"properties": {"title": {"type": "keyword"}, "score": {"type": "long"}}}).to_string(),
+        json!({"properties": {"title": {"type": "keyword"}, "score": {"type": "long"}}})
+            .to_string(),
     )
     .unwrap();
     let (code, out) = ensure(&config);
@@ -137,10 +155,14 @@ mappings_file = "{}"
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("DIFFERS")
-            && out.contains("mappings.properties.title.type: keyword in the file, text in the index"),
+            && out
+                .contains("mappings.properties.title.type: keyword in the file, text in the index"),
         "{out}"
     );
     let state = es.index_state(ALIAS).await.unwrap();
-    assert_eq!(state[INDEX]["mappings"]["properties"]["title"]["type"], "text", "{state}");
+    assert_eq!(
+        state[INDEX]["mappings"]["properties"]["title"]["type"], "text",
+        "{state}"
+    );
     es.delete_index(INDEX).await;
 }

@@ -1105,11 +1105,15 @@ async fn a_shard_close_to_losing_records_closes_readiness_and_names_it() {
             .get()
     };
 
-    wait_until("readiness names the old shard", Duration::from_secs(20), || {
-        run.health
-            .not_ready()
-            .is_some_and(|why| why.contains("shardId-old"))
-    })
+    wait_until(
+        "readiness names the old shard",
+        Duration::from_secs(20),
+        || {
+            run.health
+                .not_ready()
+                .is_some_and(|why| why.contains("shardId-old"))
+        },
+    )
     .await;
     let (status, body) = readyz("/readyz").await;
     assert_eq!(status, 503, "{body}");
@@ -1138,14 +1142,19 @@ async fn a_shard_close_to_losing_records_closes_readiness_and_names_it() {
     // the figure falls as the records age (it is computed every 5 s)
     let first = ttdl("shardId-old");
     let measured = Instant::now();
-    wait_until("the figure is computed again", Duration::from_secs(15), || {
-        ttdl("shardId-old") != first
-    })
+    wait_until(
+        "the figure is computed again",
+        Duration::from_secs(15),
+        || ttdl("shardId-old") != first,
+    )
     .await;
     let fell = first - ttdl("shardId-old");
     let waited = measured.elapsed().as_secs_f64();
     println!("time to data loss fell by {fell:.1}s in {waited:.1}s");
-    assert!(fell > 0.0 && fell <= waited + 5.5, "fell {fell}s in {waited}s");
+    assert!(
+        fell > 0.0 && fell <= waited + 5.5,
+        "fell {fell}s in {waited}s"
+    );
 
     // acknowledged: nothing old is pending, the shard is caught up, readiness opens
     es.release();
@@ -1168,7 +1177,11 @@ async fn managed_indices_are_created_before_the_first_write() {
     let es = FakeEs::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mappings = dir.path().join("mappings.json");
-    std::fs::write(&mappings, r#"{"properties": {"id": {"type": "keyword"}, "n": {"type": "long"}}}"#).unwrap();
+    std::fs::write(
+        &mappings,
+        r#"{"properties": {"id": {"type": "keyword"}, "n": {"type": "long"}}}"#,
+    )
+    .unwrap();
     let mut config = config_with(
         dir.path(),
         &es.url(),
@@ -1179,7 +1192,9 @@ async fn managed_indices_are_created_before_the_first_write() {
         ),
     );
     config.sink.manage_indices = true;
-    let records: Vec<Record> = (1..=5).map(|i| put(i, &format!("d{i}"), i, 1_700_000_000)).collect();
+    let records: Vec<Record> = (1..=5)
+        .map(|i| put(i, &format!("d{i}"), i, 1_700_000_000))
+        .collect();
     let api = Arc::new(ScriptedStreams::new(
         vec![shard("s", &[], false, records)],
         dir.path().join("sluice.db"),
@@ -1187,14 +1202,24 @@ async fn managed_indices_are_created_before_the_first_write() {
     let run = start(api, config);
     let expected: BTreeMap<String, Value> = (1..=5).map(|i| doc(&format!("d{i}"), i)).collect();
     wait_for(&es, &expected, Duration::from_secs(20)).await;
-    assert_eq!(es.documents("scripted-v1"), expected, "written into the index behind the alias");
+    assert_eq!(
+        es.documents("scripted-v1"),
+        expected,
+        "written into the index behind the alias"
+    );
     let state: Value = reqwest::get(format!("{}/scripted", es.url()))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(state["scripted-v1"]["mappings"]["properties"]["n"]["type"], "long", "{state}");
-    assert_eq!(state["scripted-v1"]["aliases"]["scripted"]["is_write_index"], true, "{state}");
+    assert_eq!(
+        state["scripted-v1"]["mappings"]["properties"]["n"]["type"], "long",
+        "{state}"
+    );
+    assert_eq!(
+        state["scripted-v1"]["aliases"]["scripted"]["is_write_index"], true,
+        "{state}"
+    );
     stop(run).await;
 }

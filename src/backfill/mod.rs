@@ -110,14 +110,21 @@ async fn save(store: &CheckpointStore, table: &str, p: &SegmentProgress) -> Resu
 }
 
 /// Scans can read at most this many units a second (shared by every segment); 0: no limit.
-struct ReadPace {
+pub(crate) struct ReadPace {
     per_second: f64,
     /// Units read beyond what the elapsed time allows: paid back by sleeping.
     debt: Mutex<(tokio::time::Instant, f64)>,
 }
 
 impl ReadPace {
-    async fn consumed(&self, units: f64) {
+    pub(crate) fn new(per_second: f64) -> Self {
+        Self {
+            per_second,
+            debt: Mutex::new((tokio::time::Instant::now(), 0.0)),
+        }
+    }
+
+    pub(crate) async fn consumed(&self, units: f64) {
         if self.per_second <= 0.0 {
             return;
         }
@@ -248,7 +255,7 @@ pub fn table_name(config: &Config) -> anyhow::Result<String> {
 /// The table's key attributes, hash key first (for `_id`, as the stream decoder orders them),
 /// its size in bytes and its item count (both approximate: DynamoDB updates them about every
 /// six hours), from DescribeTable.
-async fn describe(
+pub(crate) async fn describe(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
 ) -> anyhow::Result<(Vec<String>, u64, u64)> {
@@ -277,7 +284,7 @@ async fn describe(
     Ok((keys, size, count))
 }
 
-async fn client(config: &Config) -> aws_sdk_dynamodb::Client {
+pub(crate) async fn client(config: &Config) -> aws_sdk_dynamodb::Client {
     let sdk = crate::source::dynamodb_streams::sdk_config(&config.source).await;
     aws_sdk_dynamodb::Client::new(&sdk)
 }
@@ -594,10 +601,7 @@ pub async fn run(
         router: out.router,
         tracker: AckTracker::default(),
         store: store.clone(),
-        pace: ReadPace {
-            per_second: config.backfill.max_read_units_per_second.unwrap_or(0.0),
-            debt: Mutex::new((tokio::time::Instant::now(), 0.0)),
-        },
+        pace: ReadPace::new(config.backfill.max_read_units_per_second.unwrap_or(0.0)),
         progress: report.clone(),
         metrics: metrics.clone(),
     });
@@ -719,17 +723,7 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
         let mut ops = Vec::new();
         let mut dead = Vec::new();
         for item in page.items() {
-            let stream_item: Result<HashMap<String, _>, String> = item
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), to_stream_value(v)?)))
-                .collect();
-            let change = stream_item
-                .map_err(crate::transform::DecodeError)
-                .and_then(|i| {
-                    let id = shared.ids.render(&i)?;
-                    Ok((id, item_to_json(&i)?))
-                });
-            match change {
+            match document(&shared.ids, item) {
                 Ok((id, doc)) => ops.push(BulkOp::new(
                     shared.index.clone(),
                     id,
@@ -804,9 +798,22 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
     }
 }
 
+/// A table item as the stream would index it: its `_id` and its document.
+pub(crate) fn document(
+    ids: &DocIdSpec,
+    item: &HashMap<String, AttributeValue>,
+) -> Result<(String, Value), crate::transform::DecodeError> {
+    let stream_item: HashMap<String, _> = item
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), to_stream_value(v)?)))
+        .collect::<Result<_, String>>()
+        .map_err(crate::transform::DecodeError)?;
+    Ok((ids.render(&stream_item)?, item_to_json(&stream_item)?))
+}
+
 /// Throttling, server errors and transport trouble pass; a missing table, missing permission or
 /// an invalid request do not (a one-off task must end and say why).
-fn scan_error_may_pass<R>(
+pub(crate) fn scan_error_may_pass<R>(
     e: &aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::scan::ScanError, R>,
 ) -> bool {
     use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};

@@ -112,9 +112,8 @@ async fn probe<A: ShardApi>(
         behind_latest: page
             .millis_behind_latest
             .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
-        time_to_data_loss: retention.map(|r| {
-            r.as_secs_f64() - age.map_or(0.0, |a| a.as_secs_f64())
-        }),
+        time_to_data_loss: retention
+            .map(|r| r.as_secs_f64() - age.map_or(0.0, |a| a.as_secs_f64())),
     })
 }
 
@@ -166,7 +165,10 @@ fn lag_text(lag: Option<&Result<Lag, String>>) -> String {
                 None => "caught up".to_string(),
                 Some(age) => format!("{}s", age.as_secs()),
             };
-            if let Some(ttdl) = l.time_to_data_loss.filter(|_| l.oldest_unacknowledged_age.is_some()) {
+            if let Some(ttdl) = l
+                .time_to_data_loss
+                .filter(|_| l.oldest_unacknowledged_age.is_some())
+            {
                 let _ = write!(t, " ({}s to data loss)", ttdl.round() as i64);
             }
             t
@@ -213,7 +215,9 @@ fn render_table(
                 r.lease.owner.as_deref().unwrap_or("-"),
                 lease,
                 lag_text(current.and_then(|v| v.lag.get(&*r.lease.shard))),
-                r.checkpoint.as_ref().map_or("-".into(), |c| c.clock.to_string()),
+                r.checkpoint
+                    .as_ref()
+                    .map_or("-".into(), |c| c.clock.to_string()),
                 position(r),
             );
         }
@@ -280,11 +284,11 @@ fn render_json(
         })
         .collect();
     if let Some(v) = view {
-        for s in v
-            .shards
-            .iter()
-            .filter(|s| !rows.iter().any(|r| r.stream == v.arn && r.lease.shard == s.id))
-        {
+        for s in v.shards.iter().filter(|s| {
+            !rows
+                .iter()
+                .any(|r| r.stream == v.arn && r.lease.shard == s.id)
+        }) {
             list.push(json!({
                 "stream": v.arn, "shard": &*s.id, "started": false, "finished": false,
                 "position": "not started",
@@ -476,17 +480,29 @@ mod tests {
     fn the_explanation_says_what_is_read_again_and_what_is_skipped() {
         let after = |s: &str| StartAt::AfterSequence(s.into());
         let forward = consequences("s1", &after("100"), &after("250"), true);
-        assert!(forward.contains("after 100 up to and including 250 will be SKIPPED"), "{forward}");
+        assert!(
+            forward.contains("after 100 up to and including 250 will be SKIPPED"),
+            "{forward}"
+        );
         let back = consequences("s1", &after("0250"), &after("100"), true);
-        assert!(back.contains("after 100 up to and including 0250 will be read again"), "{back}");
+        assert!(
+            back.contains("after 100 up to and including 0250 will be read again"),
+            "{back}"
+        );
         // a longer sequence number is a larger one
         let longer = consequences("s1", &after("99"), &after("100"), true);
         assert!(longer.contains("SKIPPED"), "{longer}");
         let latest = consequences("s1", &after("100"), &StartAt::AtTimestamp(0), true);
-        assert!(latest.contains("before 1970-01-01T00:00:00.000Z will be SKIPPED"), "{latest}");
+        assert!(
+            latest.contains("before 1970-01-01T00:00:00.000Z will be SKIPPED"),
+            "{latest}"
+        );
         let ddb = consequences("s1", &after("100"), &StartAt::Latest, false);
         assert!(ddb.contains("between now and then"), "{ddb}");
         let again = consequences("s1", &after("100"), &StartAt::TrimHorizon, true);
-        assert!(again.contains("read again from the oldest record"), "{again}");
+        assert!(
+            again.contains("read again from the oldest record"),
+            "{again}"
+        );
     }
 }

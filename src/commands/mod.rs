@@ -7,3 +7,4 @@ pub mod dead_letters;
 pub mod healthcheck;
 pub mod index;
 pub mod leases;
+pub mod verify;

@@ -200,6 +200,8 @@ impl ShardApi for Kinesis {
             .ok_or_else(|| {
                 ApiError::Transient("DescribeStreamSummary answered without a summary".into())
             })?;
-        Ok(Duration::from_secs(u64::try_from(hours).unwrap_or(24) * 3600))
+        Ok(Duration::from_secs(
+            u64::try_from(hours).unwrap_or(24) * 3600,
+        ))
     }
 }

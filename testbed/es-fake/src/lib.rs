@@ -15,7 +15,7 @@
 //!
 //! Requests carrying `x-fake-bypass: 1` skip every fault (test assertions use it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -139,9 +139,9 @@ fn resolve(indices: &BTreeMap<String, Index>, name: &str) -> String {
         .iter()
         .filter(|(_, i)| i.aliases.contains_key(name))
         .collect();
-    let write = behind.iter().find(|(_, i)| {
-        i.aliases[name].get("is_write_index") == Some(&Value::Bool(true))
-    });
+    let write = behind
+        .iter()
+        .find(|(_, i)| i.aliases[name].get("is_write_index") == Some(&Value::Bool(true)));
     match (write, behind.as_slice()) {
         (Some((n, _)), _) => (*n).clone(),
         (None, [(n, _)]) => (*n).clone(),
@@ -157,7 +157,11 @@ fn normalised_settings(given: &Value) -> BTreeMap<String, Value> {
         match v {
             Value::Object(m) => {
                 for (k, v) in m {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     flatten(&key, v, out);
                 }
             }
@@ -181,7 +185,11 @@ fn normalised_settings(given: &Value) -> BTreeMap<String, Value> {
     flatten("", given, &mut flat);
     flat.into_iter()
         .map(|(k, v)| {
-            let k = if k.starts_with("index.") { k } else { format!("index.{k}") };
+            let k = if k.starts_with("index.") {
+                k
+            } else {
+                format!("index.{k}")
+            };
             (k, v)
         })
         .collect()
@@ -233,6 +241,9 @@ struct Shared {
     auto_create_index: std::sync::atomic::AtomicBool,
     /// When set, every request must carry a valid SigV4 signature (Amazon OpenSearch Service).
     sigv4: Mutex<Option<sigv4::SigV4Keys>>,
+    /// Open scrolls: id → the hits left to return (a snapshot taken at the first search) and the
+    /// page size.
+    scrolls: Mutex<HashMap<String, (VecDeque<Value>, usize)>>,
 }
 
 impl Shared {
@@ -251,6 +262,7 @@ impl Shared {
             max_content_length: 100 * 1024 * 1024,
             auto_create_index: std::sync::atomic::AtomicBool::new(true),
             sigv4: Mutex::default(),
+            scrolls: Mutex::default(),
         }
     }
 }
@@ -375,6 +387,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/{index}/_doc/{id}", get(get_doc))
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_search", get(search).post(search))
+        .route("/{index}/_mget", get(mget).post(mget))
+        .route(
+            "/_search/scroll",
+            get(scroll_next).post(scroll_next).delete(scroll_clear),
+        )
         .route("/{index}/_refresh", post(refresh).get(refresh))
         .route("/{index}/_settings", axum::routing::put(put_index_settings))
         .route(
@@ -779,6 +796,124 @@ async fn get_doc(
 struct SearchParams {
     size: Option<usize>,
     from: Option<usize>,
+    /// Keep-alive of a scroll (`1m`): the hits are taken once and returned page by page.
+    scroll: Option<String>,
+}
+
+/// `GET|POST /{index}/_mget` with `{"ids": […]}` or `{"docs": [{"_id": …}]}`: one answer per id,
+/// in order, `found` or not.
+async fn mget(
+    State(s): State<Arc<Shared>>,
+    Path(index): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return es_error(StatusCode::BAD_REQUEST, "parsing_exception", &e.to_string()),
+    };
+    let ids: Vec<String> = match (req.get("ids"), req.get("docs")) {
+        (Some(Value::Array(ids)), _) => ids
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        (_, Some(Value::Array(docs))) => docs
+            .iter()
+            .filter_map(|d| d.get("_id").and_then(Value::as_str).map(str::to_owned))
+            .collect(),
+        _ => {
+            return es_error(
+                StatusCode::BAD_REQUEST,
+                "action_request_validation_exception",
+                "Validation Failed: 1: no documents to get;",
+            )
+        }
+    };
+    let indices = s.indices.lock().unwrap();
+    let index = resolve(&indices, &index);
+    let Some(idx) = indices.get(&index) else {
+        return not_found_index(&index);
+    };
+    let docs: Vec<Value> = ids
+        .iter()
+        .map(|id| match idx.docs.get(id) {
+            Some(d) => {
+                json!({"_index": index, "_id": id, "_version": d.version, "_seq_no": d.seq_no,
+                              "_primary_term": 1, "found": true, "_source": d.source})
+            }
+            None => json!({"_index": index, "_id": id, "found": false}),
+        })
+        .collect();
+    es_json(StatusCode::OK, json!({ "docs": docs }))
+}
+
+/// The next page of a scroll (`{"scroll": "1m", "scroll_id": …}`); an unknown id is a 404
+/// `search_context_missing_exception`, as when a scroll has expired.
+async fn scroll_next(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let Some(id) = req.get("scroll_id").and_then(Value::as_str) else {
+        return es_error(
+            StatusCode::BAD_REQUEST,
+            "action_request_validation_exception",
+            "Validation Failed: 1: scrollId is missing;",
+        );
+    };
+    let mut scrolls = s.scrolls.lock().unwrap();
+    let Some((left, size)) = scrolls.get_mut(id) else {
+        return es_error(
+            StatusCode::NOT_FOUND,
+            "search_context_missing_exception",
+            &format!("No search context found for id [{id}]"),
+        );
+    };
+    let n = (*size).min(left.len());
+    let hits: Vec<Value> = left.drain(..n).collect();
+    es_json(
+        StatusCode::OK,
+        json!({"_scroll_id": id, "took": 1, "timed_out": false,
+               "hits": {"total": {"value": hits.len(), "relation": "eq"}, "hits": hits}}),
+    )
+}
+
+async fn scroll_clear(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let ids: Vec<String> = match req.get("scroll_id") {
+        Some(Value::String(id)) => vec![id.clone()],
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut scrolls = s.scrolls.lock().unwrap();
+    let freed = ids
+        .iter()
+        .filter(|id| scrolls.remove(*id).is_some())
+        .count();
+    es_json(
+        StatusCode::OK,
+        json!({"succeeded": true, "num_freed": freed}),
+    )
 }
 
 /// match_all, term, ids. Anything else is a 400 like Elasticsearch's parsing_exception.
@@ -913,12 +1048,30 @@ async fn search(
     };
     let matching: Vec<(&String, &Doc)> =
         idx.docs.iter().filter(|(id, d)| m(id, &d.source)).collect();
-    let hits: Vec<Value> = matching
-        .iter()
-        .skip(from)
-        .take(size)
-        .map(|(id, d)| json!({"_index": index, "_id": id, "_score": 1.0, "_source": d.source}))
-        .collect();
+    let with_source = req.get("_source") != Some(&Value::Bool(false));
+    let hit = |(id, d): &(&String, &Doc)| {
+        let mut h = json!({"_index": index, "_id": id, "_score": 1.0});
+        if with_source {
+            h["_source"] = d.source.clone();
+        }
+        h
+    };
+    if params.scroll.is_some() {
+        let mut all: VecDeque<Value> = matching.iter().skip(from).map(hit).collect();
+        let first: Vec<Value> = all.drain(..size.min(all.len())).collect();
+        let id = format!("fake-scroll-{}", s.seq.fetch_add(1, Ordering::Relaxed));
+        s.scrolls
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (all, size.max(1)));
+        return es_json(
+            StatusCode::OK,
+            json!({"_scroll_id": id, "took": 1, "timed_out": false,
+                   "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+                   "hits": {"total": {"value": matching.len(), "relation": "eq"}, "max_score": 1.0, "hits": first}}),
+        );
+    }
+    let hits: Vec<Value> = matching.iter().skip(from).take(size).map(hit).collect();
     es_json(
         StatusCode::OK,
         json!({"took": 1, "timed_out": false, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},

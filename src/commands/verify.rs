@@ -1,0 +1,819 @@
+//! `sluice verify`: does the index still equal the table?
+//!
+//! Scans the DynamoDB table with the backfill's scanner pieces and read pace (all of it, or
+//! `--sample N` items from random segments), fetches the same `_id`s with `_mget` and compares each
+//! document with what the stream would have written. With `--extra`, scrolls the index's ids to
+//! find documents whose item is gone. The stream keeps running meanwhile, so every suspect is
+//! checked again — a consistent GetItem and a fresh `_mget`, after waits of 1, 2 and 4 s — and only
+//! what still differs is reported. `--repair` writes the table's image of each missing or different
+//! item, and deletes each extra document, with the backfill's version (the verify's start less the
+//! clock-skew allowance): never above a stream change made after the verify started, so a newer
+//! document answers 409 (stale) and a later re-insert beats the delete.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity, ScalarAttributeType};
+use rusqlite::params;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::backfill::{self, ReadPace};
+use crate::checkpoint::{now_ms, CheckpointStore};
+use crate::config::{Config, KinesisFormat, SourceType};
+use crate::es_client::EsClient;
+use crate::metrics::{result, Metrics};
+use crate::sink::{BulkOp, Origin};
+use crate::transform::{DocAction, DocIdSpec};
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub sample: Option<u64>,
+    pub extra: bool,
+    pub repair: bool,
+}
+
+/// What a run found (and repaired).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub table: String,
+    pub index: String,
+    /// Items read from the table and compared.
+    pub checked: u64,
+    pub sample: Option<u64>,
+    pub extra_checked: bool,
+    pub missing: u64,
+    pub different: u64,
+    pub extra: u64,
+    /// Items that cannot be made documents (dead-lettered by the stream too).
+    pub unreadable: u64,
+    pub examples: Examples,
+    pub repair: Option<Repair>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Examples {
+    pub missing: Vec<String>,
+    /// `_id` and the fields that differ.
+    pub different: Vec<(String, Vec<String>)>,
+    pub extra: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Repair {
+    pub indexed: u64,
+    pub deleted: u64,
+    /// The index held a newer version (a change after the verify started): left as it is.
+    pub stale: u64,
+    pub dead_lettered: u64,
+}
+
+impl Report {
+    pub fn differences(&self) -> u64 {
+        self.missing + self.different + self.extra
+    }
+
+    /// For people: a summary line, examples, what was repaired.
+    pub fn render(&self) -> String {
+        let mut t = String::new();
+        let shown = 5;
+        for id in self.examples.missing.iter().take(shown) {
+            t.push_str(&format!(
+                "missing    {id}: in the table, not in the index\n"
+            ));
+        }
+        for (id, fields) in self.examples.different.iter().take(shown) {
+            t.push_str(&format!("different  {id}: {}\n", fields.join(", ")));
+        }
+        for id in self.examples.extra.iter().take(shown) {
+            t.push_str(&format!(
+                "extra      {id}: in the index, not in the table\n"
+            ));
+        }
+        if let Some(r) = &self.repair {
+            t.push_str(&format!(
+                "repaired: {} indexed, {} deleted; {} left as they are (the index holds a newer version); {} refused (dead letters)\n",
+                r.indexed, r.deleted, r.stale, r.dead_lettered
+            ));
+        }
+        t.push_str(&format!(
+            "verify {} → {}: {} items checked{}{} in {:.1}s: {} missing, {} different, {}{}\n",
+            self.table,
+            self.index,
+            self.checked,
+            self.sample
+                .map(|n| format!(" (sample of {n})"))
+                .unwrap_or_default(),
+            if self.unreadable > 0 {
+                format!(", {} unreadable", self.unreadable)
+            } else {
+                String::new()
+            },
+            self.seconds,
+            self.missing,
+            self.different,
+            if self.extra_checked {
+                format!("{} extra", self.extra)
+            } else {
+                "extra not checked (--extra)".into()
+            },
+            if self.differences() == 0 {
+                " — the index equals the table"
+            } else {
+                ""
+            },
+        ));
+        t
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Missing,
+    Different,
+    Extra,
+}
+
+/// A document that did not match: its key (to read the item again), and what the table holds now.
+struct Suspect {
+    id: String,
+    key: Option<HashMap<String, AttributeValue>>,
+    class: Class,
+    /// The table's document now (`None`: no such item).
+    expected: Option<Value>,
+    fields: Vec<String>,
+}
+
+struct Ctx {
+    client: aws_sdk_dynamodb::Client,
+    es: EsClient,
+    table: String,
+    index: String,
+    ids: DocIdSpec,
+    key_names: Vec<String>,
+    key_types: HashMap<String, ScalarAttributeType>,
+    consistent_read: bool,
+    pace: ReadPace,
+}
+
+pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
+    if config.source.kind == SourceType::Kinesis && config.source.format == Some(KinesisFormat::Dms)
+    {
+        anyhow::bail!("verify compares a DynamoDB table with its index; this configuration follows RDS tables through DMS");
+    }
+    if opts.extra && opts.sample.is_some() {
+        anyhow::bail!("--extra needs the whole table scanned: it cannot be combined with --sample");
+    }
+    if opts.sample == Some(0) {
+        anyhow::bail!("--sample must be at least 1");
+    }
+    let started = Instant::now();
+    // the repair version is fixed before anything is read (the backfill's rule)
+    let version = backfill::scan_version(config.backfill.clock_skew_allowance);
+    let table = backfill::table_name(config)?;
+    let client = backfill::client(config).await;
+    let (key_names, size, _) = backfill::describe(&client, &table).await?;
+    let key_types = key_types(&client, &table).await?;
+    let ctx = Arc::new(Ctx {
+        es: EsClient::new(&config.sink, &config.source.region).await?,
+        ids: backfill::doc_ids(config, key_names.clone()),
+        key_names,
+        key_types,
+        client,
+        table: table.clone(),
+        index: config.sink.index.clone(),
+        consistent_read: config.backfill.consistent_read,
+        pace: ReadPace::new(config.backfill.max_read_units_per_second.unwrap_or(0.0)),
+    });
+    let mut report = Report {
+        table,
+        index: config.sink.index.clone(),
+        sample: opts.sample,
+        extra_checked: opts.extra,
+        ..Report::default()
+    };
+    let total_segments = match opts.sample {
+        Some(_) => 64,
+        None => config
+            .backfill
+            .segments
+            .unwrap_or_else(|| (size / (256 << 20)).clamp(1, 64) as u32 + 1),
+    };
+    let mut order: Vec<u32> = (0..total_segments).collect();
+    if opts.sample.is_some() {
+        fastrand::shuffle(&mut order);
+    }
+    // a sample takes a share from each random segment, so it spreads over the key space
+    let per_segment = opts.sample.map(|n| n.div_ceil(8).max(1));
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut suspects: Vec<Suspect> = Vec::new();
+    for segment in order {
+        let left = opts.sample.map(|n| n.saturating_sub(report.checked));
+        if left == Some(0) {
+            break;
+        }
+        let quota = match (per_segment, left) {
+            (Some(q), Some(l)) => Some(q.min(l)),
+            _ => None,
+        };
+        scan_segment(
+            &ctx,
+            segment,
+            total_segments,
+            quota,
+            &mut report,
+            &mut seen,
+            &mut suspects,
+            opts.extra,
+        )
+        .await?;
+    }
+    if opts.extra {
+        suspects.extend(extra_candidates(&ctx, &seen).await?);
+    }
+    drop(seen);
+    recheck(&ctx, &mut suspects).await?;
+    for s in &suspects {
+        match s.class {
+            Class::Missing => {
+                report.missing += 1;
+                report.examples.missing.push(s.id.clone());
+            }
+            Class::Different => {
+                report.different += 1;
+                report
+                    .examples
+                    .different
+                    .push((s.id.clone(), s.fields.clone()));
+            }
+            Class::Extra => {
+                report.extra += 1;
+                report.examples.extra.push(s.id.clone());
+            }
+        }
+    }
+    for list in [&mut report.examples.missing, &mut report.examples.extra] {
+        list.truncate(20);
+    }
+    report.examples.different.truncate(20);
+    if opts.repair && !suspects.is_empty() {
+        report.repair = Some(repair(config, &ctx, &suspects, version).await?);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
+    save(&store, &report).await?;
+    tracing::info!(
+        table = %report.table, index = %report.index, checked = report.checked,
+        missing = report.missing, different = report.different, extra = report.extra,
+        "verify summary"
+    );
+    Ok(report)
+}
+
+/// Key attribute types (S, N, B), to read an item again from a document's source.
+async fn key_types(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> anyhow::Result<HashMap<String, ScalarAttributeType>> {
+    let out = client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "table `{table}`: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(e)
+            )
+        })?;
+    Ok(out
+        .table()
+        .map(|t| {
+            t.attribute_definitions()
+                .iter()
+                .map(|d| (d.attribute_name().to_string(), d.attribute_type().clone()))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scan_segment(
+    ctx: &Ctx,
+    segment: u32,
+    total: u32,
+    quota: Option<u64>,
+    report: &mut Report,
+    seen: &mut HashSet<String>,
+    suspects: &mut Vec<Suspect>,
+    remember_ids: bool,
+) -> anyhow::Result<()> {
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    let mut taken = 0u64;
+    let mut attempt = 0u32;
+    loop {
+        let limit = quota.map(|q| (q - taken).min(1000) as i32);
+        let page = ctx
+            .client
+            .scan()
+            .table_name(&ctx.table)
+            .segment(segment as i32)
+            .total_segments(total as i32)
+            .consistent_read(ctx.consistent_read)
+            .set_limit(limit)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await;
+        let page = match page {
+            Ok(p) => p,
+            Err(e) if backfill::scan_error_may_pass(&e) && attempt < 8 => {
+                attempt += 1;
+                tokio::time::sleep(crate::retry::Backoff::AWS.delay(attempt)).await;
+                continue;
+            }
+            Err(e) => anyhow::bail!(
+                "scanning segment {segment} of `{}`: {}",
+                ctx.table,
+                aws_smithy_types::error::display::DisplayErrorContext(e)
+            ),
+        };
+        attempt = 0;
+        let mut docs: Vec<(String, HashMap<String, AttributeValue>, Value)> = Vec::new();
+        for item in page.items() {
+            match backfill::document(&ctx.ids, item) {
+                Ok((id, doc)) => docs.push((id, key_of(item, &ctx.key_names), doc)),
+                Err(_) => report.unreadable += 1,
+            }
+        }
+        report.checked += page.items().len() as u64;
+        taken += page.items().len() as u64;
+        let found = mget(ctx, docs.iter().map(|(id, ..)| id.clone()).collect()).await?;
+        for (id, key, doc) in docs {
+            if remember_ids {
+                seen.insert(id.clone());
+            }
+            let have = found.get(&id).cloned().flatten();
+            if let Some((class, fields)) = judge(Some(&doc), have.as_ref()) {
+                suspects.push(Suspect {
+                    id,
+                    key: Some(key),
+                    class,
+                    expected: Some(doc),
+                    fields,
+                });
+            }
+        }
+        let units = page
+            .consumed_capacity()
+            .and_then(|c| c.capacity_units())
+            .unwrap_or(0.0);
+        match page.last_evaluated_key().filter(|k| !k.is_empty()) {
+            Some(k) if quota.is_none_or(|q| taken < q) => start = Some(k.clone()),
+            _ => return Ok(()),
+        }
+        ctx.pace.consumed(units).await;
+    }
+}
+
+fn key_of(
+    item: &HashMap<String, AttributeValue>,
+    names: &[String],
+) -> HashMap<String, AttributeValue> {
+    names
+        .iter()
+        .filter_map(|n| Some((n.clone(), item.get(n)?.clone())))
+        .collect()
+}
+
+/// How the index's document compares with the table's (`None`: equal, both absent included).
+fn judge(expected: Option<&Value>, have: Option<&Value>) -> Option<(Class, Vec<String>)> {
+    match (expected, have) {
+        (None, None) => None,
+        (Some(_), None) => Some((Class::Missing, Vec::new())),
+        (None, Some(_)) => Some((Class::Extra, Vec::new())),
+        (Some(e), Some(h)) if e == h => None,
+        (Some(e), Some(h)) => Some((Class::Different, fields_differing(e, h))),
+    }
+}
+
+/// Top-level fields whose values differ, for the examples.
+fn fields_differing(expected: &Value, have: &Value) -> Vec<String> {
+    let (Some(e), Some(h)) = (expected.as_object(), have.as_object()) else {
+        return vec!["the whole document".into()];
+    };
+    let names: std::collections::BTreeSet<&String> = e.keys().chain(h.keys()).collect();
+    names
+        .into_iter()
+        .filter(|n| e.get(*n) != h.get(*n))
+        .map(|n| match (e.get(n), h.get(n)) {
+            (Some(_), None) => format!("{n} missing in the index"),
+            (None, Some(_)) => format!("{n} only in the index"),
+            (Some(a), Some(b)) => {
+                format!("{n}: {} in the table, {} in the index", short(a), short(b))
+            }
+            (None, None) => n.clone(),
+        })
+        .collect()
+}
+
+fn short(v: &Value) -> String {
+    let t = v.to_string();
+    if t.len() > 40 {
+        format!("{}…", &t[..t.floor_char_boundary(40)])
+    } else {
+        t
+    }
+}
+
+/// `_id` → `_source` (`None`: not found), in chunks of 500.
+async fn mget(ctx: &Ctx, ids: Vec<String>) -> anyhow::Result<HashMap<String, Option<Value>>> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(500) {
+        if chunk.is_empty() {
+            continue;
+        }
+        let body = json!({ "ids": chunk }).to_string().into_bytes();
+        let answer = es_call(ctx, "POST", &format!("/{}/_mget", ctx.index), Some(body)).await?;
+        if answer.status == 404 {
+            // no index at all: everything is missing
+            out.extend(chunk.iter().map(|id| (id.clone(), None)));
+            continue;
+        }
+        let v: Value = parse(&answer, "_mget")?;
+        for d in v["docs"].as_array().cloned().unwrap_or_default() {
+            let id = d["_id"].as_str().unwrap_or_default().to_string();
+            let source = (d["found"] == true).then(|| d["_source"].clone());
+            out.insert(id, source);
+        }
+    }
+    Ok(out)
+}
+
+async fn es_call(
+    ctx: &Ctx,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<crate::es_client::Answer> {
+    let mut attempt = 0;
+    loop {
+        match ctx.es.call(method, path, body.clone()).await {
+            Ok(a) if a.status == 429 || a.status >= 500 => {
+                attempt += 1;
+                if attempt > 8 {
+                    anyhow::bail!(
+                        "{method} {path}: HTTP {}: {}",
+                        a.status,
+                        a.body.chars().take(300).collect::<String>()
+                    );
+                }
+            }
+            Ok(a) => return Ok(a),
+            Err(e) => {
+                attempt += 1;
+                if attempt > 8 {
+                    anyhow::bail!("{method} {path}: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(crate::retry::Backoff::AWS.delay(attempt)).await;
+    }
+}
+
+fn parse(answer: &crate::es_client::Answer, what: &str) -> anyhow::Result<Value> {
+    if !(200..300).contains(&answer.status) {
+        anyhow::bail!(
+            "{what}: HTTP {}: {}",
+            answer.status,
+            answer.body.chars().take(300).collect::<String>()
+        );
+    }
+    serde_json::from_str(&answer.body).map_err(|e| anyhow::anyhow!("{what}: not JSON: {e}"))
+}
+
+/// Documents of the index whose `_id` the scan did not see: read the index's ids with a scroll.
+async fn extra_candidates(ctx: &Ctx, seen: &HashSet<String>) -> anyhow::Result<Vec<Suspect>> {
+    let mut out = Vec::new();
+    let first = es_call(
+        ctx,
+        "POST",
+        &format!("/{}/_search?scroll=2m", ctx.index),
+        Some(
+            json!({"size": 1000, "sort": ["_doc"], "query": {"match_all": {}}})
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await?;
+    if first.status == 404 {
+        return Ok(out);
+    }
+    let mut page = parse(&first, "reading the index's ids")?;
+    loop {
+        let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+        if hits.is_empty() {
+            break;
+        }
+        for h in hits {
+            let id = h["_id"].as_str().unwrap_or_default().to_string();
+            if !seen.contains(&id) {
+                out.push(Suspect {
+                    key: key_from_source(&h["_source"], &ctx.key_names, &ctx.key_types),
+                    id,
+                    class: Class::Extra,
+                    expected: None,
+                    fields: Vec::new(),
+                });
+            }
+        }
+        let scroll_id = page["_scroll_id"].as_str().unwrap_or_default().to_string();
+        let next = es_call(
+            ctx,
+            "POST",
+            "/_search/scroll",
+            Some(
+                json!({"scroll": "2m", "scroll_id": scroll_id})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await?;
+        page = parse(&next, "reading the index's ids")?;
+    }
+    if let Some(id) = page["_scroll_id"].as_str() {
+        let _ = ctx
+            .es
+            .call(
+                "DELETE",
+                "/_search/scroll",
+                Some(json!({"scroll_id": id}).to_string().into_bytes()),
+            )
+            .await;
+    }
+    Ok(out)
+}
+
+/// The item key held in a document (documents carry every attribute of their item).
+fn key_from_source(
+    source: &Value,
+    names: &[String],
+    types: &HashMap<String, ScalarAttributeType>,
+) -> Option<HashMap<String, AttributeValue>> {
+    names
+        .iter()
+        .map(|n| {
+            let v = source.get(n)?;
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            let value = match types.get(n)? {
+                ScalarAttributeType::N => AttributeValue::N(text),
+                ScalarAttributeType::B => {
+                    use base64::Engine;
+                    AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(text)
+                            .ok()?,
+                    ))
+                }
+                _ => AttributeValue::S(text),
+            };
+            Some((n.clone(), value))
+        })
+        .collect()
+}
+
+/// Reads every suspect again — the item (consistent) and the document — after waits of 1, 2 and
+/// 4 s, so changes still on their way through the stream are not reported; keeps what still
+/// differs, with the table's latest image.
+async fn recheck(ctx: &Ctx, suspects: &mut Vec<Suspect>) -> anyhow::Result<()> {
+    for wait in [1, 2, 4] {
+        if suspects.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let found = mget(ctx, suspects.iter().map(|s| s.id.clone()).collect()).await?;
+        let mut still = Vec::new();
+        for mut s in suspects.drain(..) {
+            s.expected = match &s.key {
+                Some(key) => {
+                    let item = ctx
+                        .client
+                        .get_item()
+                        .table_name(&ctx.table)
+                        .set_key(Some(key.clone()))
+                        .consistent_read(true)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "GetItem on `{}`: {}",
+                                ctx.table,
+                                aws_smithy_types::error::display::DisplayErrorContext(e)
+                            )
+                        })?;
+                    match item.item() {
+                        Some(i) => backfill::document(&ctx.ids, i).ok().map(|(_, d)| d),
+                        None => None,
+                    }
+                }
+                // a document without its item's key cannot belong to any item
+                None => None,
+            };
+            let have = found.get(&s.id).cloned().flatten();
+            if let Some((class, fields)) = judge(s.expected.as_ref(), have.as_ref()) {
+                s.class = class;
+                s.fields = fields;
+                still.push(s);
+            }
+        }
+        *suspects = still;
+    }
+    Ok(())
+}
+
+/// Writes the table's image of missing and different items and deletes extra documents, all
+/// with `version`, through the stream's batcher and sink; counts what Elasticsearch answered.
+async fn repair(
+    config: &Config,
+    ctx: &Ctx,
+    suspects: &[Suspect],
+    version: u64,
+) -> anyhow::Result<Repair> {
+    let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
+    let metrics = Metrics::new();
+    let (out, lanes) = backfill::writer(config, &store, &metrics).await?;
+    let part: crate::ack::ShardId = "verify-repair".into();
+    out.hold(std::slice::from_ref(&part));
+    let tracker = crate::ack::AckTracker::default();
+    let origin = Origin {
+        stream: format!("verify:{}", ctx.table).into(),
+        shard: part.clone(),
+        sequence_number: "repair".into(),
+        epoch: 1,
+    };
+    for s in suspects {
+        let action = match (&s.class, &s.expected) {
+            (Class::Extra, _) | (_, None) => DocAction::Delete,
+            (_, Some(doc)) => DocAction::Index(doc.clone()),
+        };
+        let mut op = BulkOp::new(
+            ctx.index.as_str().into(),
+            s.id.clone(),
+            version,
+            action,
+            origin.clone(),
+        );
+        let ack = tracker.register(&part, 1, Default::default(), 1, 1);
+        op.acks.extend(ack);
+        out.router
+            .send(op)
+            .await
+            .map_err(|_| anyhow::anyhow!("the sink stopped"))?;
+    }
+    backfill::acknowledged(&tracker, &part).await;
+    drop(out);
+    for lane in lanes {
+        let _ = lane.await;
+    }
+    let count = |r: &str| metrics.documents.with_label_values(&[r]).get();
+    Ok(Repair {
+        indexed: count(result::INDEXED),
+        deleted: count(result::DELETED),
+        stale: count(result::STALE),
+        dead_lettered: count(result::DEAD_LETTERED),
+    })
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS verify_runs (
+    finished_at_ms INTEGER NOT NULL,
+    table_name     TEXT NOT NULL,
+    index_name     TEXT NOT NULL,
+    checked        INTEGER NOT NULL,
+    missing        INTEGER NOT NULL,
+    different      INTEGER NOT NULL,
+    extra          INTEGER,
+    repaired       INTEGER NOT NULL
+)";
+
+/// Keeps the run's summary in the checkpoint file: `sluice run` exports the last one.
+async fn save(store: &CheckpointStore, r: &Report) -> anyhow::Result<()> {
+    let r = r.clone();
+    store
+        .with_connection(move |conn| {
+            conn.execute_batch(SCHEMA)?;
+            let repaired = r.repair.as_ref().map_or(0, |x| x.indexed + x.deleted);
+            conn.execute(
+                "INSERT INTO verify_runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    now_ms(),
+                    r.table,
+                    r.index,
+                    r.checked as i64,
+                    r.missing as i64,
+                    r.different as i64,
+                    r.extra_checked.then_some(r.extra as i64),
+                    repaired as i64
+                ],
+            )?;
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// The last verify run's figures into the metrics, every 10 s until `stop` (for dashboards).
+pub async fn export_last_run(
+    store: CheckpointStore,
+    metrics: Metrics,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let last = store
+            .with_connection(|conn| {
+                conn.execute_batch(SCHEMA)?;
+                use rusqlite::OptionalExtension;
+                Ok(conn
+                    .query_row(
+                        "SELECT finished_at_ms, checked, missing, different, extra FROM verify_runs
+                         ORDER BY finished_at_ms DESC LIMIT 1",
+                        [],
+                        |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, i64>(3)?,
+                                r.get::<_, Option<i64>>(4)?,
+                            ))
+                        },
+                    )
+                    .optional()?)
+            })
+            .await;
+        if let Ok(Some((at, checked, missing, different, extra))) = last {
+            metrics.verify_last_run.set(at as f64 / 1000.0);
+            metrics.verify_last_checked.set(checked);
+            let by_class: BTreeMap<&str, i64> = [
+                ("missing", missing),
+                ("different", different),
+                ("extra", extra.unwrap_or(0)),
+            ]
+            .into();
+            for (class, n) in by_class {
+                metrics
+                    .verify_last_differences
+                    .with_label_values(&[class])
+                    .set(n);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_is_judged_against_the_table_image() {
+        let doc = json!({"id": "a", "title": "t", "n": 1});
+        assert!(judge(Some(&doc), Some(&doc)).is_none());
+        assert!(judge(None, None).is_none());
+        assert_eq!(judge(Some(&doc), None).unwrap().0, Class::Missing);
+        assert_eq!(judge(None, Some(&doc)).unwrap().0, Class::Extra);
+        let (class, fields) = judge(
+            Some(&doc),
+            Some(&json!({"id": "a", "title": "x", "extra": true})),
+        )
+        .unwrap();
+        assert_eq!(class, Class::Different);
+        assert_eq!(
+            fields,
+            vec![
+                "extra only in the index".to_string(),
+                "n missing in the index".into(),
+                "title: \"t\" in the table, \"x\" in the index".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn an_item_key_is_read_back_from_a_document() {
+        let types: HashMap<String, ScalarAttributeType> = [
+            ("pk".to_string(), ScalarAttributeType::S),
+            ("n".to_string(), ScalarAttributeType::N),
+        ]
+        .into();
+        let names = vec!["pk".to_string(), "n".to_string()];
+        let key =
+            key_from_source(&json!({"pk": "POST#1", "n": 7, "x": 1}), &names, &types).unwrap();
+        assert_eq!(key["pk"], AttributeValue::S("POST#1".into()));
+        assert_eq!(key["n"], AttributeValue::N("7".into()));
+        assert!(key_from_source(&json!({"pk": "p"}), &names, &types).is_none());
+    }
+}
