@@ -202,7 +202,12 @@ impl CheckpointStore {
             |r| r.get::<_, i64>(0).map(|n| n > 0),
         )?;
         if !has_start_at {
-            conn.execute_batch("ALTER TABLE checkpoints ADD COLUMN start_at TEXT")?;
+            match conn.execute_batch("ALTER TABLE checkpoints ADD COLUMN start_at TEXT") {
+                // another process opening the same file added it first
+                Err(rusqlite::Error::SqliteFailure(_, Some(m)))
+                    if m.contains("duplicate column") => {}
+                other => other?,
+            }
         }
         Ok(conn)
     }

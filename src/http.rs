@@ -136,6 +136,17 @@ impl Health {
 
     /// What keeps sluice from being ready, one reason each (empty: ready).
     pub fn reasons(&self) -> Vec<String> {
+        self.reasons_but(false)
+    }
+
+    /// The reasons a container health check acts on: all but the time to data loss — a
+    /// restarted task reads from the same checkpoint and is only further behind, so that one is
+    /// for alerts and dashboards, not for replacing the task.
+    pub fn reasons_for_container(&self) -> Vec<String> {
+        self.reasons_but(true)
+    }
+
+    fn reasons_but(&self, without_data_loss: bool) -> Vec<String> {
         let mut missing: Vec<String> = [
             (&self.store_open, "checkpoint store not open"),
             (&self.shards_discovered, "shards not discovered"),
@@ -157,12 +168,15 @@ impl Health {
                 }
             }
         }
-        for what in [
-            &self.orphaned_waits,
-            &self.stalled,
-            &self.leases,
-            &self.data_loss,
+        for (what, is_data_loss) in [
+            (&self.orphaned_waits, false),
+            (&self.stalled, false),
+            (&self.leases, false),
+            (&self.data_loss, true),
         ] {
+            if without_data_loss && is_data_loss {
+                continue;
+            }
             if let Some(why) = &*what.lock().expect("health lock") {
                 missing.push(why.clone());
             }
@@ -196,13 +210,18 @@ async fn metrics_page(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// `ready` or `not ready: <reasons>` as text (what people and `sluice healthcheck` read);
-/// with `?format=json` the same verdict as JSON, with each shard's time to data loss.
+/// `ready` or `not ready: <reasons>` as text (what people read); with `?format=json` the same
+/// verdict as JSON, with each shard's time to data loss; with `?for=container` (what `sluice
+/// healthcheck` asks) without the time to data loss, which a restart cannot improve.
 async fn readyz(
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> axum::response::Response {
-    let reasons = s.health.reasons();
+    let reasons = if q.get("for").map(String::as_str) == Some("container") {
+        s.health.reasons_for_container()
+    } else {
+        s.health.reasons()
+    };
     let status = if reasons.is_empty() {
         StatusCode::OK
     } else {

@@ -112,7 +112,7 @@ pub mod labels {
     /// `sluice_data_loss_events_total{reason}`.
     pub const DATA_LOSS_REASONS: [&str; 2] = ["trimmed", "shard_gone"];
     /// `sluice_records_skipped_total{reason}`.
-    pub const SKIP_REASONS: [&str; 2] = ["control_record", "no_route"];
+    pub const SKIP_REASONS: [&str; 3] = ["control_record", "no_route", "before_start"];
     /// `sluice_lease_takeovers_total{from}`: an unowned lease, an expired one, a handoff.
     pub const LEASE_TAKEOVERS: [&str; 3] = ["unowned", "expired", "handoff"];
     /// `sluice_lease_losses_total{reason}`.
@@ -197,7 +197,7 @@ impl Metrics {
             &["shard"]
         ));
         let records_skipped = reg!(IntCounterVec::new(
-            Opts::new("sluice_records_skipped_total", "Well-formed records that produce no document operation, by reason (control_record, no_route)"),
+            Opts::new("sluice_records_skipped_total", "Well-formed records that produce no document operation, by reason (control_record, no_route, before_start: older than the time a shard was reset to)"),
             &["reason"]
         ));
         let checkpoint_lag_records = reg!(IntGaugeVec::new(

@@ -248,3 +248,93 @@ async fn checkpoints_list_after_a_split_and_a_reset_to_latest_skips_what_it_said
     assert_index_equals(&es, "customers", &model, Duration::from_secs(60)).await;
     println!("reset to latest: {skipped} changes on {skipped_child} skipped as announced; every other change indexed");
 }
+
+/// The DynamoDB lease backend's reset (one conditional UpdateItem, on moto): the position moves,
+/// the clock only rises, the lease is taken from its holder and the holder's next commit is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_on_the_dynamodb_lease_table_fences_the_holder() {
+    use sluice::checkpoint::ShardCheckpoint;
+    use sluice::lease::dynamodb::{reset, DynamoDbLeases};
+    use sluice::lease::{FencedCheckpoint, LeaseTable};
+    for (k, v) in aws_env() {
+        std::env::set_var(k, v);
+    }
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\ntype = \"kinesis\"\nstream = \"s\"\nformat = \"dynamodb\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[lease]\nbackend = \"dynamodb\"\ntable = \"leases\"\n",
+            moto.url
+        ),
+    )
+    .unwrap();
+    let config = sluice::config::Config::load_with_env(&path, Vec::new()).unwrap();
+    let stream = "arn:aws:kinesis:us-east-1:000000000000:stream/s";
+    let worker = DynamoDbLeases::connect(&config, stream, "worker-a".into())
+        .await
+        .unwrap();
+    let shard: sluice::ack::ShardId = "shardId-000000000001".into();
+    worker
+        .create_missing(std::slice::from_ref(&shard))
+        .await
+        .unwrap();
+    let seen = worker.leases().await.unwrap().remove(0);
+    let held = worker.take(&seen).await.unwrap().expect("taken");
+    let at = |seq: &str, clock| FencedCheckpoint {
+        shard: shard.clone(),
+        epoch: held.epoch,
+        checkpoint: ShardCheckpoint {
+            sequence_number: Some(seq.into()),
+            clock,
+            finished: false,
+            start_at: None,
+        },
+    };
+    assert!(worker
+        .commit(vec![at("500", 7_000)])
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert!(reset(
+        &config,
+        stream,
+        &shard,
+        None,
+        Some(sluice::source::StartAt::AtTimestamp(1_700_000_000_000)),
+        9_000
+    )
+    .await
+    .unwrap());
+    let cp = worker.checkpoints().await.unwrap().remove(&*shard).unwrap();
+    assert_eq!(cp.sequence_number, None, "{cp:?}");
+    assert_eq!(
+        cp.start_at,
+        Some(sluice::source::StartAt::AtTimestamp(1_700_000_000_000))
+    );
+    assert_eq!(cp.clock, 9_000, "raised");
+    assert_eq!(
+        worker.commit(vec![at("600", 9_500)]).await.unwrap(),
+        vec![shard.clone()],
+        "fenced"
+    );
+    let lease = worker.leases().await.unwrap().remove(0);
+    assert_eq!((lease.owner, lease.epoch), (None, held.epoch + 1));
+
+    assert!(
+        reset(&config, stream, &shard, Some("100".into()), None, 5_000)
+            .await
+            .unwrap()
+    );
+    let cp = worker.checkpoints().await.unwrap().remove(&*shard).unwrap();
+    assert_eq!(
+        (cp.sequence_number.as_deref(), cp.start_at, cp.clock),
+        (Some("100"), None, 9_000)
+    );
+    assert!(!reset(&config, stream, "shardId-unknown", None, None, 0)
+        .await
+        .unwrap());
+}

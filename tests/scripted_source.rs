@@ -172,7 +172,8 @@ impl<R: SourceRecord + Clone> ShardApi for ScriptedStreams<R> {
         let pos = match at {
             StartAt::TrimHorizon => horizon,
             StartAt::Latest => s.records.len(),
-            StartAt::AtTimestamp(_) => unimplemented!("DynamoDB Streams has no AT_TIMESTAMP"),
+            // as the DynamoDB Streams source does: no timestamp iterator, the reader passes over
+            StartAt::AtTimestamp(_) => horizon,
             StartAt::AfterSequence(seq) => {
                 let i = s
                     .records
@@ -1042,8 +1043,8 @@ fn free_port() -> u16 {
 /// Operate 4: time to data loss = retention − age of the oldest unacknowledged record. A shard
 /// whose unacknowledged records arrived 23.5 h ago in a 24 h stream has 30 min left: below
 /// `health.min_time_to_data_loss` (1 h by default), so /readyz is 503 naming that shard (and not
-/// the fresh one), the metric falls second by second, and once Elasticsearch acknowledges, the
-/// shard has its whole retention again and readiness opens.
+/// the fresh one; the container health check stays 200), the metric falls second by second, and
+/// once Elasticsearch acknowledges, the shard is finished and readiness opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_close_to_losing_records_closes_readiness_and_names_it() {
     let es = FakeEs::start().await.unwrap();
@@ -1061,7 +1062,8 @@ async fn a_shard_close_to_losing_records_closes_readiness_and_names_it() {
         .collect();
     let api = Arc::new(ScriptedStreams::new(
         vec![
-            shard("shardId-old", &[], false, old),
+            // closed: DynamoDB rolls shards over every few hours, an open one is never this old
+            shard("shardId-old", &[], true, old),
             shard("shardId-fresh", &[], false, fresh),
         ],
         dir.path().join("sluice.db"),
@@ -1123,6 +1125,8 @@ async fn a_shard_close_to_losing_records_closes_readiness_and_names_it() {
             && !body.contains("shardId-fresh"),
         "{body}"
     );
+    // the container health check does not act on it: a new task would only be further behind
+    assert_eq!(readyz("/readyz?for=container").await.0, 200);
     let (status, details) = readyz("/readyz?format=json").await;
     let details: Value = serde_json::from_str(&details).unwrap();
     assert_eq!(status, 503);
@@ -1156,13 +1160,18 @@ async fn a_shard_close_to_losing_records_closes_readiness_and_names_it() {
         "fell {fell}s in {waited}s"
     );
 
-    // acknowledged: nothing old is pending, the shard is caught up, readiness opens
+    // acknowledged: the closed shard is finished and leaves the figures; readiness opens
     es.release();
     wait_until("ready again", Duration::from_secs(20), || {
         run.health.not_ready().is_none()
     })
     .await;
-    assert!(ttdl("shardId-old") > 86_000.0, "{}", ttdl("shardId-old"));
+    assert!(
+        !run.metrics
+            .render()
+            .contains("sluice_shard_time_to_data_loss_seconds{shard=\"shardId-old\"}"),
+        "a finished shard has no figure"
+    );
     assert_eq!(readyz("/readyz").await.0, 200);
     serving.cancel();
     let _ = http.await;
@@ -1220,6 +1229,67 @@ async fn managed_indices_are_created_before_the_first_write() {
     assert_eq!(
         state["scripted-v1"]["aliases"]["scripted"]["is_write_index"], true,
         "{state}"
+    );
+    stop(run).await;
+}
+
+/// A reset to LATEST on DynamoDB Streams (`checkpoints reset --to latest`) is stored as the time
+/// of the reset; the stream has no timestamp iterator, so the reader starts at TRIM_HORIZON and
+/// passes over what was created before that second — and indexes everything after it, even when
+/// a reader before it was killed without acknowledging anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_to_a_time_on_dynamodb_streams_passes_over_the_older_records() {
+    let es = FakeEs::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = 1_700_000_000;
+    let mut records: Vec<Record> = (1..=5)
+        .map(|i| put(i, &format!("before{i}"), 1, t - 10 + i as i64))
+        .collect();
+    // the reset's own second is read, never skipped
+    records.extend((6..=8).map(|i| put(i, &format!("after{i}"), 1, t + i as i64 - 6)));
+    let db = dir.path().join("sluice.db");
+    let store = CheckpointStore::open(&db, sluice::config::JournalMode::Wal).unwrap();
+    store
+        .commit(
+            STREAM,
+            vec![(
+                "s".into(),
+                ShardCheckpoint {
+                    clock: 5,
+                    ..Default::default()
+                },
+            )],
+        )
+        .await
+        .unwrap();
+    assert!(sluice::lease::sqlite::reset(
+        &store,
+        STREAM,
+        "s",
+        None,
+        Some(StartAt::AtTimestamp(t * 1000 + 700)),
+        0
+    )
+    .await
+    .unwrap());
+    let api = Arc::new(ScriptedStreams::new(
+        vec![shard("s", &[], false, records)],
+        db.clone(),
+    ));
+    let run = start(api.clone(), config(dir.path(), &es.url(), 4));
+    let expected: BTreeMap<String, Value> = (6..=8).map(|i| doc(&format!("after{i}"), 1)).collect();
+    wait_for(&es, &expected, Duration::from_secs(20)).await;
+    assert_eq!(
+        api.iterator_starts().first(),
+        Some(&StartAt::AtTimestamp(t * 1000 + 700)),
+        "started from the reset"
+    );
+    assert_eq!(
+        run.metrics
+            .records_skipped
+            .with_label_values(&["before_start"])
+            .get(),
+        5
     );
     stop(run).await;
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::checkpoint::{now_ms, CheckpointStore, ShardCheckpoint};
-use crate::config::{Config, LeaseBackend, SourceType};
+use crate::config::{Config, KinesisFormat, LeaseBackend, SourceType};
 use crate::lease::{dynamodb, sqlite, LeaseRow};
 use crate::source::dynamodb_streams::DynamoDbStreams;
 use crate::source::kinesis::Kinesis;
@@ -102,11 +102,17 @@ async fn probe<A: ShardApi>(
     let iterator = api.shard_iterator(shard, &resume_point(cp)).await?;
     let page = api.get_records(&iterator, 1).await?;
     let now = now_micros();
+    let behind = page
+        .millis_behind_latest
+        .filter(|ms| *ms > 0)
+        .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+    // Kinesis may answer an empty page while behind: MillisBehindLatest still says how far
     let age = page
         .records
         .first()
         .and_then(|r| r.created_at_micros())
-        .map(|t| Duration::from_micros(now.saturating_sub(t)));
+        .map(|t| Duration::from_micros(now.saturating_sub(t)))
+        .or(behind);
     Ok(Lag {
         oldest_unacknowledged_age: age,
         behind_latest: page
@@ -326,6 +332,38 @@ impl Target {
     }
 }
 
+/// Does moving from `from` to `to` read records again?
+fn reads_again(from: &StartAt, to: &StartAt) -> bool {
+    match (from, to) {
+        (_, StartAt::TrimHorizon) => true,
+        (StartAt::AfterSequence(old), StartAt::AfterSequence(new)) => seq_cmp(new, old).is_lt(),
+        _ => false,
+    }
+}
+
+/// Asks the stream whether it can resume after `seq` on `shard` (a typo or another shard's
+/// number would otherwise leave the shard retrying forever).
+async fn check_sequence(config: &Config, shard: &str, seq: &str) -> anyhow::Result<()> {
+    let at = StartAt::AfterSequence(seq.to_string());
+    let answer = match config.source.kind {
+        SourceType::DynamodbStreams => {
+            let (api, _) = DynamoDbStreams::connect(&config.source)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot check --to {seq} against the stream: {e}"))?;
+            api.shard_iterator(shard, &at).await
+        }
+        SourceType::Kinesis => {
+            let api = Kinesis::connect(&config.source)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot check --to {seq} against the stream: {e}"))?;
+            api.shard_iterator(shard, &at).await
+        }
+    };
+    answer.map(|_| ()).map_err(|e| {
+        anyhow::anyhow!("the stream does not accept sequence number {seq} for shard {shard}: {e}")
+    })
+}
+
 /// Orders decimal sequence numbers of any length (leading zeros ignored).
 fn seq_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
@@ -344,14 +382,16 @@ pub fn consequences(shard: &str, from: &StartAt, to: &StartAt, kinesis: bool) ->
         (_, StartAt::AtTimestamp(ms)) => format!(
             "shard {shard} was {was}; records that arrived before {} will be SKIPPED — their changes never \
              reach the index (run `sluice verify --repair` or a backfill to bring them back); records from then \
-             on are read",
-            time(*ms)
+             on are read{}",
+            time(*ms),
+            if kinesis {
+                ""
+            } else {
+                " (DynamoDB Streams has no timestamp iterator: the shard is read from its trim horizon and the older records are passed over)"
+            }
         ),
         (_, StartAt::Latest) => format!(
-            "shard {shard} was {was}; every record written before sluice next reads this shard will be \
-             SKIPPED — {} — their changes never reach the index (run `sluice verify --repair` or a backfill \
-             to bring them back)",
-            if kinesis { "Kinesis" } else { "DynamoDB Streams cannot start at a time, so this includes records written between now and then" }
+            "shard {shard} was {was}; every record written before sluice next reads this shard will be SKIPPED"
         ),
         (StartAt::AfterSequence(old), StartAt::AfterSequence(new)) => match seq_cmp(new, old) {
             std::cmp::Ordering::Greater => format!(
@@ -421,37 +461,76 @@ pub async fn reset(
     let (sequence_number, start_at) = match &target {
         Target::TrimHorizon => (None, None),
         Target::After(seq) => (Some(seq.clone()), None),
-        // Kinesis can start at a time: exactly "from now"; DynamoDB Streams only at LATEST
-        Target::Latest if kinesis => {
+        // "from now", not "from whenever sluice next reads": Kinesis starts AT_TIMESTAMP; a
+        // DynamoDB Streams reader (no timestamps in its API) reads from TRIM_HORIZON and passes
+        // over the records created before it — so a record written after the reset is never
+        // skipped, even if the next reader is killed before acknowledging it
+        Target::Latest => {
             let ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
             (None, Some(StartAt::AtTimestamp(ms)))
         }
-        Target::Latest => (None, Some(StartAt::Latest)),
     };
     let new_point = match (&sequence_number, &start_at) {
         (Some(seq), _) => StartAt::AfterSequence(seq.clone()),
         (None, Some(at)) => at.clone(),
         (None, None) => StartAt::TrimHorizon,
     };
+    let dms = kinesis && config.source.format == Some(KinesisFormat::Dms);
+    if dms && reads_again(&resume_point(cp), &new_point) {
+        anyhow::bail!(
+            "shard {shard} follows a DMS stream, which cannot be read again safely: a row whose primary key \
+             was changed has its delete in another shard, and its older updates read again here would \
+             bring it back. Reload the tables with a DMS full-load task instead"
+        );
+    }
+    if let Target::After(seq) = &target {
+        check_sequence(config, shard, seq).await?;
+    }
+    // Records past the checkpoint may already be in the index (written by a killed or displaced
+    // reader, not yet committed) with versions above the saved clock; the clock restarts above
+    // any of them: the current time in version units, plus a second.
+    let units_per_micro = if dms {
+        crate::transform::dms::DMS_VERSIONS_PER_MICROSECOND
+    } else {
+        1
+    };
+    let clock_at_least = (now_micros() + 1_000_000).saturating_mul(units_per_micro);
     let said = consequences(shard, &resume_point(cp), &new_point, kinesis);
     let done = match config.lease.backend {
         LeaseBackend::Sqlite => {
             let store =
                 CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
-            sqlite::reset(&store, &row.stream, shard, sequence_number, start_at).await?
+            sqlite::reset(
+                &store,
+                &row.stream,
+                shard,
+                sequence_number,
+                start_at,
+                clock_at_least,
+            )
+            .await?
         }
         LeaseBackend::Dynamodb => {
-            dynamodb::reset(config, &row.stream, shard, sequence_number, start_at).await?
+            dynamodb::reset(
+                config,
+                &row.stream,
+                shard,
+                sequence_number,
+                start_at,
+                clock_at_least,
+            )
+            .await?
         }
     };
     if !done {
         anyhow::bail!("shard {shard} changed meanwhile (finished, or its checkpoint is gone): nothing was reset");
     }
     Ok(format!(
-        "{said}.\nreset: shard {shard} of {} now reads {}; its lease was released (epoch {} → {}), clock {} kept so versions keep rising\n",
+        "{said}.\nreset: shard {shard} of {} now reads {}; its lease was released (epoch {} → {}); its version clock \
+         only rises (from {}), so what is read next is written above anything written before\n",
         row.stream,
         describe(&new_point),
         row.lease.epoch,
@@ -497,8 +576,8 @@ mod tests {
             latest.contains("before 1970-01-01T00:00:00.000Z will be SKIPPED"),
             "{latest}"
         );
-        let ddb = consequences("s1", &after("100"), &StartAt::Latest, false);
-        assert!(ddb.contains("between now and then"), "{ddb}");
+        let ddb = consequences("s1", &after("100"), &StartAt::AtTimestamp(0), false);
+        assert!(ddb.contains("passed over"), "{ddb}");
         let again = consequences("s1", &after("100"), &StartAt::TrimHorizon, true);
         assert!(
             again.contains("read again from the oldest record"),

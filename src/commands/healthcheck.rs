@@ -1,6 +1,8 @@
 //! `sluice healthcheck --config FILE`: asks the running sluice's `/readyz` (at `http.listen`)
 //! and exits 0 when ready, 1 otherwise with the reason. No shell or curl needed, so a distroless
-//! image can use it as its ECS container health check.
+//! image can use it as its ECS container health check. It asks `?for=container`: a shard close
+//! to losing records keeps `/readyz` at 503 for alerts, but does not get the task replaced — the
+//! new task would read from the same checkpoint, only later.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -15,8 +17,10 @@ pub async fn run(config: &Config) -> Result<String, String> {
     let addr = local(config.http.listen);
     let ask = async {
         let mut conn = TcpStream::connect(addr).await?;
-        conn.write_all(b"GET /readyz HTTP/1.0\r\nHost: sluice\r\nConnection: close\r\n\r\n")
-            .await?;
+        conn.write_all(
+            b"GET /readyz?for=container HTTP/1.0\r\nHost: sluice\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
         let mut answer = Vec::new();
         conn.read_to_end(&mut answer).await?;
         Ok::<_, std::io::Error>(answer)

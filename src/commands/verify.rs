@@ -187,6 +187,13 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
         consistent_read: config.backfill.consistent_read,
         pace: ReadPace::new(config.backfill.max_read_units_per_second.unwrap_or(0.0)),
     });
+    let exists = es_call(&ctx, "GET", &format!("/{}", ctx.index), None).await?;
+    if exists.status == 404 {
+        anyhow::bail!(
+            "index `{}` does not exist: every item would be missing — load it with `sluice backfill` first",
+            ctx.index
+        );
+    }
     let mut report = Report {
         table,
         index: config.sink.index.clone(),
@@ -234,7 +241,12 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
         suspects.extend(extra_candidates(&ctx, &seen).await?);
     }
     drop(seen);
-    recheck(&ctx, &mut suspects).await?;
+    let mut repairer = if opts.repair {
+        Some(Repairer::start(config, &ctx, version).await?)
+    } else {
+        None
+    };
+    recheck(&ctx, &mut suspects, repairer.as_mut()).await?;
     for s in &suspects {
         match s.class {
             Class::Missing => {
@@ -258,8 +270,8 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
         list.truncate(20);
     }
     report.examples.different.truncate(20);
-    if opts.repair && !suspects.is_empty() {
-        report.repair = Some(repair(config, &ctx, &suspects, version).await?);
+    if let Some(r) = repairer {
+        report.repair = Some(r.finish().await);
     }
     report.seconds = started.elapsed().as_secs_f64();
     let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
@@ -445,6 +457,12 @@ async fn mget(ctx: &Ctx, ids: Vec<String>) -> anyhow::Result<HashMap<String, Opt
         let v: Value = parse(&answer, "_mget")?;
         for d in v["docs"].as_array().cloned().unwrap_or_default() {
             let id = d["_id"].as_str().unwrap_or_default().to_string();
+            if let Some(e) = d.get("error") {
+                // the index went away meanwhile: missing; anything else cannot be judged
+                if e["type"] != "index_not_found_exception" {
+                    anyhow::bail!("_mget of `{id}`: {}: {}", e["type"], e["reason"]);
+                }
+            }
             let source = (d["found"] == true).then(|| d["_source"].clone());
             out.insert(id, source);
         }
@@ -586,104 +604,161 @@ fn key_from_source(
 
 /// Reads every suspect again — the item (consistent) and the document — after waits of 1, 2 and
 /// 4 s, so changes still on their way through the stream are not reported; keeps what still
-/// differs, with the table's latest image.
-async fn recheck(ctx: &Ctx, suspects: &mut Vec<Suspect>) -> anyhow::Result<()> {
-    for wait in [1, 2, 4] {
+/// differs, with the table's latest image. The last round goes in chunks, each repaired right
+/// after it was read: an image is written seconds after it was read, not after every other
+/// suspect (a delete's tombstone lives only `index.gc_deletes`, 60 s).
+async fn recheck(
+    ctx: &Ctx,
+    suspects: &mut Vec<Suspect>,
+    mut repairer: Option<&mut Repairer>,
+) -> anyhow::Result<()> {
+    const CHUNK: usize = 200;
+    let waits = [1, 2, 4];
+    for (round, wait) in waits.iter().enumerate() {
         if suspects.is_empty() {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_secs(wait)).await;
-        let found = mget(ctx, suspects.iter().map(|s| s.id.clone()).collect()).await?;
+        tokio::time::sleep(Duration::from_secs(*wait)).await;
+        let last = round + 1 == waits.len();
         let mut still = Vec::new();
-        for mut s in suspects.drain(..) {
-            s.expected = match &s.key {
-                Some(key) => {
-                    let item = ctx
-                        .client
-                        .get_item()
-                        .table_name(&ctx.table)
-                        .set_key(Some(key.clone()))
-                        .consistent_read(true)
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            anyhow::anyhow!(
-                                "GetItem on `{}`: {}",
-                                ctx.table,
-                                aws_smithy_types::error::display::DisplayErrorContext(e)
-                            )
-                        })?;
-                    match item.item() {
-                        Some(i) => backfill::document(&ctx.ids, i).ok().map(|(_, d)| d),
-                        None => None,
-                    }
+        let pending: Vec<Suspect> = std::mem::take(suspects);
+        let mut chunks = pending.into_iter().peekable();
+        while chunks.peek().is_some() {
+            let chunk: Vec<Suspect> = chunks.by_ref().take(CHUNK).collect();
+            let found = mget(ctx, chunk.iter().map(|s| s.id.clone()).collect()).await?;
+            let mut differing = Vec::new();
+            for mut s in chunk {
+                s.expected = match &s.key {
+                    Some(key) => current_document(ctx, key, &s.id).await?,
+                    // a document without its item's key cannot belong to any item
+                    None => None,
+                };
+                let have = found.get(&s.id).cloned().flatten();
+                if let Some((class, fields)) = judge(s.expected.as_ref(), have.as_ref()) {
+                    s.class = class;
+                    s.fields = fields;
+                    differing.push(s);
                 }
-                // a document without its item's key cannot belong to any item
-                None => None,
-            };
-            let have = found.get(&s.id).cloned().flatten();
-            if let Some((class, fields)) = judge(s.expected.as_ref(), have.as_ref()) {
-                s.class = class;
-                s.fields = fields;
-                still.push(s);
             }
+            if last {
+                if let Some(r) = repairer.as_deref_mut() {
+                    r.repair(&differing).await?;
+                }
+            }
+            still.extend(differing);
         }
         *suspects = still;
     }
     Ok(())
 }
 
-/// Writes the table's image of missing and different items and deletes extra documents, all
-/// with `version`, through the stream's batcher and sink; counts what Elasticsearch answered.
-async fn repair(
-    config: &Config,
+/// The table's document for `key` now (consistent read) — `None` when there is no such item, or
+/// when the item's `_id` is not `id` (that document is then one no item has: extra).
+async fn current_document(
     ctx: &Ctx,
-    suspects: &[Suspect],
+    key: &HashMap<String, AttributeValue>,
+    id: &str,
+) -> anyhow::Result<Option<Value>> {
+    let item = ctx
+        .client
+        .get_item()
+        .table_name(&ctx.table)
+        .set_key(Some(key.clone()))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "GetItem on `{}`: {}",
+                ctx.table,
+                aws_smithy_types::error::display::DisplayErrorContext(e)
+            )
+        })?;
+    Ok(item
+        .item()
+        .and_then(|i| backfill::document(&ctx.ids, i).ok())
+        .filter(|(rendered, _)| rendered == id)
+        .map(|(_, doc)| doc))
+}
+
+/// Writes the table's image of missing and different items and deletes extra documents, all
+/// with the verify's version, through the stream's batcher and sink.
+struct Repairer {
+    out: backfill::Writer,
+    lanes: Vec<tokio::task::JoinHandle<()>>,
+    tracker: crate::ack::AckTracker,
+    part: crate::ack::ShardId,
+    origin: Origin,
+    index: Arc<str>,
     version: u64,
-) -> anyhow::Result<Repair> {
-    let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
-    let metrics = Metrics::new();
-    let (out, lanes) = backfill::writer(config, &store, &metrics).await?;
-    let part: crate::ack::ShardId = "verify-repair".into();
-    out.hold(std::slice::from_ref(&part));
-    let tracker = crate::ack::AckTracker::default();
-    let origin = Origin {
-        stream: format!("verify:{}", ctx.table).into(),
-        shard: part.clone(),
-        sequence_number: "repair".into(),
-        epoch: 1,
-    };
-    for s in suspects {
-        let action = match (&s.class, &s.expected) {
-            (Class::Extra, _) | (_, None) => DocAction::Delete,
-            (_, Some(doc)) => DocAction::Index(doc.clone()),
-        };
-        let mut op = BulkOp::new(
-            ctx.index.as_str().into(),
-            s.id.clone(),
+    metrics: Metrics,
+}
+
+impl Repairer {
+    async fn start(config: &Config, ctx: &Ctx, version: u64) -> anyhow::Result<Self> {
+        let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
+        let metrics = Metrics::new();
+        let (out, lanes) = backfill::writer(config, &store, &metrics).await?;
+        let part: crate::ack::ShardId = "verify-repair".into();
+        out.hold(std::slice::from_ref(&part));
+        Ok(Self {
+            out,
+            lanes,
+            tracker: crate::ack::AckTracker::default(),
+            origin: Origin {
+                stream: format!("verify:{}", ctx.table).into(),
+                shard: part.clone(),
+                sequence_number: "repair".into(),
+                epoch: 1,
+            },
+            part,
+            index: ctx.index.as_str().into(),
             version,
-            action,
-            origin.clone(),
-        );
-        let ack = tracker.register(&part, 1, Default::default(), 1, 1);
-        op.acks.extend(ack);
-        out.router
-            .send(op)
-            .await
-            .map_err(|_| anyhow::anyhow!("the sink stopped"))?;
+            metrics,
+        })
     }
-    backfill::acknowledged(&tracker, &part).await;
-    drop(out);
-    for lane in lanes {
-        let _ = lane.await;
+
+    /// Sends one chunk and waits until Elasticsearch has answered every operation.
+    async fn repair(&mut self, suspects: &[Suspect]) -> anyhow::Result<()> {
+        for s in suspects {
+            let action = match &s.expected {
+                Some(doc) if s.class != Class::Extra => DocAction::Index(doc.clone()),
+                _ => DocAction::Delete,
+            };
+            let mut op = BulkOp::new(
+                self.index.clone(),
+                s.id.clone(),
+                self.version,
+                action,
+                self.origin.clone(),
+            );
+            op.acks.extend(
+                self.tracker
+                    .register(&self.part, 1, Default::default(), 1, 1),
+            );
+            self.out
+                .router
+                .send(op)
+                .await
+                .map_err(|_| anyhow::anyhow!("the sink stopped"))?;
+        }
+        backfill::acknowledged(&self.tracker, &self.part).await;
+        Ok(())
     }
-    let count = |r: &str| metrics.documents.with_label_values(&[r]).get();
-    Ok(Repair {
-        indexed: count(result::INDEXED),
-        deleted: count(result::DELETED),
-        stale: count(result::STALE),
-        dead_lettered: count(result::DEAD_LETTERED),
-    })
+
+    async fn finish(self) -> Repair {
+        drop(self.out);
+        for lane in self.lanes {
+            let _ = lane.await;
+        }
+        let count = |r: &str| self.metrics.documents.with_label_values(&[r]).get();
+        Repair {
+            indexed: count(result::INDEXED),
+            deleted: count(result::DELETED),
+            stale: count(result::STALE),
+            dead_lettered: count(result::DEAD_LETTERED),
+        }
+    }
 }
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS verify_runs (

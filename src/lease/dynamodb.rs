@@ -276,16 +276,35 @@ pub async fn reset(
     shard: &str,
     sequence_number: Option<String>,
     start_at: Option<crate::source::StartAt>,
+    clock_at_least: u64,
 ) -> anyhow::Result<bool> {
     let leases = DynamoDbLeases::client_for(config, stream, String::new()).await;
-    let mut set = vec!["#ep = #ep + :one", "#ct = #ct + :one"];
+    let current = leases
+        .client
+        .get_item()
+        .table_name(&leases.table)
+        .set_key(Some(leases.key(shard)))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("lease table `{}` (lease.table): {}", leases.table, text(e))
+        })?;
+    let clock = current
+        .item()
+        .and_then(checkpoint_of)
+        .map_or(0, |c| c.clock)
+        .max(clock_at_least);
+    let mut set = vec!["#ep = #ep + :one", "#ct = #ct + :one", "#cl = :clock"];
     let mut remove = vec!["#ow", "#no"];
     let mut req = leases
         .client
         .update_item()
         .table_name(&leases.table)
         .set_key(Some(leases.key(shard)))
-        .condition_expression("#st = :t AND NOT (#f = :t)")
+        .condition_expression(
+            "#st = :t AND NOT (#f = :t) AND (attribute_not_exists(#cl) OR #cl <= :clock)",
+        )
         .expression_attribute_names("#st", "started")
         .expression_attribute_names("#f", "finished")
         .expression_attribute_names("#ep", "epoch")
@@ -294,8 +313,10 @@ pub async fn reset(
         .expression_attribute_names("#no", "next_owner")
         .expression_attribute_names("#sq", "sequence_number")
         .expression_attribute_names("#sa", "start_at")
+        .expression_attribute_names("#cl", "clock")
         .expression_attribute_values(":t", AttributeValue::Bool(true))
-        .expression_attribute_values(":one", n(1));
+        .expression_attribute_values(":one", n(1))
+        .expression_attribute_values(":clock", n(clock));
     match sequence_number {
         Some(seq) => {
             set.push("#sq = :sq");

@@ -102,7 +102,7 @@ pub async fn list_all(store: &CheckpointStore) -> Result<Vec<super::LeaseRow>, S
 
 /// `sluice checkpoints reset`: moves a started, unfinished shard's checkpoint to
 /// `sequence_number` (resume after it) or, without one, to `start_at` (LATEST, AT_TIMESTAMP;
-/// neither: TRIM_HORIZON). The clock is kept, so versions never go back. In the same transaction
+/// neither: TRIM_HORIZON). The clock never goes back (raised to `clock_at_least`). In the same transaction
 /// the lease is taken from whoever holds it (epoch + 1): a running holder's next renewal or
 /// commit is refused, it drops what it has in flight, and the shard is read again from here.
 /// `false` when the shard has no checkpoint or is finished (nothing was changed).
@@ -112,6 +112,7 @@ pub async fn reset(
     shard: &str,
     sequence_number: Option<String>,
     start_at: Option<crate::source::StartAt>,
+    clock_at_least: u64,
 ) -> Result<bool, StoreError> {
     let (stream, shard) = (stream.to_string(), shard.to_string());
     store
@@ -119,14 +120,16 @@ pub async fn reset(
             let tx = conn.transaction()?;
             let now = checkpoint::now_ms();
             let moved = tx.execute(
-                "UPDATE checkpoints SET sequence_number = ?3, start_at = ?4, updated_at_ms = ?5
+                "UPDATE checkpoints SET sequence_number = ?3, start_at = ?4, updated_at_ms = ?5,
+                   clock = MAX(clock, ?6)
                  WHERE stream = ?1 AND shard_id = ?2 AND finished = 0",
                 params![
                     stream,
                     shard,
                     sequence_number,
                     start_at.as_ref().and_then(checkpoint::start_at_text),
-                    now
+                    now,
+                    clock_at_least as i64
                 ],
             )?;
             if moved == 0 {
@@ -310,6 +313,87 @@ impl LeaseTable for SqliteLeases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `checkpoints reset`: the position moves back or forth, the clock only rises, and the
+    /// lease is taken from its holder, whose next commit is refused (fenced).
+    #[tokio::test]
+    async fn a_reset_moves_the_position_raises_the_clock_and_fences_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            CheckpointStore::open(&dir.path().join("s.db"), crate::config::JournalMode::Wal)
+                .unwrap();
+        let worker = SqliteLeases::new(store.clone(), "stream", "worker-a");
+        let shard: ShardId = "shard-1".into();
+        worker
+            .create_missing(std::slice::from_ref(&shard))
+            .await
+            .unwrap();
+        let seen = worker.leases().await.unwrap().remove(0);
+        let held = worker.take(&seen).await.unwrap().expect("taken");
+        let at = |seq: &str, clock| FencedCheckpoint {
+            shard: shard.clone(),
+            epoch: held.epoch,
+            checkpoint: ShardCheckpoint {
+                sequence_number: Some(seq.into()),
+                clock,
+                finished: false,
+                start_at: None,
+            },
+        };
+        assert!(worker
+            .commit(vec![at("500", 7_000)])
+            .await
+            .unwrap()
+            .is_empty());
+
+        assert!(
+            reset(&store, "stream", "shard-1", Some("100".into()), None, 5_000)
+                .await
+                .unwrap()
+        );
+        let cp = worker
+            .checkpoints()
+            .await
+            .unwrap()
+            .remove("shard-1")
+            .unwrap();
+        assert_eq!(cp.sequence_number.as_deref(), Some("100"), "moved back");
+        assert_eq!(cp.clock, 7_000, "never lowered");
+        // the holder, still running, cannot commit over the reset
+        assert_eq!(
+            worker.commit(vec![at("600", 7_100)]).await.unwrap(),
+            vec![shard.clone()]
+        );
+        let lease = worker.leases().await.unwrap().remove(0);
+        assert_eq!((lease.owner, lease.epoch), (None, held.epoch + 1));
+
+        assert!(reset(
+            &store,
+            "stream",
+            "shard-1",
+            None,
+            Some(crate::source::StartAt::AtTimestamp(1_700_000_000_000)),
+            9_000
+        )
+        .await
+        .unwrap());
+        let cp = worker
+            .checkpoints()
+            .await
+            .unwrap()
+            .remove("shard-1")
+            .unwrap();
+        assert_eq!(cp.sequence_number, None);
+        assert_eq!(
+            cp.start_at,
+            Some(crate::source::StartAt::AtTimestamp(1_700_000_000_000))
+        );
+        assert_eq!(cp.clock, 9_000, "raised");
+        // a shard nobody started has nothing to reset
+        assert!(!reset(&store, "stream", "shard-9", None, None, 0)
+            .await
+            .unwrap());
+    }
     use crate::config::JournalMode;
 
     fn cp(seq: &str) -> ShardCheckpoint {

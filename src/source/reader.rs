@@ -136,19 +136,20 @@ impl<A: ShardApi> ShardReader<A> {
                         last_read = Some(last.sequence_number().to_owned());
                     }
                     // What arrived before this is read: Kinesis says how far behind the tip the
-                    // page is; otherwise the last record read, or (an empty page) the call.
+                    // page is; DynamoDB Streams only shows the last record read — an empty page
+                    // there can come before more records, so it proves nothing.
                     let read_up_to = match page.millis_behind_latest {
-                        Some(ms) => asked_at.saturating_sub(u64::try_from(ms).unwrap_or(0) * 1000),
-                        None => page
-                            .records
-                            .last()
-                            .map_or(Some(asked_at), |r| r.created_at_micros())
-                            .unwrap_or(asked_at),
+                        Some(ms) => {
+                            Some(asked_at.saturating_sub(u64::try_from(ms).unwrap_or(0) * 1000))
+                        }
+                        None => page.records.last().and_then(|r| r.created_at_micros()),
                     };
                     if read > 0 && !self.deliver(page.records, &hard).await {
                         return ReaderExit::Cancelled;
                     }
-                    self.ctx.tracker.read_up_to(&shard, read_up_to);
+                    if let Some(t) = read_up_to {
+                        self.ctx.tracker.read_up_to(&shard, t);
+                    }
                     let Some(next) = page.next_iterator else {
                         let children: Vec<&str> =
                             page.child_shards.iter().map(|c| &*c.id).collect();
@@ -359,7 +360,23 @@ impl<A: ShardApi> ShardReader<A> {
             .inc_by(records.len() as u64);
         let mut ops = Vec::with_capacity(records.len());
         let mut dead = Vec::new();
+        // started at a time (a reset to LATEST): DynamoDB Streams cannot start there, so its
+        // reader starts at TRIM_HORIZON and passes over what came before. Creation times have
+        // whole seconds: records of the reset's own second are read, never skipped.
+        let skip_before = match self.start {
+            StartAt::AtTimestamp(ms) => Some(u64::try_from(ms).unwrap_or(0) / 1000 * 1_000_000),
+            _ => None,
+        };
         for record in &records {
+            if let (Some(from), Some(created)) = (skip_before, record.created_at_micros()) {
+                if created < from {
+                    ctx.metrics
+                        .records_skipped
+                        .with_label_values(&["before_start"])
+                        .inc();
+                    continue;
+                }
+            }
             let decoded = (ctx.decode)(record);
             let floor = decoded
                 .as_ref()

@@ -139,14 +139,23 @@ fn resolve(indices: &BTreeMap<String, Index>, name: &str) -> String {
         .iter()
         .filter(|(_, i)| i.aliases.contains_key(name))
         .collect();
-    let write = behind
-        .iter()
-        .find(|(_, i)| i.aliases[name].get("is_write_index") == Some(&Value::Bool(true)));
+    let flag = |i: &Index| {
+        i.aliases[name]
+            .get("is_write_index")
+            .and_then(Value::as_bool)
+    };
+    let write = behind.iter().find(|(_, i)| flag(i) == Some(true));
     match (write, behind.as_slice()) {
         (Some((n, _)), _) => (*n).clone(),
-        (None, [(n, _)]) => (*n).clone(),
+        // one index behind the alias is its write index unless marked otherwise
+        (None, [(n, i)]) if flag(i) != Some(false) => (*n).clone(),
         _ => name.to_string(),
     }
+}
+
+/// An alias with no write index: writes through it are refused (Elasticsearch's answer).
+fn alias_without_write_index(indices: &BTreeMap<String, Index>, name: &str) -> bool {
+    !indices.contains_key(name) && indices.values().any(|i| i.aliases.contains_key(name))
 }
 
 /// Settings of an index creation, nested or flat (`{"index": {"number_of_shards": 1}}`,
@@ -202,11 +211,14 @@ fn nested(flat: &BTreeMap<String, Value>) -> Map<String, Value> {
         let mut at = &mut root;
         let parts: Vec<&str> = path.split('.').collect();
         for p in &parts[..parts.len() - 1] {
-            at = at
+            let slot = at
                 .entry(p.to_string())
-                .or_insert_with(|| Value::Object(Map::new()))
-                .as_object_mut()
-                .expect("settings paths do not clash");
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !slot.is_object() {
+                // `a` and `a.b` both set: the deeper one wins
+                *slot = Value::Object(Map::new());
+            }
+            at = slot.as_object_mut().expect("made an object above");
         }
         at.insert(parts[parts.len() - 1].to_string(), v.clone());
     }
@@ -243,7 +255,7 @@ struct Shared {
     sigv4: Mutex<Option<sigv4::SigV4Keys>>,
     /// Open scrolls: id → the hits left to return (a snapshot taken at the first search) and the
     /// page size.
-    scrolls: Mutex<HashMap<String, (VecDeque<Value>, usize)>>,
+    scrolls: Mutex<HashMap<String, (VecDeque<Value>, usize, usize)>>,
 }
 
 impl Shared {
@@ -602,7 +614,7 @@ async fn create_index(
         return es_error(
             StatusCode::BAD_REQUEST,
             "invalid_index_name_exception",
-            &format!("Invalid index name [{index}], an alias with the same name already exists"),
+            &format!("Invalid index name [{index}], already exists as alias"),
         );
     }
     if let Some(clash) = aliases.keys().find(|a| indices.contains_key(*a)) {
@@ -655,13 +667,21 @@ async fn index_exists(
         return forward(&s, method, &uri, body).await;
     }
     let indices = s.indices.lock().unwrap();
-    let name = resolve(&indices, &index);
-    match indices.get(&name) {
-        Some(i) => es_json(
-            StatusCode::OK,
-            json!({ name: {"aliases": i.aliases, "mappings": i.mappings, "settings": i.settings} }),
-        ),
-        None => not_found_index(&index),
+    // an index by its name, or every index behind an alias of that name
+    let answer: Map<String, Value> = indices
+        .iter()
+        .filter(|(n, i)| **n == index || i.aliases.contains_key(&index))
+        .map(|(n, i)| {
+            (
+                n.clone(),
+                json!({"aliases": i.aliases, "mappings": i.mappings, "settings": i.settings}),
+            )
+        })
+        .collect();
+    if answer.is_empty() {
+        not_found_index(&index)
+    } else {
+        es_json(StatusCode::OK, Value::Object(answer))
     }
 }
 
@@ -836,7 +856,15 @@ async fn mget(
     let indices = s.indices.lock().unwrap();
     let index = resolve(&indices, &index);
     let Some(idx) = indices.get(&index) else {
-        return not_found_index(&index);
+        // each document fails on its own, the request as a whole succeeds
+        let reason = format!("no such index [{index}]");
+        let docs: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"_index": index, "_id": id, "error": {
+                "root_cause": [{"type": "index_not_found_exception", "reason": reason, "index": index}],
+                "type": "index_not_found_exception", "reason": reason, "index": index}}))
+            .collect();
+        return es_json(StatusCode::OK, json!({ "docs": docs }));
     };
     let docs: Vec<Value> = ids
         .iter()
@@ -871,7 +899,7 @@ async fn scroll_next(
         );
     };
     let mut scrolls = s.scrolls.lock().unwrap();
-    let Some((left, size)) = scrolls.get_mut(id) else {
+    let Some((left, size, total)) = scrolls.get_mut(id) else {
         return es_error(
             StatusCode::NOT_FOUND,
             "search_context_missing_exception",
@@ -883,7 +911,7 @@ async fn scroll_next(
     es_json(
         StatusCode::OK,
         json!({"_scroll_id": id, "took": 1, "timed_out": false,
-               "hits": {"total": {"value": hits.len(), "relation": "eq"}, "hits": hits}}),
+               "hits": {"total": {"value": *total, "relation": "eq"}, "hits": hits}}),
     )
 }
 
@@ -1063,7 +1091,7 @@ async fn search(
         s.scrolls
             .lock()
             .unwrap()
-            .insert(id.clone(), (all, size.max(1)));
+            .insert(id.clone(), (all, size.max(1), matching.len()));
         return es_json(
             StatusCode::OK,
             json!({"_scroll_id": id, "took": 1, "timed_out": false,
@@ -1494,6 +1522,17 @@ fn apply(s: &Shared, a: &Action) -> Value {
         ..a.clone()
     };
     let a = &resolved;
+    if alias_without_write_index(&indices, &a.index) {
+        return item_error(
+            a,
+            400,
+            "illegal_argument_exception",
+            &format!(
+                "no write index is defined for alias [{}]. The write index may be explicitly disabled using is_write_index=false or the alias points to multiple indices without one being designated as a write index",
+                a.index
+            ),
+        );
+    }
     if !indices.contains_key(&a.index) && !s.auto_create_index.load(Ordering::Relaxed) {
         return item_error(
             a,
