@@ -422,6 +422,10 @@ pub struct BackfillConfig {
         deserialize_with = "duration"
     )]
     pub clock_skew_allowance: Duration,
+    /// How long the index keeps delete tombstones (`index.gc_deletes`) while a backfill runs, so
+    /// an older image cannot undo a stream delete; put back when it is complete. "0s": untouched.
+    #[serde(default = "default_keep_deletes_for", deserialize_with = "duration")]
+    pub keep_deletes_for: Duration,
     /// `sluice run` backfills the table itself when this checkpoint file records no finished
     /// backfill of it (and resumes one that was interrupted), beside the stream.
     #[serde(default)]
@@ -446,10 +450,14 @@ impl Default for BackfillConfig {
             consistent_read: false,
             max_read_units_per_second: None,
             clock_skew_allowance: default_clock_skew_allowance(),
+            keep_deletes_for: default_keep_deletes_for(),
         }
     }
 }
 
+fn default_keep_deletes_for() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
 fn default_clock_skew_allowance() -> Duration {
     Duration::from_secs(300)
 }

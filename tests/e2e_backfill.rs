@@ -144,9 +144,18 @@ async fn concurrent_changes(
 /// change (the test server keeps every document's version history).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_beside_concurrent_stream_changes_ends_with_the_index_equal_to_the_table() {
+    // the full acceptance volume by hand: SLUICE_TEST_BACKFILL_ITEMS=50000 SLUICE_TEST_BACKFILL_CHANGES=5000
+    let from_env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let items = from_env("SLUICE_TEST_BACKFILL_ITEMS", ITEMS);
+    let changes = from_env("SLUICE_TEST_BACKFILL_CHANGES", ITEMS / 5);
     let bed = PostsBed::without_stream("posts-backfill").await;
     let seeding = Instant::now();
-    seed_posts(&bed.ddb, 0..ITEMS).await;
+    seed_posts(&bed.ddb, 0..items).await;
     let seeded_in = seeding.elapsed();
     bed.enable_stream().await;
     let sluice = follow_from_latest(&bed);
@@ -154,7 +163,7 @@ async fn a_backfill_beside_concurrent_stream_changes_ends_with_the_index_equal_t
     let writer = {
         let ddb = bed.ddb.clone();
         tokio::spawn(
-            async move { concurrent_changes(&ddb, ITEMS, ITEMS * 11 / 10, ITEMS / 5, 8).await },
+            async move { concurrent_changes(&ddb, items, items * 11 / 10, changes, 8).await },
         )
     };
     let started = Instant::now();
@@ -176,8 +185,8 @@ async fn a_backfill_beside_concurrent_stream_changes_ends_with_the_index_equal_t
     assert_eq!(stats.applied_backwards, 0, "{stats:?}");
     assert_eq!(stats.divergent, 0, "{stats:?}");
     println!(
-        "{out}seeded {ITEMS} items in {seeded_in:.1?}; backfill took {backfilled_in:.1?} ({:.0} items/s against the emulator)",
-        ITEMS as f64 / backfilled_in.as_secs_f64()
+        "{out}seeded {items} items in {seeded_in:.1?}; backfill beside {changes} concurrent changes took {backfilled_in:.1?} ({:.0} items/s against the emulator)",
+        items as f64 / backfilled_in.as_secs_f64()
     );
 }
 
@@ -289,6 +298,64 @@ async fn a_clock_skew_within_the_allowance_changes_nothing() {
     }
 }
 
+/// The control for acceptance 3: the same bed with the scan's clock 60 s ahead and an allowance
+/// of 5 s — a skew the allowance does not cover. Every scan image then carries a version above the
+/// stream's next minute, so changes made after the backfill are refused as stale and the index
+/// is left behind the table: the test bed sees it, and it is the allowance that prevents it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_skew_beyond_the_allowance_leaves_the_index_behind() {
+    let (bed, sluice) = bed_with_existing_rows("posts-skew-beyond", 100).await;
+    let config = sluice.config.with_file_name("skew.toml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&sluice.config).unwrap()
+            + "\n[backfill]\nclock_skew_allowance = \"5s\"\n",
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["backfill", "--config"])
+        .arg(&config)
+        .envs(aws_env())
+        .env("SLUICE_TEST_BACKFILL_CLOCK_OFFSET_MS", "60000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (code, out) = tokio::task::spawn_blocking(move || wait(child, Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    bed.assert_converges(Duration::from_secs(30)).await;
+    // after the backfill: 5 updates and 5 deletes through the stream
+    let mut rng = fastrand::Rng::with_seed(5);
+    for k in 0..10 {
+        let change = if k < 5 { Change::Put } else { Change::Delete };
+        apply(
+            &bed.ddb,
+            "Posts",
+            &format!("post-{k}"),
+            change,
+            99,
+            &mut rng,
+        )
+        .await;
+    }
+    let table = scan_table(&bed.ddb, "Posts").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let index = bed.es.documents("posts-skew-beyond").await;
+    let behind = diff(&table, &index);
+    println!("scan clock 60 s ahead, allowance 5 s:\n{behind}");
+    assert_eq!(
+        behind
+            .lines()
+            .filter(|l| l.starts_with("differs") || l.starts_with("extra"))
+            .count(),
+        10,
+        "{behind}"
+    );
+    drop(sluice);
+}
+
 /// Acceptance 2 and 5: kill -9 mid-backfill (reads throttled so it is still running), restart →
 /// it resumes from the segments' checkpoints, `--status` shows the progress, and the index equals
 /// the table. Reports how many items were scanned twice.
@@ -325,6 +392,20 @@ async fn a_killed_backfill_resumes_from_its_segment_checkpoints() {
     let _ = first.wait();
     let (_, status) = wait(run(&["--status"]), Duration::from_secs(30));
     assert!(status.contains("segments done"), "{status}");
+    // deletes outlive the backfill: tombstones kept 24 h while it runs, also across the kill
+    let gc_deletes = |state: Option<serde_json::Value>| {
+        state.and_then(|s| {
+            s.as_object()?
+                .values()
+                .next()?
+                .pointer("/settings/index/gc_deletes")
+                .cloned()
+        })
+    };
+    assert_eq!(
+        gc_deletes(bed.es.index_state("posts-resume").await),
+        Some(serde_json::json!("86400s"))
+    );
     assert!(
         !status.contains("3/3 segments done"),
         "killed before the end: {status}"
@@ -337,6 +418,11 @@ async fn a_killed_backfill_resumes_from_its_segment_checkpoints() {
         .unwrap();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("3/3 segments done"), "{out}");
+    assert_eq!(
+        gc_deletes(bed.es.index_state("posts-resume").await),
+        None,
+        "the index's own setting (the default) is back"
+    );
     bed.assert_converges(Duration::from_secs(60)).await;
     let scanned_twice = bed.es.fake.stats().redelivered - before;
     println!("status after the kill:\n{status}resumed:\n{out}items scanned twice: {scanned_twice}");

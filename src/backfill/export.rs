@@ -328,6 +328,7 @@ pub async fn run(
         .collect::<anyhow::Result<_>>()?;
     let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
     let done = files_done(&store, &export_id).await?;
+    super::tombstones::keep(config, &store).await?;
     let part: ShardId = format!("export-{export_id}").into();
     let metrics = Metrics::new();
     let (out, lanes) = writer(config, &store, &metrics).await?;
@@ -428,6 +429,7 @@ pub async fn run(
     for lane in lanes {
         let _ = lane.await;
     }
+    super::tombstones::restore(config, &store).await?;
     Ok(ExportReport {
         export_id,
         files: files.len(),

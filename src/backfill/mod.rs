@@ -17,6 +17,7 @@
 
 pub mod export;
 pub mod progress;
+pub mod tombstones;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -558,6 +559,7 @@ pub async fn run(
     tracing::info!(table = %table, segments = total, version, resumed = !saved.is_empty(), "backfill starting");
     let segment_ids: Vec<ShardId> = (0..total).map(segment_id).collect();
     out.hold(&segment_ids);
+    tombstones::keep(config, store).await?;
     let ids = doc_ids(config, key_attributes);
     let starts: Vec<SegmentProgress> = (0..total)
         .map(|s| {
@@ -634,6 +636,7 @@ pub async fn run(
         return Err(e);
     }
     tracing::info!(table = %table, "backfill complete");
+    tombstones::restore(config, store).await?;
     Ok(progress(store, &table).await?)
 }
 

@@ -109,6 +109,8 @@ struct Index {
     mappings: Value,
     /// Aliases of this index and their properties (`is_write_index`, …).
     aliases: Map<String, Value>,
+    /// `index.gc_deletes`: how long a delete's tombstone is kept (default: the server's, 60 s).
+    gc_deletes: Option<Duration>,
 }
 
 impl Index {
@@ -405,7 +407,10 @@ fn router(shared: Arc<Shared>) -> Router {
             get(scroll_next).post(scroll_next).delete(scroll_clear),
         )
         .route("/{index}/_refresh", post(refresh).get(refresh))
-        .route("/{index}/_settings", axum::routing::put(put_index_settings))
+        .route(
+            "/{index}/_settings",
+            axum::routing::put(put_index_settings).get(get_index_settings),
+        )
         .route(
             "/_cluster/settings",
             axum::routing::put(put_cluster_settings),
@@ -628,6 +633,10 @@ async fn create_index(
         index.clone(),
         Index {
             mapping,
+            gc_deletes: settings
+                .get("index.gc_deletes")
+                .and_then(Value::as_str)
+                .and_then(time_value),
             settings: nested(&settings),
             mappings: req.get("mappings").cloned().unwrap_or_else(|| json!({})),
             aliases,
@@ -726,6 +735,7 @@ async fn put_index_settings(
         Err(e) => return es_error(StatusCode::BAD_REQUEST, "parse_exception", &e.to_string()),
     };
     let mut indices = s.indices.lock().unwrap();
+    let index = resolve(&indices, &index);
     let Some(idx) = indices.get_mut(&index) else {
         return not_found_index(&index);
     };
@@ -735,7 +745,84 @@ async fn put_index_settings(
     if let Some(v) = setting(&req, "index.blocks.read_only_allow_delete") {
         idx.block_read_only_allow_delete = flag(&v);
     }
+    if let Some(v) = setting(&req, "index.gc_deletes") {
+        let given = match &v {
+            Value::Null => None,
+            other => {
+                let text = other
+                    .as_str()
+                    .map_or_else(|| other.to_string(), str::to_owned);
+                match time_value(&text) {
+                    Some(d) => Some((d, text)),
+                    None => {
+                        return es_error(
+                            StatusCode::BAD_REQUEST,
+                            "illegal_argument_exception",
+                            &format!("failed to parse setting [index.gc_deletes] with value [{text}] as a time value: unit is missing or unrecognized"),
+                        )
+                    }
+                }
+            }
+        };
+        idx.gc_deletes = given.as_ref().map(|(d, _)| *d);
+        let index_settings = idx
+            .settings
+            .entry("index".to_string())
+            .or_insert_with(|| json!({}));
+        if let Some(m) = index_settings.as_object_mut() {
+            match given {
+                Some((_, text)) => {
+                    m.insert("gc_deletes".into(), Value::String(text));
+                }
+                None => {
+                    m.remove("gc_deletes");
+                }
+            }
+        }
+    }
     es_json(StatusCode::OK, json!({"acknowledged": true}))
+}
+
+/// `GET /{index}/_settings`: the settings as `GET /{index}` shows them, per concrete index.
+async fn get_index_settings(
+    State(s): State<Arc<Shared>>,
+    Path(index): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if s.upstream.is_some() {
+        return forward(&s, method, &uri, body).await;
+    }
+    let indices = s.indices.lock().unwrap();
+    let answer: Map<String, Value> = indices
+        .iter()
+        .filter(|(n, i)| **n == index || i.aliases.contains_key(&index))
+        .map(|(n, i)| (n.clone(), json!({ "settings": i.settings })))
+        .collect();
+    if answer.is_empty() {
+        not_found_index(&index)
+    } else {
+        es_json(StatusCode::OK, Value::Object(answer))
+    }
+}
+
+/// An Elasticsearch time value: `500ms`, `60s`, `10m`, `24h`, `2d` (`-1`: never).
+fn time_value(text: &str) -> Option<Duration> {
+    if text == "-1" {
+        return Some(Duration::MAX);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => return None,
+    })
 }
 
 /// `PUT /_cluster/settings`: `action.auto_create_index` (persistent or transient).
@@ -1589,8 +1676,9 @@ fn apply(s: &Shared, a: &Action) -> Value {
         );
     }
     let now = Instant::now();
+    let gc = idx.gc_deletes.unwrap_or(s.gc_deletes);
     idx.tombstones
-        .retain(|_, (_, at)| now.duration_since(*at) < s.gc_deletes);
+        .retain(|_, (_, at)| now.duration_since(*at) < gc);
     let current = idx
         .docs
         .get(&id)
