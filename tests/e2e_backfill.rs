@@ -245,7 +245,7 @@ async fn a_run_with_on_start_backfills_the_table_once_beside_the_stream() {
     sluice.sigterm();
     assert_eq!(sluice.wait_exit(Duration::from_secs(20)).0, Some(0));
 
-    let again = follow_from_latest_with(&bed, extra);
+    let mut again = follow_from_latest_with(&bed, extra);
     again.wait_ready(Duration::from_secs(30)).await;
     let until = Instant::now() + Duration::from_secs(30);
     while !again.log_text().contains("backfilled before") {
@@ -254,8 +254,49 @@ async fn a_run_with_on_start_backfills_the_table_once_beside_the_stream() {
     }
     assert_eq!(again.metric("sluice_backfill_items_total", "").await, 0.0);
     assert_eq!(again.metric("sluice_backfill_complete", "").await, 1.0);
+    again.sigterm();
+    assert_eq!(again.wait_exit(Duration::from_secs(20)).0, Some(0));
+
+    // pointed at a new, empty index: that one has never been filled, so it is backfilled too
+    let moved = again.config.with_file_name("moved.toml");
+    std::fs::write(
+        &moved,
+        std::fs::read_to_string(&again.config).unwrap().replace(
+            "index = \"posts-on-start\"",
+            "index = \"posts-on-start-v2\"",
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let text = std::fs::read_to_string(&moved).unwrap();
+    let old_listen = text
+        .lines()
+        .find(|l| l.starts_with("listen = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &moved,
+        text.replace(&old_listen, &format!("listen = \"127.0.0.1:{port}\"")),
+    )
+    .unwrap();
+    let elsewhere = Sluice::start_with_config(&moved, port, bed.dir.path());
+    elsewhere.wait_ready(Duration::from_secs(30)).await;
+    let until = Instant::now() + Duration::from_secs(60);
+    while elsewhere.metric("sluice_backfill_complete", "").await != 1.0 {
+        assert!(Instant::now() < until, "{}", elsewhere.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(elsewhere.metric("sluice_backfill_items_total", "").await >= 1_900.0);
+    assert_converges(
+        &bed.es,
+        "posts-on-start-v2",
+        &bed.ddb,
+        "Posts",
+        Duration::from_secs(60),
+    )
+    .await;
     println!(
-        "on start: {items} items backfilled beside 600 stream changes; not again after a restart"
+        "on start: {items} items backfilled beside 600 stream changes; not again after a restart; again into a new index"
     );
 }
 

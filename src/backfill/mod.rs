@@ -231,6 +231,8 @@ fn key_from_json(text: &str) -> Result<HashMap<String, AttributeValue>, String> 
 struct Shared {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    /// Where its progress is kept: the table *and* the index it fills.
+    key: String,
     ids: DocIdSpec,
     index: Arc<str>,
     consistent_read: bool,
@@ -241,6 +243,12 @@ struct Shared {
     pace: ReadPace,
     progress: Arc<progress::Progress>,
     metrics: Metrics,
+}
+
+/// What a backfill's progress, claim and completion are kept under: the table and the index it
+/// fills — pointing `sink.index` at a new index backfills that one too.
+pub fn progress_key(config: &Config) -> anyhow::Result<String> {
+    Ok(format!("{} → {}", table_name(config)?, config.sink.index))
 }
 
 /// The table a backfill reads: `backfill.table`, else `source.table`.
@@ -354,7 +362,7 @@ pub async fn run_alone(
 ) -> anyhow::Result<Vec<SegmentProgress>> {
     let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
     let metrics = Metrics::new();
-    let table = table_name(config)?;
+    let table = progress_key(config)?;
     let worker = crate::app::worker_id(config);
     // a process killed while backfilling leaves its claim: it is taken over once stale
     let mut said = false;
@@ -390,7 +398,7 @@ pub async fn on_start(
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
-    let table = match table_name(&config) {
+    let table = match progress_key(&config) {
         Ok(t) => t,
         Err(e) => return tracing::error!(error = %e, "backfill on start"),
     };
@@ -406,7 +414,7 @@ pub async fn on_start(
         loop {
             match finished(&store, &table).await {
                 Ok(true) => {
-                    tracing::info!(table = %table, "backfill on start: this table was backfilled before; nothing to do");
+                    tracing::info!(backfill = %table, "backfill on start: backfilled before (this table into this index); nothing to do");
                     metrics.backfill_complete.set(1);
                     return;
                 }
@@ -537,9 +545,10 @@ pub async fn run(
     display: progress::Display,
 ) -> anyhow::Result<Vec<SegmentProgress>> {
     let table = table_name(config)?;
+    let key = progress_key(config)?;
     let client = client(config).await;
     let (key_attributes, size, item_count) = describe(&client, &table).await?;
-    let saved = progress(store, &table).await?;
+    let saved = progress(store, &key).await?;
     if let Some(n) = segments {
         anyhow::ensure!(
             (1..=1_000_000).contains(&n),
@@ -596,6 +605,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         client,
         table: table.clone(),
+        key: key.clone(),
         ids,
         index: config.sink.index.clone().into(),
         consistent_read: config.backfill.consistent_read,
@@ -637,7 +647,7 @@ pub async fn run(
     }
     tracing::info!(table = %table, "backfill complete");
     tombstones::restore(config, store).await?;
-    Ok(progress(store, &table).await?)
+    Ok(progress(store, &key).await?)
 }
 
 /// Waits until everything registered under `part` is acknowledged.
@@ -779,7 +789,7 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
         at.items += n as u64;
         at.last_key = next_key;
         at.done = at.last_key.is_none();
-        save(&shared.store, &shared.table, &at).await?;
+        save(&shared.store, &shared.key, &at).await?;
         shared.progress.acknowledged(n as u64, at.done);
         shared
             .metrics

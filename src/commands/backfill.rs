@@ -22,7 +22,8 @@ pub async fn run(
     let table = crate::backfill::table_name(config)?;
     if status {
         let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
-        let segments = crate::backfill::progress(&store, &table).await?;
+        let segments =
+            crate::backfill::progress(&store, &crate::backfill::progress_key(config)?).await?;
         return Ok(crate::backfill::render_status(&table, &segments));
     }
     let done = crate::backfill::run_alone(config, segments).await?;
