@@ -51,6 +51,10 @@ enum Command {
         /// instead of scanning.
         #[arg(long, value_name = "PATH_OR_S3_URL")]
         from_export: Option<String>,
+        /// Keep the index's deletes from now (index.gc_deletes), before requesting an export:
+        /// the later --from-export load then cannot undo a delete made after the export time.
+        #[arg(long)]
+        keep_deletes: bool,
     },
     /// What Elasticsearch refused for good (or could not be read): list, show, replay, purge.
     DeadLetters {
@@ -240,6 +244,7 @@ fn main() -> ExitCode {
         status,
         segments,
         from_export,
+        keep_deletes,
         ..
     } = cli.command
     {
@@ -251,6 +256,7 @@ fn main() -> ExitCode {
             status,
             segments,
             from_export.as_deref(),
+            keep_deletes,
         )) {
             Ok(text) => {
                 print!("{text}");

@@ -368,6 +368,9 @@ async fn a_clock_skew_beyond_the_allowance_leaves_the_index_behind() {
     assert_eq!(code, Some(0), "{out}");
     bed.assert_converges(Duration::from_secs(30)).await;
     // after the backfill: 5 updates and 5 deletes through the stream
+    let stale_before = sluice
+        .metric("sluice_documents_total", "result=\"stale\"")
+        .await;
     let mut rng = fastrand::Rng::with_seed(5);
     for k in 0..10 {
         let change = if k < 5 { Change::Put } else { Change::Delete };
@@ -382,7 +385,16 @@ async fn a_clock_skew_beyond_the_allowance_leaves_the_index_behind() {
         .await;
     }
     let table = scan_table(&bed.ddb, "Posts").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // every one of the 10 reached the index and was refused as stale (not merely late)
+    let until = Instant::now() + Duration::from_secs(30);
+    while sluice
+        .metric("sluice_documents_total", "result=\"stale\"")
+        .await
+        < stale_before + 10.0
+    {
+        assert!(Instant::now() < until, "{}", sluice.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let index = bed.es.documents("posts-skew-beyond").await;
     let behind = diff(&table, &index);
     println!("scan clock 60 s ahead, allowance 5 s:\n{behind}");
@@ -435,13 +447,12 @@ async fn a_killed_backfill_resumes_from_its_segment_checkpoints() {
     assert!(status.contains("segments done"), "{status}");
     // deletes outlive the backfill: tombstones kept 24 h while it runs, also across the kill
     let gc_deletes = |state: Option<serde_json::Value>| {
-        state.and_then(|s| {
-            s.as_object()?
-                .values()
-                .next()?
-                .pointer("/settings/index/gc_deletes")
-                .cloned()
-        })
+        let state = state.expect("the index exists");
+        state
+            .as_object()
+            .and_then(|m| m.values().next())
+            .and_then(|s| s.pointer("/settings/index/gc_deletes"))
+            .cloned()
     };
     assert_eq!(
         gc_deletes(bed.es.index_state("posts-resume").await),
@@ -640,6 +651,80 @@ async fn an_export_loads_into_the_index_from_a_directory_and_from_s3() {
             "{again}"
         );
         println!("from {from}: {first}");
+    }
+}
+
+/// A delete made after the export time (through the stream) is not undone by the export load,
+/// even though the index's own `gc_deletes` (1 s here) has collected its tombstone by then:
+/// `sluice backfill --keep-deletes`, run before the export is requested, keeps deletes until the
+/// load is complete, and the index's own setting is put back. The control (`keep_deletes_for =
+/// "0s"`) shows the window: the deleted item comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_after_the_export_time_is_not_undone_by_the_load() {
+    let es = Es::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exported = write_export(dir.path(), 20, 1);
+    let from = dir.path().display().to_string();
+    let http = reqwest::Client::new();
+    for (index, keep) in [("kept-deletes", true), ("lost-deletes", false)] {
+        es.delete_index(index).await;
+        http.put(format!("{}/{index}", es.url()))
+            .json(&serde_json::json!({"settings": {"index": {"gc_deletes": "1s"}}}))
+            .send()
+            .await
+            .unwrap();
+        let extra = if keep {
+            ""
+        } else {
+            "[backfill]\nkeep_deletes_for = \"0s\"\n"
+        };
+        let config = export_config(dir.path(), &es, index, &format!("{index}.db"), extra);
+        if keep {
+            let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["backfill", "--keep-deletes", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && said.contains("kept from now"),
+                "{said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // the stream deletes item-3 after the export time, with its (higher) version
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        let delete = serde_json::json!({"delete": {"_index": index, "_id": "item-3", "version": now_us, "version_type": "external"}});
+        http.post(format!("{}/_bulk", es.url()))
+            .header("content-type", "application/x-ndjson")
+            .body(format!("{delete}\n"))
+            .send()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (config2, from2) = (config.clone(), from.clone());
+        tokio::task::spawn_blocking(move || load_export(&config2, &from2))
+            .await
+            .unwrap();
+        let docs = es.documents(index).await;
+        if keep {
+            let mut expected = exported.clone();
+            expected.remove("item-3");
+            assert_eq!(docs, expected, "the delete holds");
+            let state = es.index_state(index).await.expect("the index exists");
+            assert_eq!(
+                state[index]["settings"]["index"]["gc_deletes"], "1s",
+                "the index's own setting is back: {state}"
+            );
+        } else {
+            assert!(
+                docs.contains_key("item-3"),
+                "without kept deletes the item comes back"
+            );
+        }
     }
 }
 

@@ -31,11 +31,13 @@ pub struct ExportReport {
     pub files_skipped: usize,
     pub items: u64,
     pub seconds: f64,
+    /// Deletes were kept only from after the export time: some may have been undone.
+    pub warning: Option<String>,
 }
 
 impl ExportReport {
     pub fn render(&self) -> String {
-        format!(
+        self.warning.as_deref().map(|w| format!("WARNING: {w}\n")).unwrap_or_default() + &format!(
             "export {}: {} data files ({} already done before), {} items in {:.1}s ({:.0} items/s)\n",
             self.export_id,
             self.files,
@@ -328,7 +330,23 @@ pub async fn run(
         .collect::<anyhow::Result<_>>()?;
     let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
     let done = files_done(&store, &export_id).await?;
-    super::tombstones::keep(config, &store).await?;
+    let key = key(config);
+    let kept_since = super::tombstones::keep(config, &store, &key).await?;
+    // tombstones of deletes made after the export time and more than gc_deletes (60 s) before the
+    // raise are gone: an image of such an item would bring it back
+    let warning = kept_since
+        .filter(|ms| (*ms as u64).saturating_mul(1000).saturating_sub(60_000_000) > version)
+        .map(|ms| {
+            format!(
+                "deletes have been kept only since {} — after the export time: an item deleted in between \
+                 (more than 60 s before that) may come back. Next time run `sluice backfill --keep-deletes` \
+                 before requesting the export; now run `sluice verify --extra --repair` after this load",
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64))
+            )
+        });
+    if let Some(w) = &warning {
+        tracing::warn!(warning = %w, "export load");
+    }
     let part: ShardId = format!("export-{export_id}").into();
     let metrics = Metrics::new();
     let (out, lanes) = writer(config, &store, &metrics).await?;
@@ -429,14 +447,38 @@ pub async fn run(
     for lane in lanes {
         let _ = lane.await;
     }
-    super::tombstones::restore(config, &store).await?;
+    super::tombstones::restore(config, &store, &key).await?;
     Ok(ExportReport {
         export_id,
         files: files.len(),
         files_skipped: skipped,
         items,
         seconds: started.elapsed().as_secs_f64(),
+        warning,
     })
+}
+
+/// Whose raise of `gc_deletes` an export load is (also what `--keep-deletes` raises ahead).
+pub fn key(config: &Config) -> String {
+    format!("export → {}", config.sink.index)
+}
+
+/// `sluice backfill --keep-deletes`: deletes are kept from now, before an export is requested,
+/// so the load finds every delete made after the export time.
+pub async fn keep_deletes_ahead(config: &Config) -> anyhow::Result<String> {
+    let store = CheckpointStore::open(&config.checkpoint.path, config.checkpoint.journal_mode)?;
+    match super::tombstones::keep(config, &store, &key(config)).await? {
+        Some(_) => Ok(format!(
+            "deletes in `{}` are kept from now (index.gc_deletes = {}); request the export, then load it with --from-export: the setting goes back when the load is complete\n",
+            config.sink.index,
+            humantime::format_duration(config.backfill.keep_deletes_for)
+        )),
+        None => Ok(format!(
+            "`{}` already keeps deletes at least {} (or backfill.keep_deletes_for is 0): nothing raised\n",
+            config.sink.index,
+            humantime::format_duration(config.backfill.keep_deletes_for)
+        )),
+    }
 }
 
 /// One export line → its `_id` and document.

@@ -414,6 +414,10 @@ pub async fn on_start(
         loop {
             match finished(&store, &table).await {
                 Ok(true) => {
+                    // a raise that could not be put back when it completed is put back now
+                    if let Err(e) = tombstones::restore(&config, &store, &table).await {
+                        tracing::error!(error = %format!("{e:#}"), "backfill on start");
+                    }
                     tracing::info!(backfill = %table, "backfill on start: backfilled before (this table into this index); nothing to do");
                     metrics.backfill_complete.set(1);
                     return;
@@ -568,7 +572,7 @@ pub async fn run(
     tracing::info!(table = %table, segments = total, version, resumed = !saved.is_empty(), "backfill starting");
     let segment_ids: Vec<ShardId> = (0..total).map(segment_id).collect();
     out.hold(&segment_ids);
-    tombstones::keep(config, store).await?;
+    tombstones::keep(config, store, &key).await?;
     let ids = doc_ids(config, key_attributes);
     let starts: Vec<SegmentProgress> = (0..total)
         .map(|s| {
@@ -646,7 +650,7 @@ pub async fn run(
         return Err(e);
     }
     tracing::info!(table = %table, "backfill complete");
-    tombstones::restore(config, store).await?;
+    tombstones::restore(config, store, &key).await?;
     Ok(progress(store, &key).await?)
 }
 

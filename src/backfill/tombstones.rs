@@ -18,10 +18,12 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::es_client::{Answer, EsClient};
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS backfill_gc_deletes (
-    index_name TEXT PRIMARY KEY,
-    -- the index's own setting before the backfill; NULL: it had none (the default)
-    original   TEXT
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS backfill_keep_deletes (
+    index_name   TEXT NOT NULL,   -- a concrete index (an alias is resolved to those behind it)
+    backfill     TEXT NOT NULL,   -- whose raise this is: the setting goes back after the last one
+    original     TEXT,            -- the index's own setting before any; NULL: the default
+    raised_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (index_name, backfill)
 )";
 
 /// An Elasticsearch time value (`60s`, `24h`, `500ms`, `2d`, `-1`: never) as a duration.
@@ -38,106 +40,141 @@ pub fn time_value(text: &str) -> Option<Duration> {
         "micros" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86_400),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => return None,
     })
 }
 
-/// Raises the index's `gc_deletes` for the backfill (no-op when `keep_deletes_for` is 0 or the
-/// index already keeps tombstones as long).
-pub async fn keep(config: &Config, store: &CheckpointStore) -> anyhow::Result<()> {
+/// Raises `gc_deletes` of every index behind `sink.index` for the backfill `backfill` (no-op
+/// when `keep_deletes_for` is 0, or for an index that already keeps tombstones as long). Returns
+/// since when this backfill's deletes have been kept (ms since 1970), if it raised anything.
+pub async fn keep(
+    config: &Config,
+    store: &CheckpointStore,
+    backfill: &str,
+) -> anyhow::Result<Option<i64>> {
     let keep_for = config.backfill.keep_deletes_for;
     let index = config.sink.index.clone();
     if keep_for.is_zero() {
         tracing::warn!(index = %index, "backfill.keep_deletes_for = 0: a stream delete older than index.gc_deletes can be undone by an older backfill image");
-        return Ok(());
+        return Ok(None);
+    }
+    // day one: an [[index]] is created as configured before anything else
+    if let Some(d) = crate::index_setup::desired(config)?
+        .into_iter()
+        .find(|d| d.alias.as_deref().unwrap_or(&d.name) == index)
+    {
+        let client = EsClient::new(&config.sink, &config.source.region).await?;
+        crate::index_setup::ensure(&client, &d).await?;
     }
     let es = EsClient::new(&config.sink, &config.source.region).await?;
-    let saved = saved(store, &index).await?;
-    if saved.is_none() {
-        let answer = call(&es, "GET", &format!("/{index}/_settings"), None).await?;
-        let original: Option<String> = match answer.status {
-            404 => None,
-            200..=299 => {
-                let v: Value = serde_json::from_str(&answer.body)
-                    .map_err(|e| anyhow::anyhow!("index `{index}` settings: not JSON ({e})"))?;
-                v.as_object()
-                    .and_then(|m| m.values().next())
-                    .and_then(|s| s.pointer("/settings/index/gc_deletes"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            }
-            status => anyhow::bail!(
-                "reading index `{index}` settings: HTTP {status}: {}",
-                answer.body
-            ),
-        };
-        if original
-            .as_deref()
-            .and_then(time_value)
-            .is_some_and(|d| d >= keep_for)
-        {
-            return Ok(());
-        }
-        remember(store, &index, original).await?;
-    }
     let value = format!("{}s", keep_for.as_secs().max(1));
-    let body = json!({"index": {"gc_deletes": value}})
-        .to_string()
-        .into_bytes();
-    let mut answer = call(
-        &es,
-        "PUT",
-        &format!("/{index}/_settings"),
-        Some(body.clone()),
-    )
-    .await?;
-    if answer.status == 404 {
-        // day one: the index does not exist yet — create it with the setting (templates apply)
-        let create = json!({"settings": {"index": {"gc_deletes": value}}})
+    let answer = call(&es, "GET", &format!("/{index}/_settings"), None).await?;
+    let current: Vec<(String, Option<String>)> = match answer.status {
+        404 => {
+            // the index does not exist yet: create it with the setting (templates apply)
+            let create = json!({"settings": {"index": {"gc_deletes": value}}})
+                .to_string()
+                .into_bytes();
+            let created = call(&es, "PUT", &format!("/{index}"), Some(create)).await?;
+            if !(200..300).contains(&created.status)
+                && !created.body.contains("resource_already_exists_exception")
+            {
+                anyhow::bail!("{}", refused(&index, &value, &created));
+            }
+            vec![(index.clone(), None)]
+        }
+        200..=299 => {
+            let v: Value = serde_json::from_str(&answer.body)
+                .map_err(|e| anyhow::anyhow!("index `{index}` settings: not JSON ({e})"))?;
+            v.as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(name, s)| {
+                            let gc = s
+                                .pointer("/settings/index/gc_deletes")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned);
+                            (name.clone(), gc)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+        _ => anyhow::bail!("{}", refused(&index, &value, &answer)),
+    };
+    for (concrete, gc) in current {
+        let others = rows_for(store, &concrete).await?;
+        let original = match others.first() {
+            // raised already by another backfill of this file: its original is the index's own
+            Some((_, original)) => original.clone(),
+            None if gc
+                .as_deref()
+                .and_then(time_value)
+                .is_some_and(|d| d >= keep_for) =>
+            {
+                continue
+            }
+            None => gc,
+        };
+        remember(store, &concrete, backfill, original).await?;
+        let body = json!({"index": {"gc_deletes": value}})
             .to_string()
             .into_bytes();
-        answer = call(&es, "PUT", &format!("/{index}"), Some(create)).await?;
-        if answer.status == 400 && answer.body.contains("resource_already_exists_exception") {
-            answer = call(&es, "PUT", &format!("/{index}/_settings"), Some(body)).await?;
+        let put = call(&es, "PUT", &format!("/{concrete}/_settings"), Some(body)).await?;
+        if !(200..300).contains(&put.status) {
+            anyhow::bail!("{}", refused(&concrete, &value, &put));
         }
+        tracing::info!(index = %concrete, gc_deletes = %value, "deletes are kept while the backfill runs");
     }
-    if !(200..300).contains(&answer.status) {
-        anyhow::bail!(
-            "cannot raise index.gc_deletes of `{index}` to {value} for the backfill (HTTP {}: {}); \
-             without it a stream delete older than 60 s can be undone by an older backfill image. \
-             Allow the setting, or set backfill.keep_deletes_for = \"0s\" to accept that risk",
-            answer.status,
-            answer.body.chars().take(300).collect::<String>()
-        );
-    }
-    tracing::info!(index = %index, gc_deletes = %value, "deletes are kept while the backfill runs");
-    Ok(())
+    raised_since(store, backfill).await
 }
 
-/// Puts the index's own `gc_deletes` back once the backfill is complete.
-pub async fn restore(config: &Config, store: &CheckpointStore) -> anyhow::Result<()> {
-    let index = config.sink.index.clone();
-    let Some(original) = saved(store, &index).await? else {
+fn refused(index: &str, value: &str, answer: &Answer) -> String {
+    format!(
+        "cannot raise index.gc_deletes of `{index}` to {value} for the backfill (HTTP {}: {}); \
+         without it a stream delete older than 60 s can be undone by an older backfill image. \
+         Allow the setting (Amazon OpenSearch Service with fine-grained access control: \
+         indices:monitor/settings/get and indices:admin/settings/update), or set \
+         backfill.keep_deletes_for = \"0s\" to accept that risk",
+        answer.status,
+        answer.body.chars().take(300).collect::<String>()
+    )
+}
+
+/// This backfill is complete: its raise ends, and an index's own `gc_deletes` goes back once no
+/// other backfill of this file keeps it raised.
+pub async fn restore(
+    config: &Config,
+    store: &CheckpointStore,
+    backfill: &str,
+) -> anyhow::Result<()> {
+    let mine = own_rows(store, backfill).await?;
+    if mine.is_empty() {
         return Ok(());
-    };
-    let es = EsClient::new(&config.sink, &config.source.region).await?;
-    let body = json!({"index": {"gc_deletes": original}})
-        .to_string()
-        .into_bytes();
-    let answer = call(&es, "PUT", &format!("/{index}/_settings"), Some(body)).await?;
-    if !(200..300).contains(&answer.status) {
-        anyhow::bail!(
-            "the backfill is complete, but index.gc_deletes of `{index}` could not be put back to {} (HTTP {}: {})",
-            original.as_deref().unwrap_or("its default"),
-            answer.status,
-            answer.body.chars().take(300).collect::<String>()
-        );
     }
-    forget(store, &index).await?;
-    tracing::info!(index = %index, gc_deletes = original.as_deref().unwrap_or("default"), "index.gc_deletes put back");
+    let es = EsClient::new(&config.sink, &config.source.region).await?;
+    for (concrete, original) in mine {
+        let others = rows_for(store, &concrete).await?;
+        if others.iter().all(|(b, _)| b == backfill) {
+            let body = json!({"index": {"gc_deletes": original}})
+                .to_string()
+                .into_bytes();
+            let answer = call(&es, "PUT", &format!("/{concrete}/_settings"), Some(body)).await?;
+            if !(200..300).contains(&answer.status) && answer.status != 404 {
+                anyhow::bail!(
+                    "the backfill is complete, but index.gc_deletes of `{concrete}` could not be put back to {} (HTTP {}: {})",
+                    original.as_deref().unwrap_or("its default"),
+                    answer.status,
+                    answer.body.chars().take(300).collect::<String>()
+                );
+            }
+            tracing::info!(index = %concrete, gc_deletes = original.as_deref().unwrap_or("default"), "index.gc_deletes put back");
+        }
+        forget(store, &concrete, backfill).await?;
+    }
     Ok(())
 }
 
@@ -162,19 +199,56 @@ async fn call(
     }
 }
 
-/// `Some(original)` once the setting was raised for this index (and not yet put back).
-async fn saved(store: &CheckpointStore, index: &str) -> anyhow::Result<Option<Option<String>>> {
+/// Every backfill keeping `index` raised, with the index's own setting.
+async fn rows_for(
+    store: &CheckpointStore,
+    index: &str,
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
     let index = index.to_string();
+    Ok(store
+        .with_connection(move |conn| {
+            conn.execute_batch(SCHEMA)?;
+            let mut stmt = conn.prepare(
+                "SELECT backfill, original FROM backfill_keep_deletes WHERE index_name = ?1",
+            )?;
+            let rows = stmt.query_map(params![index], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?)
+}
+
+/// The indices `backfill` keeps raised, with their own settings.
+async fn own_rows(
+    store: &CheckpointStore,
+    backfill: &str,
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let backfill = backfill.to_string();
+    Ok(store
+        .with_connection(move |conn| {
+            conn.execute_batch(SCHEMA)?;
+            let mut stmt = conn.prepare(
+                "SELECT index_name, original FROM backfill_keep_deletes WHERE backfill = ?1",
+            )?;
+            let rows = stmt.query_map(params![backfill], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?)
+}
+
+/// Since when `backfill` has kept deletes (its earliest raise).
+async fn raised_since(store: &CheckpointStore, backfill: &str) -> anyhow::Result<Option<i64>> {
+    let backfill = backfill.to_string();
     Ok(store
         .with_connection(move |conn| {
             conn.execute_batch(SCHEMA)?;
             Ok(conn
                 .query_row(
-                    "SELECT original FROM backfill_gc_deletes WHERE index_name = ?1",
-                    params![index],
-                    |r| r.get::<_, Option<String>>(0),
+                    "SELECT MIN(raised_at_ms) FROM backfill_keep_deletes WHERE backfill = ?1",
+                    params![backfill],
+                    |r| r.get::<_, Option<i64>>(0),
                 )
-                .optional()?)
+                .optional()?
+                .flatten())
         })
         .await?)
 }
@@ -182,15 +256,18 @@ async fn saved(store: &CheckpointStore, index: &str) -> anyhow::Result<Option<Op
 async fn remember(
     store: &CheckpointStore,
     index: &str,
+    backfill: &str,
     original: Option<String>,
 ) -> anyhow::Result<()> {
-    let index = index.to_string();
+    let (index, backfill) = (index.to_string(), backfill.to_string());
     store
         .with_connection(move |conn| {
             conn.execute_batch(SCHEMA)?;
+            // a resumed backfill keeps the time of its first raise
             conn.execute(
-                "INSERT OR IGNORE INTO backfill_gc_deletes (index_name, original) VALUES (?1, ?2)",
-                params![index, original],
+                "INSERT OR IGNORE INTO backfill_keep_deletes (index_name, backfill, original, raised_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![index, backfill, original, crate::checkpoint::now_ms()],
             )?;
             Ok(())
         })
@@ -198,13 +275,13 @@ async fn remember(
     Ok(())
 }
 
-async fn forget(store: &CheckpointStore, index: &str) -> anyhow::Result<()> {
-    let index = index.to_string();
+async fn forget(store: &CheckpointStore, index: &str, backfill: &str) -> anyhow::Result<()> {
+    let (index, backfill) = (index.to_string(), backfill.to_string());
     store
         .with_connection(move |conn| {
             conn.execute(
-                "DELETE FROM backfill_gc_deletes WHERE index_name = ?1",
-                params![index],
+                "DELETE FROM backfill_keep_deletes WHERE index_name = ?1 AND backfill = ?2",
+                params![index, backfill],
             )?;
             Ok(())
         })

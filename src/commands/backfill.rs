@@ -10,7 +10,11 @@ pub async fn run(
     status: bool,
     segments: Option<u32>,
     from_export: Option<&str>,
+    keep_deletes: bool,
 ) -> anyhow::Result<String> {
+    if keep_deletes {
+        return crate::backfill::export::keep_deletes_ahead(config).await;
+    }
     if let Some(path) = from_export {
         // the key schema from the table when it can be read; else sink.document_id must say
         let keys = crate::backfill::table_keys(config)

@@ -735,17 +735,33 @@ async fn put_index_settings(
         Err(e) => return es_error(StatusCode::BAD_REQUEST, "parse_exception", &e.to_string()),
     };
     let mut indices = s.indices.lock().unwrap();
-    let index = resolve(&indices, &index);
-    let Some(idx) = indices.get_mut(&index) else {
+    // an index by its name, or every index behind an alias of that name
+    let targets: Vec<String> = indices
+        .iter()
+        .filter(|(n, i)| **n == index || i.aliases.contains_key(&index))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if targets.is_empty() {
         return not_found_index(&index);
-    };
-    if let Some(v) = setting(&req, "index.blocks.write") {
+    }
+    for name in targets {
+        let idx = indices.get_mut(&name).expect("listed above");
+        if let Err(answer) = apply_settings(idx, &req) {
+            return answer;
+        }
+    }
+    es_json(StatusCode::OK, json!({"acknowledged": true}))
+}
+
+/// The dynamic settings the test server models, applied to one index.
+fn apply_settings(idx: &mut Index, req: &Value) -> Result<(), Response> {
+    if let Some(v) = setting(req, "index.blocks.write") {
         idx.block_write = flag(&v);
     }
-    if let Some(v) = setting(&req, "index.blocks.read_only_allow_delete") {
+    if let Some(v) = setting(req, "index.blocks.read_only_allow_delete") {
         idx.block_read_only_allow_delete = flag(&v);
     }
-    if let Some(v) = setting(&req, "index.gc_deletes") {
+    if let Some(v) = setting(req, "index.gc_deletes") {
         let given = match &v {
             Value::Null => None,
             other => {
@@ -755,11 +771,11 @@ async fn put_index_settings(
                 match time_value(&text) {
                     Some(d) => Some((d, text)),
                     None => {
-                        return es_error(
+                        return Err(es_error(
                             StatusCode::BAD_REQUEST,
                             "illegal_argument_exception",
                             &format!("failed to parse setting [index.gc_deletes] with value [{text}] as a time value: unit is missing or unrecognized"),
-                        )
+                        ))
                     }
                 }
             }
@@ -780,7 +796,7 @@ async fn put_index_settings(
             }
         }
     }
-    es_json(StatusCode::OK, json!({"acknowledged": true}))
+    Ok(())
 }
 
 /// `GET /{index}/_settings`: the settings as `GET /{index}` shows them, per concrete index.
