@@ -261,13 +261,21 @@ pub fn table_name(config: &Config) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("backfill.table (or source.table) names no table to scan"))
 }
 
-/// The table's key attributes, hash key first (for `_id`, as the stream decoder orders them),
-/// its size in bytes and its item count (both approximate: DynamoDB updates them about every
-/// six hours), from DescribeTable.
+/// What DescribeTable says of a table.
+pub(crate) struct TableShape {
+    /// Key attributes, hash key first (for `_id`, as the stream decoder orders them).
+    pub keys: Vec<String>,
+    /// Attribute types (S, N, B) of the attributes the table defines (its keys and indices').
+    pub key_types: HashMap<String, aws_sdk_dynamodb::types::ScalarAttributeType>,
+    /// Size in bytes and item count: approximate, DynamoDB updates them about every six hours.
+    pub size: u64,
+    pub item_count: u64,
+}
+
 pub(crate) async fn describe(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
-) -> anyhow::Result<(Vec<String>, u64, u64)> {
+) -> anyhow::Result<TableShape> {
     let out = client
         .describe_table()
         .table_name(table)
@@ -284,13 +292,19 @@ pub(crate) async fn describe(
         .ok_or_else(|| anyhow::anyhow!("table `{table}` not described"))?;
     let mut schema: Vec<_> = description.key_schema().to_vec();
     schema.sort_by_key(|k| k.key_type().as_str() != "HASH");
-    let keys = schema
-        .iter()
-        .map(|k| k.attribute_name().to_string())
-        .collect();
-    let size = description.table_size_bytes().unwrap_or(0).max(0) as u64;
-    let count = description.item_count().unwrap_or(0).max(0) as u64;
-    Ok((keys, size, count))
+    Ok(TableShape {
+        keys: schema
+            .iter()
+            .map(|k| k.attribute_name().to_string())
+            .collect(),
+        key_types: description
+            .attribute_definitions()
+            .iter()
+            .map(|d| (d.attribute_name().to_string(), d.attribute_type().clone()))
+            .collect(),
+        size: description.table_size_bytes().unwrap_or(0).max(0) as u64,
+        item_count: description.item_count().unwrap_or(0).max(0) as u64,
+    })
 }
 
 pub(crate) async fn client(config: &Config) -> aws_sdk_dynamodb::Client {
@@ -301,7 +315,7 @@ pub(crate) async fn client(config: &Config) -> aws_sdk_dynamodb::Client {
 /// The table's key attributes, hash key first.
 pub async fn table_keys(config: &Config) -> anyhow::Result<Vec<String>> {
     let table = table_name(config)?;
-    Ok(describe(&client(config).await, &table).await?.0)
+    Ok(describe(&client(config).await, &table).await?.keys)
 }
 
 /// How `_id` is built: `sink.document_id`, else the table's key attributes.
@@ -551,7 +565,12 @@ pub async fn run(
     let table = table_name(config)?;
     let key = progress_key(config)?;
     let client = client(config).await;
-    let (key_attributes, size, item_count) = describe(&client, &table).await?;
+    let TableShape {
+        keys: key_attributes,
+        size,
+        item_count,
+        ..
+    } = describe(&client, &table).await?;
     let saved = progress(store, &key).await?;
     if let Some(n) = segments {
         anyhow::ensure!(

@@ -174,8 +174,12 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
     let version = backfill::scan_version(config.backfill.clock_skew_allowance);
     let table = backfill::table_name(config)?;
     let client = backfill::client(config).await;
-    let (key_names, size, _) = backfill::describe(&client, &table).await?;
-    let key_types = key_types(&client, &table).await?;
+    let backfill::TableShape {
+        keys: key_names,
+        key_types,
+        size,
+        ..
+    } = backfill::describe(&client, &table).await?;
     let ctx = Arc::new(Ctx {
         es: EsClient::new(&config.sink, &config.source.region).await?,
         ids: backfill::doc_ids(config, key_names.clone()),
@@ -282,33 +286,6 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
         "verify summary"
     );
     Ok(report)
-}
-
-/// Key attribute types (S, N, B), to read an item again from a document's source.
-async fn key_types(
-    client: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> anyhow::Result<HashMap<String, ScalarAttributeType>> {
-    let out = client
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "table `{table}`: {}",
-                aws_smithy_types::error::display::DisplayErrorContext(e)
-            )
-        })?;
-    Ok(out
-        .table()
-        .map(|t| {
-            t.attribute_definitions()
-                .iter()
-                .map(|d| (d.attribute_name().to_string(), d.attribute_type().clone()))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 #[allow(clippy::too_many_arguments)]
