@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::ack::{Ack, ShardId};
@@ -79,9 +79,26 @@ impl BulkOp {
             DocAction::Index(_) => OpKind::Index,
             DocAction::Delete => OpKind::Delete,
         };
-        let meta = json!({ kind.as_str(): { "_index": &*index, "_id": &id, "version": version, "version_type": "external" } });
-        let mut lines = serde_json::to_vec(&meta).expect("serializing JSON to memory");
-        lines.push(b'\n');
+        // written straight from borrowed fields: no JSON tree (and no copies) per operation
+        #[derive(serde::Serialize)]
+        struct Meta<'a> {
+            _id: &'a str,
+            _index: &'a str,
+            version: u64,
+            version_type: &'static str,
+        }
+        let mut lines = Vec::with_capacity(96 + index.len() + id.len());
+        let meta = Meta {
+            _id: &id,
+            _index: &index,
+            version,
+            version_type: "external",
+        };
+        lines.extend_from_slice(b"{\"");
+        lines.extend_from_slice(kind.as_str().as_bytes());
+        lines.extend_from_slice(b"\":");
+        serde_json::to_writer(&mut lines, &meta).expect("serializing JSON to memory");
+        lines.extend_from_slice(b"}\n");
         if let DocAction::Index(source) = &action {
             serde_json::to_writer(&mut lines, source).expect("serializing JSON to memory");
             lines.push(b'\n');
@@ -758,6 +775,7 @@ fn truncate(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn origin() -> Origin {
         Origin {

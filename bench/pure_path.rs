@@ -1,0 +1,199 @@
+//! The pure path: decode → transform → encode, on one core, without any I/O — what one record
+//! costs sluice before the network. Three record kinds, as the daemon sees them:
+//! (a) DynamoDB Streams records of ~1 KB blog posts with nested blocks (already parsed by the
+//!     SDK: this measures transform + `_bulk` encoding),
+//! (b) DMS JSON rows from Kinesis (bytes: JSON parse + route + encode),
+//! (c) DynamoDB→Kinesis records (bytes: JSON parse + transform + encode).
+//! Three runs each; prints MB/s of record bytes and records/s, min/median/max.
+//! Run: `cargo bench --bench pure_path`.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodbstreams::types::{OperationType, Record, StreamRecord};
+use serde_json::{json, Value};
+use sluice::sink::{BulkOp, Origin};
+use sluice::transform::dms::{DmsRoutes, Route};
+use sluice::transform::{dynamodb_change, dynamodb_kinesis_change, Decoded, DocIdSpec};
+
+const RECORDS: usize = 20_000;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("pure_path: a benchmark; run it with `cargo bench --bench pure_path`");
+        return;
+    }
+    let mut rng = fastrand::Rng::with_seed(1);
+    let items: Vec<HashMap<String, AttributeValue>> = (0..RECORDS)
+        .map(|i| common::post(&format!("post-{i}"), i as u64, &mut rng))
+        .collect();
+    let ids = DocIdSpec {
+        attributes: vec!["id".into()],
+        separator: "|".into(),
+    };
+
+    // (a) DynamoDB Streams records
+    let streams: Vec<Record> = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let image: HashMap<_, _> = item
+                .iter()
+                .map(|(k, v)| (k.clone(), common::to_streams(v)))
+                .collect();
+            let keys: HashMap<_, _> = [("id".to_string(), image["id"].clone())].into();
+            Record::builder()
+                .event_name(OperationType::Modify)
+                .dynamodb(
+                    StreamRecord::builder()
+                        .set_keys(Some(keys))
+                        .set_new_image(Some(image))
+                        .sequence_number(format!("{i:030}"))
+                        .approximate_creation_date_time(aws_smithy_types::DateTime::from_secs(
+                            1_700_000_000,
+                        ))
+                        .build(),
+                )
+                .build()
+        })
+        .collect();
+    // what the record weighs on the wire: its DynamoDB JSON
+    let streams_bytes: usize = items.iter().map(|i| wire(i).to_string().len()).sum();
+    report("(a) DynamoDB Streams, blog posts", RECORDS, streams_bytes, || {
+        streams
+            .iter()
+            .map(|r| encode(dynamodb_change(r, &ids).expect("decodes")))
+            .sum()
+    });
+
+    // (b) DMS rows
+    let dms: Vec<Vec<u8>> = (0..RECORDS)
+        .map(|i| {
+            json!({
+                "data": {"order_id": i, "customer_id": i % 977, "status": "shipped", "total": "1234.50",
+                         "note": "x".repeat(600), "updated_at": "2024-07-29T10:00:00Z", "lines": 3},
+                "metadata": {"timestamp": "2024-07-29T10:00:00.123456Z", "record-type": "data",
+                             "operation": "update", "partition-key-type": "primary-key",
+                             "schema-name": "public", "table-name": "orders", "transaction-id": 42}
+            })
+            .to_string()
+            .into_bytes()
+        })
+        .collect();
+    let routes = DmsRoutes {
+        routes: [(
+            "public.orders".to_string(),
+            Route {
+                index: "orders".into(),
+                id: vec!["order_id".into()],
+                include: None,
+                exclude: HashSet::new(),
+            },
+        )]
+        .into(),
+        before_image_field: "BI".into(),
+        separator: "|".into(),
+    };
+    let dms_bytes = dms.iter().map(Vec::len).sum();
+    report("(b) DMS JSON rows", RECORDS, dms_bytes, || {
+        dms.iter()
+            .map(|p| encode(routes.decode(p).expect("decodes")))
+            .sum()
+    });
+
+    // (c) DynamoDB changes carried in Kinesis
+    let kinesis: Vec<Vec<u8>> = items
+        .iter()
+        .map(|item| {
+            json!({"eventName": "MODIFY", "tableName": "Posts", "dynamodb": {
+                "ApproximateCreationDateTime": 1_719_347_890_250_647u64,
+                "Keys": {"id": wire(item)["id"].clone()}, "NewImage": wire(item)}})
+            .to_string()
+            .into_bytes()
+        })
+        .collect();
+    let kinesis_bytes = kinesis.iter().map(Vec::len).sum();
+    report("(c) DynamoDB→Kinesis records", RECORDS, kinesis_bytes, || {
+        kinesis
+            .iter()
+            .map(|p| encode(dynamodb_kinesis_change(p, &ids).expect("decodes")))
+            .sum()
+    });
+}
+
+/// Every operation of a record as the `_bulk` lines the sink sends; their byte count.
+fn encode(decoded: Decoded) -> usize {
+    let origin = Origin {
+        stream: "bench".into(),
+        shard: "shard".into(),
+        sequence_number: "1".into(),
+        epoch: 1,
+    };
+    let index: Arc<str> = "posts".into();
+    decoded
+        .changes
+        .into_iter()
+        .map(|c| {
+            BulkOp::new(
+                c.index.unwrap_or_else(|| index.clone()),
+                c.id,
+                c.version.unwrap_or(1),
+                c.action,
+                origin.clone(),
+            )
+            .lines
+            .len()
+        })
+        .sum()
+}
+
+fn report(what: &str, records: usize, bytes: usize, mut run: impl FnMut() -> usize) {
+    let mut rates: Vec<(f64, f64)> = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let out = run();
+            let secs = started.elapsed().as_secs_f64();
+            assert!(out > 0);
+            (bytes as f64 / 1e6 / secs, records as f64 / secs)
+        })
+        .collect();
+    rates.sort_by(|a, b| a.0.total_cmp(&b.0));
+    println!(
+        "{what}: {records} records, {:.0} bytes each: {:.0} / {:.0} / {:.0} MB/s (min/median/max), {:.0} records/s median, one core",
+        bytes as f64 / records as f64,
+        rates[0].0,
+        rates[1].0,
+        rates[2].0,
+        rates[1].1
+    );
+}
+
+/// An item in DynamoDB JSON, as a record carries it.
+fn wire(item: &HashMap<String, AttributeValue>) -> Value {
+    fn one(v: &AttributeValue) -> Value {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        match v {
+            AttributeValue::S(s) => json!({"S": s}),
+            AttributeValue::N(n) => json!({"N": n}),
+            AttributeValue::B(b) => json!({"B": b64(b.as_ref())}),
+            AttributeValue::Bool(b) => json!({"BOOL": b}),
+            AttributeValue::Null(_) => json!({"NULL": true}),
+            AttributeValue::Ss(v) => json!({"SS": v}),
+            AttributeValue::Ns(v) => json!({"NS": v}),
+            AttributeValue::Bs(v) => json!({"BS": v.iter().map(|b| b64(b.as_ref())).collect::<Vec<_>>()}),
+            AttributeValue::L(v) => json!({"L": v.iter().map(one).collect::<Vec<_>>()}),
+            AttributeValue::M(m) => {
+                json!({"M": m.iter().map(|(k, v)| (k.clone(), one(v))).collect::<serde_json::Map<_, _>>()})
+            }
+            _ => Value::Null,
+        }
+    }
+    Value::Object(item.iter().map(|(k, v)| (k.clone(), one(v))).collect())
+}
