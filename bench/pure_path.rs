@@ -65,12 +65,17 @@ fn main() {
         .collect();
     // what the record weighs on the wire: its DynamoDB JSON
     let streams_bytes: usize = items.iter().map(|i| wire(i).to_string().len()).sum();
-    report("(a) DynamoDB Streams, blog posts", RECORDS, streams_bytes, || {
-        streams
-            .iter()
-            .map(|r| encode(dynamodb_change(r, &ids).expect("decodes")))
-            .sum()
-    });
+    report(
+        "(a) DynamoDB Streams, blog posts",
+        RECORDS,
+        streams_bytes,
+        || {
+            streams
+                .iter()
+                .map(|r| encode(dynamodb_change(r, &ids).expect("decodes")))
+                .sum()
+        },
+    );
 
     // (b) DMS rows
     let dms: Vec<Vec<u8>> = (0..RECORDS)
@@ -119,12 +124,17 @@ fn main() {
         })
         .collect();
     let kinesis_bytes = kinesis.iter().map(Vec::len).sum();
-    report("(c) DynamoDB→Kinesis records", RECORDS, kinesis_bytes, || {
-        kinesis
-            .iter()
-            .map(|p| encode(dynamodb_kinesis_change(p, &ids).expect("decodes")))
-            .sum()
-    });
+    report(
+        "(c) DynamoDB→Kinesis records",
+        RECORDS,
+        kinesis_bytes,
+        || {
+            kinesis
+                .iter()
+                .map(|p| encode(dynamodb_kinesis_change(p, &ids).expect("decodes")))
+                .sum()
+        },
+    );
 }
 
 /// Every operation of a record as the `_bulk` lines the sink sends; their byte count.
@@ -187,7 +197,9 @@ fn wire(item: &HashMap<String, AttributeValue>) -> Value {
             AttributeValue::Null(_) => json!({"NULL": true}),
             AttributeValue::Ss(v) => json!({"SS": v}),
             AttributeValue::Ns(v) => json!({"NS": v}),
-            AttributeValue::Bs(v) => json!({"BS": v.iter().map(|b| b64(b.as_ref())).collect::<Vec<_>>()}),
+            AttributeValue::Bs(v) => {
+                json!({"BS": v.iter().map(|b| b64(b.as_ref())).collect::<Vec<_>>()})
+            }
             AttributeValue::L(v) => json!({"L": v.iter().map(one).collect::<Vec<_>>()}),
             AttributeValue::M(m) => {
                 json!({"M": m.iter().map(|(k, v)| (k.clone(), one(v))).collect::<serde_json::Map<_, _>>()})

@@ -60,6 +60,31 @@ async fn change(k: &aws_sdk_kinesis::Client, id: u64, rev: u64) -> (String, Valu
     (out.shard_id().to_string(), row)
 }
 
+/// `sluice run` on the stream with its checkpoint file `db`, configured in `name` beside it.
+fn run_on(
+    kinesis: &KinesisEmulator,
+    es: &Es,
+    db: &Path,
+    name: &str,
+) -> (std::path::PathBuf, Sluice) {
+    let dir = db.parent().unwrap();
+    let http_port = free_port();
+    let config = dir.join(name);
+    let toml = kinesis_config_toml(
+        &kinesis.url,
+        &es.url(),
+        STREAM,
+        "dms",
+        db,
+        http_port,
+        ROUTE,
+        "",
+    );
+    std::fs::write(&config, toml).unwrap();
+    let sluice = Sluice::start_with_config(&config, http_port, dir);
+    (config, sluice)
+}
+
 fn shards_of(list: &Value) -> Vec<Value> {
     list["shards"].as_array().cloned().unwrap_or_default()
 }
@@ -78,23 +103,7 @@ async fn checkpoints_list_after_a_split_and_a_reset_to_latest_skips_what_it_said
     create_stream(&k, STREAM, 4).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sluice.db");
-    let http_port = free_port();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        kinesis_config_toml(
-            &kinesis.url,
-            &es.url(),
-            STREAM,
-            "dms",
-            &db,
-            http_port,
-            ROUTE,
-            "",
-        ),
-    )
-    .unwrap();
-    let mut sluice = Sluice::start_with_config(&config, http_port, dir.path());
+    let (config, mut sluice) = run_on(&kinesis, &es, &db, "sluice.toml");
     sluice.wait_ready(Duration::from_secs(30)).await;
 
     let mut model: BTreeMap<String, Value> = BTreeMap::new();
@@ -228,23 +237,7 @@ async fn checkpoints_list_after_a_split_and_a_reset_to_latest_skips_what_it_said
         let (_, row) = change(&k, id, 200).await;
         model.insert(id.to_string(), row);
     }
-    let http_port = free_port();
-    let config2 = dir.path().join("sluice2.toml");
-    std::fs::write(
-        &config2,
-        kinesis_config_toml(
-            &kinesis.url,
-            &es.url(),
-            STREAM,
-            "dms",
-            &db,
-            http_port,
-            ROUTE,
-            "",
-        ),
-    )
-    .unwrap();
-    let _sluice = Sluice::start_with_config(&config2, http_port, dir.path());
+    let (_, _sluice) = run_on(&kinesis, &es, &db, "sluice2.toml");
     assert_index_equals(&es, "customers", &model, Duration::from_secs(60)).await;
     println!("reset to latest: {skipped} changes on {skipped_child} skipped as announced; every other change indexed");
 }
