@@ -1,4 +1,5 @@
-//! Test bed shared by the end-to-end tests and benchmarks: moto (DynamoDB + Streams), the
+//! Test bed shared by the end-to-end tests and benchmarks: moto (DynamoDB + Streams) or the
+//! project's source fake (the same APIs at memory speed, for volume), the
 //! Elasticsearch test server (or a real cluster behind it when SLUICE_TEST_ES_URL is set), the
 //! real `sluice` binary, and the comparison "index equals table".
 //!
@@ -95,16 +96,20 @@ impl Moto {
     }
 
     pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
-        let creds =
-            aws_credential_types::Credentials::new("test", "test", None, None, "sluice-tests");
-        let conf = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-            .endpoint_url(&self.url)
-            .credentials_provider(creds)
-            .build();
-        aws_sdk_dynamodb::Client::from_conf(conf)
+        dynamodb_client(&self.url)
     }
+}
+
+/// A DynamoDB client for the emulator at `url`.
+pub fn dynamodb_client(url: &str) -> aws_sdk_dynamodb::Client {
+    let creds = aws_credential_types::Credentials::new("test", "test", None, None, "sluice-tests");
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .endpoint_url(url)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
 }
 
 /// Environment for a sluice process pointed at moto.
@@ -351,8 +356,25 @@ pub async fn assert_index_equals(
 
 /// moto with a `Posts` table (NEW_AND_OLD_IMAGES stream), Elasticsearch without `index`, and a
 /// scratch folder for sluice's config, log and checkpoint file.
+/// Where the bed's table and stream live.
+pub enum Source {
+    Moto(Moto),
+    /// `testbed/source-fake`: for volume moto cannot serve.
+    Fake(source_fake::SourceFake),
+}
+
+impl Source {
+    pub fn url(&self) -> String {
+        match self {
+            Source::Moto(m) => m.url.clone(),
+            Source::Fake(f) => f.url(),
+        }
+    }
+}
+
 pub struct PostsBed {
-    pub moto: Moto,
+    pub source: Source,
+    source_url: String,
     pub ddb: aws_sdk_dynamodb::Client,
     pub es: Es,
     pub dir: tempfile::TempDir,
@@ -371,8 +393,20 @@ impl PostsBed {
     /// The bed with a `Posts` table whose stream is not enabled yet (the day-one case: rows
     /// written before the stream existed).
     pub async fn without_stream(index: &'static str) -> PostsBed {
-        let moto = Moto::start();
-        let ddb = moto.dynamodb().await;
+        Self::without_stream_on(Source::Moto(Moto::start()), index).await
+    }
+
+    /// The same bed on the source fake.
+    pub async fn without_stream_on_fake(index: &'static str) -> PostsBed {
+        let fake = source_fake::SourceFake::start()
+            .await
+            .expect("start the source fake");
+        Self::without_stream_on(Source::Fake(fake), index).await
+    }
+
+    async fn without_stream_on(source: Source, index: &'static str) -> PostsBed {
+        let source_url = source.url();
+        let ddb = dynamodb_client(&source_url);
         let es = Es::start().await;
         let dir = tempfile::tempdir().unwrap();
         create_table(&ddb, "Posts", None).await;
@@ -380,7 +414,8 @@ impl PostsBed {
         let db = dir.path().join("sluice.db");
         let es_url = es.url();
         PostsBed {
-            moto,
+            source,
+            source_url,
             ddb,
             es,
             dir,
@@ -409,7 +444,7 @@ impl PostsBed {
 
     pub fn options(&self) -> SluiceOptions<'_> {
         SluiceOptions {
-            moto: &self.moto.url,
+            moto: &self.source_url,
             es: &self.es_url,
             table: "Posts",
             index: self.index,
