@@ -140,13 +140,34 @@ async fn concurrent_changes(
 /// Acceptance 1 at its volume, on the source fake (moto stalls at 50,000 items under concurrent
 /// writes: every Scan call reads the whole table): a table of 50,000 items, backfilled in 4
 /// segments while 5,000 concurrent inserts, updates and deletes (8 writers, over 55,000 keys)
-/// flow through the stream → the index equals the table; no scan image was ever applied over a
-/// newer change (the test server keeps every document's version history).
+/// flow through a 4-shard stream whose shards roll over into children twice meanwhile → the
+/// index equals the table; no scan image was ever applied over a newer change (the test server
+/// keeps every document's version history).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_of_50_000_items_beside_5_000_stream_changes_ends_with_the_index_equal_to_the_table(
 ) {
     let bed = PostsBed::without_stream_on_fake("posts-backfill-volume").await;
-    backfill_beside_concurrent_changes(&bed, 50_000, 5_000).await;
+    let Source::Fake(fake) = &bed.source else {
+        unreachable!()
+    };
+    let rolls = async {
+        while fake.latest_stream_arn("Posts").is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            fake.roll_stream_shards("Posts").expect("roll the shards");
+        }
+    };
+    tokio::join!(
+        backfill_beside_concurrent_changes(&bed, 50_000, 5_000),
+        rolls
+    );
+    assert_eq!(
+        fake.stream_shard_lengths("Posts").len(),
+        12,
+        "4 shards, rolled twice"
+    );
 }
 
 /// The same at a tenth of the volume on moto: the scan and the stream as a second emulator

@@ -396,11 +396,14 @@ impl PostsBed {
         Self::without_stream_on(Source::Moto(Moto::start()), index).await
     }
 
-    /// The same bed on the source fake.
+    /// The same bed on the source fake, the stream in 4 shards.
     pub async fn without_stream_on_fake(index: &'static str) -> PostsBed {
-        let fake = source_fake::SourceFake::start()
-            .await
-            .expect("start the source fake");
+        let fake = source_fake::SourceFake::start_with(source_fake::Options {
+            stream_shards: 4,
+            ..Default::default()
+        })
+        .await
+        .expect("start the source fake");
         Self::without_stream_on(Source::Fake(fake), index).await
     }
 

@@ -258,6 +258,20 @@ struct Shared {
     /// Open scrolls: id → the hits left to return (a snapshot taken at the first search) and the
     /// page size.
     scrolls: Mutex<HashMap<String, (VecDeque<Value>, usize, usize)>>,
+    /// Fast mode (benchmarks): `_bulk` keeps only each document's version and when it was
+    /// first written, not its source; see [`FakeEs::start_fast`].
+    fast: Option<Mutex<FastStore>>,
+}
+
+/// What fast mode keeps per document: enough to answer every item as Elasticsearch would
+/// (external versions, 409 on a stale one, `not_found` deletes), nothing of the source.
+#[derive(Default)]
+struct FastStore {
+    /// (index, id) → (version, deleted)
+    versions: HashMap<(String, String), (u64, bool)>,
+    /// id → when a write for it was first acknowledged (for latency figures).
+    first_seen: HashMap<String, Instant>,
+    seq_no: u64,
 }
 
 impl Shared {
@@ -277,6 +291,7 @@ impl Shared {
             auto_create_index: std::sync::atomic::AtomicBool::new(true),
             sigv4: Mutex::default(),
             scrolls: Mutex::default(),
+            fast: None,
         }
     }
 }
@@ -321,6 +336,43 @@ impl FakeEs {
             let _ = axum::serve(listener, app).await;
         });
         Ok(FakeEs { addr, shared, task })
+    }
+
+    /// Fast mode, for benchmarks: `_bulk` answers every item as Elasticsearch would
+    /// (external versions applied only when greater, else 409; deletes of missing documents
+    /// `not_found`) from a table of versions alone — sources are not parsed or stored, no
+    /// mapping, no faults, no history checks — so the sink side costs little next to sluice.
+    pub async fn start_fast() -> std::io::Result<FakeEs> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut shared = Shared::new(None);
+        shared.fast = Some(Mutex::default());
+        let shared = Arc::new(shared);
+        let app = router(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeEs { addr, shared, task })
+    }
+
+    /// Fast mode: documents whose latest write is not a delete, over every index.
+    pub fn fast_live_documents(&self) -> usize {
+        self.shared.fast.as_ref().map_or(0, |f| {
+            f.lock()
+                .unwrap()
+                .versions
+                .values()
+                .filter(|(_, deleted)| !deleted)
+                .count()
+        })
+    }
+
+    /// Fast mode: when a write for `id` was first acknowledged, if it was.
+    pub fn fast_first_seen(&self, ids: &[String]) -> Vec<Option<Instant>> {
+        self.shared.fast.as_ref().map_or_else(Vec::new, |f| {
+            let f = f.lock().unwrap();
+            ids.iter().map(|id| f.first_seen.get(id).copied()).collect()
+        })
     }
 
     pub fn url(&self) -> String {
@@ -1320,6 +1372,9 @@ async fn bulk(
         s.faults.lock().unwrap().clone()
     };
     s.stats.lock().unwrap().bulk_requests += 1;
+    if let Some(fast) = &s.fast {
+        return fast_bulk(fast, &body, path_index.as_deref(), &s.stats);
+    }
     count_redelivered(&s, &body, path_index.as_deref());
     if !bypass(&headers) {
         let mut held = s.hold.subscribe();
@@ -1416,6 +1471,94 @@ async fn bulk(
             .and_then(|v| v.get("error"))
             .is_some()
     });
+    es_json(
+        StatusCode::OK,
+        json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": items}),
+    )
+}
+
+/// Fast mode's `_bulk`: action lines parsed, source lines skipped.
+fn fast_bulk(
+    fast: &Mutex<FastStore>,
+    body: &[u8],
+    default_index: Option<&str>,
+    stats: &Mutex<Stats>,
+) -> Response {
+    #[derive(Deserialize)]
+    struct Params {
+        _index: Option<String>,
+        _id: Option<String>,
+        version: Option<u64>,
+        version_type: Option<String>,
+    }
+    let started = Instant::now();
+    let mut lines = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
+    let mut items = Vec::new();
+    let mut errors = false;
+    let mut store = fast.lock().unwrap();
+    let now = Instant::now();
+    while let Some(meta) = lines.next() {
+        let parsed: Result<HashMap<String, Params>, _> = serde_json::from_slice(meta);
+        let Some((op, p)) = parsed.ok().and_then(|m| m.into_iter().next()) else {
+            return es_error(
+                StatusCode::BAD_REQUEST,
+                "illegal_argument_exception",
+                &format!("Malformed action/metadata line [{}]", items.len() + 1),
+            );
+        };
+        if op != "delete" && lines.next().is_none() {
+            return es_error(
+                StatusCode::BAD_REQUEST,
+                "illegal_argument_exception",
+                "the bulk request must be terminated by a newline",
+            );
+        }
+        let (Some(index), Some(id)) = (p._index.or(default_index.map(str::to_owned)), p._id) else {
+            return es_error(
+                StatusCode::BAD_REQUEST,
+                "action_request_validation_exception",
+                "Validation Failed: 1: index and id are required in fast mode;",
+            );
+        };
+        let external = p
+            .version_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("external"));
+        let gte = p.version_type.as_deref() == Some("external_gte");
+        let key = (index.clone(), id.clone());
+        let current = store.versions.get(&key).copied();
+        let version = match (external, p.version, current) {
+            (true, Some(v), Some((cur, _))) if (gte && v < cur) || (!gte && v <= cur) => {
+                errors = true;
+                items.push(json!({ op.clone(): {"_index": index, "_id": id, "status": 409, "error": {
+                    "type": "version_conflict_engine_exception",
+                    "reason": format!("[{id}]: version conflict, current version [{cur}] is higher or equal to the one provided [{v}]"),
+                    "index": index, "shard": "0", "index_uuid": "es-fake"}}}));
+                continue;
+            }
+            (true, Some(v), _) => v,
+            (_, _, cur) => cur.map_or(1, |(v, _)| v + 1),
+        };
+        let existed = current.is_some_and(|(_, deleted)| !deleted);
+        store.versions.insert(key, (version, op == "delete"));
+        store.first_seen.entry(id.clone()).or_insert(now);
+        store.seq_no += 1;
+        let (status, result) = match (op.as_str(), existed) {
+            ("delete", true) => (200, "deleted"),
+            ("delete", false) => (404, "not_found"),
+            (_, true) => (200, "updated"),
+            (_, false) => (201, "created"),
+        };
+        items.push(
+            json!({ op: {"_index": index, "_id": id, "_version": version, "result": result,
+            "_shards": {"total": 2, "successful": 1, "failed": 0}, "_seq_no": store.seq_no,
+            "_primary_term": 1, "status": status}}),
+        );
+    }
+    drop(store);
+    stats.lock().unwrap().items += items.len() as u64;
     es_json(
         StatusCode::OK,
         json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": items}),

@@ -146,8 +146,45 @@ fn segment_start(segment: u64, total: u64) -> Option<u64> {
     u64::try_from(start).ok()
 }
 
+/// An item's size as DynamoDB counts it: attribute names plus values (strings as UTF-8,
+/// numbers about one byte per two digits plus one, binaries raw, 3 bytes plus one per element
+/// for lists and maps).
 fn item_size(item: &Item) -> usize {
-    Value::Object(item.clone()).to_string().len()
+    item.iter()
+        .map(|(name, v)| name.len() + value_size(v))
+        .sum()
+}
+
+fn value_size(v: &Value) -> usize {
+    let Some((kind, v)) = v.as_object().and_then(|o| o.iter().next()) else {
+        return 1;
+    };
+    let number = |n: &Value| {
+        n.as_str()
+            .map_or(1, |n| n.trim_start_matches('-').len().div_ceil(2) + 1)
+    };
+    let string = |s: &Value| s.as_str().map_or(0, str::len);
+    let binary = |b: &Value| b.as_str().map_or(0, |b| b.len() * 3 / 4);
+    let each = |f: &dyn Fn(&Value) -> usize| v.as_array().map_or(0, |a| a.iter().map(f).sum());
+    match kind.as_str() {
+        "S" => string(v),
+        "N" => number(v),
+        "B" => binary(v),
+        "SS" => each(&string),
+        "NS" => each(&number),
+        "BS" => each(&binary),
+        "L" => {
+            3 + v
+                .as_array()
+                .map_or(0, |a| a.iter().map(|e| 1 + value_size(e)).sum())
+        }
+        "M" => {
+            3 + v.as_object().map_or(0, |m| {
+                m.iter().map(|(k, e)| 1 + k.len() + value_size(e)).sum()
+            })
+        }
+        _ => 1,
+    }
 }
 
 fn table<'a>(world: &'a World, name: &str) -> Result<&'a Table, AwsError> {
@@ -437,6 +474,13 @@ fn update_item(world: &mut World, request: &Value) -> Result<Vec<u8>, AwsError> 
     )?;
     let name = string(request, "TableName")?;
     let key = object(request, "Key")?;
+    if let Some(r @ ("UPDATED_NEW" | "UPDATED_OLD")) =
+        request.get("ReturnValues").and_then(Value::as_str)
+    {
+        return Err(AwsError::validation(format!(
+            "ReturnValues {r} is not supported by the source fake"
+        )));
+    }
     let t = table(world, name)?;
     let (position, key) = t.key_of(key)?;
     let old = t.items.get(&position).cloned();
@@ -537,22 +581,20 @@ fn scan(world: &mut World, request: &Value) -> Result<Vec<u8>, AwsError> {
     let end = high.map_or(Bound::Unbounded, |h| Bound::Excluded((h, String::new())));
     let mut items = Vec::new();
     let mut bytes = 0;
-    let mut last = None;
-    let mut stopped_early = false;
-    for (position, item) in t.items.range((start, end)) {
-        if items.len() >= limit || bytes >= 1024 * 1024 {
-            stopped_early = true;
-            break;
-        }
+    let mut last_evaluated = None;
+    for ((_, text), item) in t.items.range((start, end)) {
         bytes += item_size(item);
         items.push(item);
-        last = Some(position);
+        // as the service: a page that stops at Limit or 1 MB names its last key, even when
+        // nothing follows (the next call then answers an empty page without one)
+        if items.len() >= limit || bytes >= 1024 * 1024 {
+            last_evaluated = Some(text);
+            break;
+        }
     }
     let mut out = json!({ "Items": items, "Count": items.len(), "ScannedCount": items.len() });
-    if stopped_early {
-        if let Some((_, text)) = last {
-            out["LastEvaluatedKey"] = serde_json::from_str(text).unwrap_or(json!({}));
-        }
+    if let Some(text) = last_evaluated {
+        out["LastEvaluatedKey"] = serde_json::from_str(text).unwrap_or(json!({}));
     }
     if matches!(
         request
@@ -620,7 +662,11 @@ fn record(
             dynamodb["OldImage"] = Value::Object(old);
         }
     }
-    let size = dynamodb.to_string().len();
+    let size: usize = ["Keys", "NewImage", "OldImage"]
+        .iter()
+        .filter_map(|k| dynamodb.get(*k).and_then(Value::as_object))
+        .map(item_size)
+        .sum();
     dynamodb["SizeBytes"] = json!(size);
     let body = json!({
         "eventID": format!("{seq:x}"),
@@ -743,11 +789,14 @@ fn describe_stream(world: &mut World, request: &Value) -> Result<Vec<u8>, AwsErr
     else {
         unreachable!("table_stream returns table streams")
     };
-    let limit = request
-        .get("Limit")
-        .and_then(Value::as_u64)
-        .unwrap_or(100)
-        .clamp(1, 100) as usize;
+    refuse_unsupported(request, &["ShardFilter"])?;
+    let limit = request.get("Limit").and_then(Value::as_u64).unwrap_or(100);
+    if !(1..=100).contains(&limit) {
+        return Err(AwsError::validation(format!(
+            "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 100"
+        )));
+    }
+    let limit = limit as usize;
     let from = match request.get("ExclusiveStartShardId").and_then(Value::as_str) {
         Some(id) => stream
             .shards

@@ -10,6 +10,16 @@ use crate::{reply, string, AwsError, Stream, StreamKind, World};
 
 const MAX_HASH: u128 = u128::MAX;
 
+/// Kinesis sequence numbers read as the service's: 56 digits, beginning `49`.
+fn sequence_text(seq: u128) -> String {
+    format!("49{seq:054}")
+}
+
+fn parse_sequence(text: &str) -> Option<u128> {
+    let digits = text.strip_prefix("49").filter(|d| d.len() == 54)?;
+    digits.parse().ok()
+}
+
 fn shard_id(i: usize) -> String {
     format!("shardId-{i:012}")
 }
@@ -44,9 +54,9 @@ fn kinesis_stream<'a>(world: &'a World, arn: &str) -> Result<&'a Stream, AwsErro
 }
 
 fn shard_json(s: &Shard) -> Value {
-    let mut range = json!({ "StartingSequenceNumber": format!("{:056}", s.starting_seq) });
+    let mut range = json!({ "StartingSequenceNumber": sequence_text(s.starting_seq) });
     if let Some(end) = s.ending_seq {
-        range["EndingSequenceNumber"] = json!(format!("{end:056}"));
+        range["EndingSequenceNumber"] = json!(sequence_text(end));
     }
     let mut shard = json!({
         "ShardId": s.id,
@@ -159,7 +169,7 @@ pub(crate) fn call(
                 .and_then(Value::as_str)
                 .map(str::to_owned);
             let (shard, seq) = put_arn(world, &arn, &key, explicit.as_deref(), &data)?;
-            reply(json!({ "ShardId": shard, "SequenceNumber": format!("{seq:056}") }))
+            reply(json!({ "ShardId": shard, "SequenceNumber": sequence_text(seq) }))
         }
         "PutRecords" => {
             let arn = stream_arn(world, request)?;
@@ -182,7 +192,7 @@ pub(crate) fn call(
                     .and_then(Value::as_str)
                     .map(str::to_owned);
                 let (shard, seq) = put_arn(world, &arn, &key, explicit.as_deref(), &data)?;
-                out.push(json!({ "ShardId": shard, "SequenceNumber": format!("{seq:056}") }));
+                out.push(json!({ "ShardId": shard, "SequenceNumber": sequence_text(seq) }));
             }
             reply(json!({ "FailedRecordCount": 0, "Records": out }))
         }
@@ -254,6 +264,11 @@ fn create_stream(world: &mut World, request: &Value) -> Result<Vec<u8>, AwsError
 }
 
 fn list_shards(world: &mut World, request: &Value) -> Result<Vec<u8>, AwsError> {
+    if request.get("ShardFilter").is_some() {
+        return Err(AwsError::validation(
+            "ShardFilter is not supported by the source fake",
+        ));
+    }
     let max = request
         .get("MaxResults")
         .and_then(Value::as_u64)
@@ -301,7 +316,7 @@ fn list_shards(world: &mut World, request: &Value) -> Result<Vec<u8>, AwsError> 
         }
     };
     let s = kinesis_stream(world, &arn)?;
-    let end = (from + max as usize).min(s.shards.len());
+    let end = from.saturating_add(max as usize).min(s.shards.len());
     let page: Vec<Value> = s.shards[from.min(end)..end]
         .iter()
         .map(shard_json)
@@ -335,9 +350,9 @@ fn get_shard_iterator(world: &mut World, request: &Value) -> Result<Vec<u8>, Aws
         "LATEST" => shard.records.len(),
         kind @ ("AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER") => {
             let text = string(request, "StartingSequenceNumber")?;
-            let seq: u128 = text.parse().map_err(|_| {
+            let seq = parse_sequence(text).ok_or_else(|| {
                 invalid(format!(
-                    "StartingSequenceNumber {text} is not a sequence number"
+                    "StartingSequenceNumber {text} is not a sequence number of this stream"
                 ))
             })?;
             if !shard.owns_sequence(seq) {
@@ -389,7 +404,7 @@ fn get_records(world: &mut World, it: &Iterator, request: &Value) -> Result<Vec<
         && shard
             .recent_reads
             .iter()
-            .filter(|t| now - **t < 1000)
+            .filter(|t| now.saturating_sub(**t) < 1000)
             .count()
             >= 5
     {
@@ -496,7 +511,7 @@ fn put_arn(
         .ok_or_else(|| AwsError::new(500, "InternalFailure", "no open shard owns the hash key"))?;
     let now = now_ms();
     let body = json!({
-        "SequenceNumber": format!("{seq:056}"),
+        "SequenceNumber": sequence_text(seq),
         "ApproximateArrivalTimestamp": now as f64 / 1000.0,
         "Data": base64::engine::general_purpose::STANDARD.encode(data),
         "PartitionKey": partition_key,

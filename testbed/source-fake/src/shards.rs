@@ -74,9 +74,13 @@ impl Shard {
         self.records.partition_point(|r| r.arrival_ms < ms)
     }
 
-    /// Whether `seq` can name a position in this shard.
+    /// Whether `seq` names a position in this shard: its start, its end, or one of its
+    /// records (sibling shards' sequence numbers interleave with its own, and are refused, as
+    /// the services refuse them).
     pub fn owns_sequence(&self, seq: u128) -> bool {
-        seq >= self.starting_seq && self.ending_seq.is_none_or(|end| seq <= end)
+        seq == self.starting_seq
+            || self.ending_seq == Some(seq)
+            || self.records.binary_search_by(|r| r.seq.cmp(&seq)).is_ok()
     }
 }
 

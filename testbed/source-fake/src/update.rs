@@ -251,7 +251,18 @@ fn number(v: &Value) -> Result<&str, AwsError> {
 fn arithmetic(a: &Value, op: char, b: &Value) -> Result<Value, AwsError> {
     let (x, y) = (number(a)?, number(b)?);
     let text = match (x.parse::<i128>(), y.parse::<i128>()) {
-        (Ok(x), Ok(y)) => if op == '+' { x + y } else { x - y }.to_string(),
+        (Ok(x), Ok(y)) => match if op == '+' {
+            x.checked_add(y)
+        } else {
+            x.checked_sub(y)
+        } {
+            Some(n) => n.to_string(),
+            None => {
+                return Err(AwsError::validation(
+                    "Number overflow. Attempting to store a number with magnitude larger than supported range",
+                ))
+            }
+        },
         _ => {
             let (x, y): (f64, f64) = (
                 x.parse().map_err(|_| wrong_type())?,

@@ -108,7 +108,9 @@ async fn a_parallel_scan_returns_every_item_once_in_pages_with_consumed_capacity
         .await
         .unwrap();
     assert_eq!(table.table().unwrap().item_count(), Some(1000));
-    assert!(table.table().unwrap().table_size_bytes().unwrap() > 30_000);
+    // sizes as DynamoDB counts them: names plus values, about 14 bytes for each of these items
+    let size = table.table().unwrap().table_size_bytes().unwrap();
+    assert!((12_000..16_000).contains(&size), "{size}");
 
     let mut seen = BTreeSet::new();
     let mut per_segment = Vec::new();
@@ -707,28 +709,35 @@ async fn kinesis_refuses_a_sixth_read_per_second_when_read_limits_are_on() {
         .await
         .unwrap();
     let mut iterator = it.shard_iterator().unwrap().to_owned();
-    let mut read = 0;
-    for _ in 0..5 {
-        let out = k
+    // a burst of calls: never more than 5 answered within a second, and the rest refused
+    let started = std::time::Instant::now();
+    let (mut answered, mut refused) = (Vec::new(), 0);
+    for _ in 0..10 {
+        match k
             .get_records()
             .shard_iterator(&iterator)
             .limit(2)
             .send()
             .await
-            .unwrap();
-        read += out.records().len();
-        iterator = out.next_shard_iterator().unwrap().to_owned();
+        {
+            Ok(out) => {
+                answered.push(std::time::Instant::now());
+                iterator = out.next_shard_iterator().unwrap().to_owned();
+            }
+            Err(e) => {
+                assert!(e
+                    .into_service_error()
+                    .is_provisioned_throughput_exceeded_exception());
+                refused += 1;
+            }
+        }
     }
-    assert_eq!(read, 10);
-    let err = k
-        .get_records()
-        .shard_iterator(&iterator)
-        .send()
-        .await
-        .unwrap_err();
-    assert!(err
-        .into_service_error()
-        .is_provisioned_throughput_exceeded_exception());
+    assert!(answered
+        .windows(6)
+        .all(|w| w[5].duration_since(w[0]) >= std::time::Duration::from_millis(900)));
+    if started.elapsed() < std::time::Duration::from_millis(1000) {
+        assert_eq!((answered.len(), refused), (5, 5));
+    }
     let at = k
         .get_shard_iterator()
         .stream_name("s")
@@ -739,4 +748,125 @@ async fn kinesis_refuses_a_sixth_read_per_second_when_read_limits_are_on() {
         .await
         .unwrap();
     assert!(at.shard_iterator().is_some());
+}
+
+#[tokio::test]
+async fn a_page_that_stops_at_its_limit_names_its_last_key_even_at_the_end() {
+    let fake = SourceFake::start().await.unwrap();
+    let ddb = dynamodb(&fake);
+    posts_table(&ddb, false).await;
+    for i in 0..10 {
+        ddb.put_item()
+            .table_name("Posts")
+            .item("id", s(&format!("p{i}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    let full = ddb
+        .scan()
+        .table_name("Posts")
+        .limit(10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.items().len(), 10);
+    let last = full
+        .last_evaluated_key()
+        .expect("a page stopped by Limit names its last key")
+        .clone();
+    let after = ddb
+        .scan()
+        .table_name("Posts")
+        .limit(10)
+        .set_exclusive_start_key(Some(last))
+        .send()
+        .await
+        .unwrap();
+    assert!(after.items().is_empty());
+    assert!(after.last_evaluated_key().is_none());
+    // a page that ends with the table does not
+    assert!(ddb
+        .scan()
+        .table_name("Posts")
+        .limit(11)
+        .send()
+        .await
+        .unwrap()
+        .last_evaluated_key()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_sequence_number_of_another_shard_is_refused_and_bad_input_does_not_take_the_fake_down() {
+    let fake = SourceFake::start().await.unwrap();
+    let k = kinesis(&fake);
+    k.create_stream()
+        .stream_name("two")
+        .shard_count(2)
+        .send()
+        .await
+        .unwrap();
+    let put = k
+        .put_record()
+        .stream_name("two")
+        .partition_key("a")
+        .data(Blob::new("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.sequence_number().len(), 56);
+    let other = if put.shard_id() == "shardId-000000000000" {
+        "shardId-000000000001"
+    } else {
+        "shardId-000000000000"
+    };
+    let err = k
+        .get_shard_iterator()
+        .stream_name("two")
+        .shard_id(other)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::AfterSequenceNumber)
+        .starting_sequence_number(put.sequence_number())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.into_service_error().is_invalid_argument_exception());
+    k.get_shard_iterator()
+        .stream_name("two")
+        .shard_id(put.shard_id())
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::AfterSequenceNumber)
+        .starting_sequence_number(put.sequence_number())
+        .send()
+        .await
+        .unwrap();
+
+    let ddb = dynamodb(&fake);
+    posts_table(&ddb, false).await;
+    let huge = "9".repeat(38);
+    let err = ddb
+        .update_item()
+        .table_name("Posts")
+        .key("id", s("a"))
+        .update_expression("SET n = :a + :a")
+        .expression_attribute_values(":a", AttributeValue::N(huge))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(format!("{:?}", err.into_service_error()).contains("overflow"));
+    let err = ddb
+        .update_item()
+        .table_name("Posts")
+        .key("id", s("a"))
+        .update_expression("SET = ")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(format!("{:?}", err.into_service_error()).contains("Invalid UpdateExpression"));
+    // still answering
+    ddb.put_item()
+        .table_name("Posts")
+        .item("id", s("a"))
+        .send()
+        .await
+        .unwrap();
 }

@@ -1,0 +1,202 @@
+//! Whole daemon: how much change traffic one CPU-second of sluice absorbs. The real `sluice`
+//! binary reads from the source fake (DynamoDB Streams or Kinesis, in this process) and writes
+//! to the Elasticsearch test server in fast mode (in this process); only sluice's own CPU
+//! seconds (`/proc/PID/stat`) are counted, from readiness to the last acknowledged document.
+//! (a) DynamoDB Streams records of ~1 KB blog posts, (b) DMS JSON rows, (c) DynamoDB→Kinesis
+//! records; `max_in_flight` 1, 2, 8; three runs each, min/median/max.
+//! Run: `cargo bench --bench throughput` (SLUICE_BENCH_RECORDS: records per run, default 50,000).
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+use serde_json::json;
+use source_fake::{Options, SourceFake};
+
+#[derive(Clone, Copy)]
+enum Kind {
+    DynamoDbStreams,
+    Dms,
+    DynamoDbKinesis,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::DynamoDbStreams => "(a) DynamoDB Streams, ~1 KB blog posts",
+            Kind::Dms => "(b) DMS JSON rows via Kinesis",
+            Kind::DynamoDbKinesis => "(c) DynamoDB→Kinesis records",
+        }
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("throughput: a benchmark; run it with `cargo bench --bench throughput`");
+        return;
+    }
+    let records: usize = std::env::var("SLUICE_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let rt = runtime();
+    for kind in [Kind::DynamoDbStreams, Kind::Dms, Kind::DynamoDbKinesis] {
+        for in_flight in [1, 2, 8] {
+            let runs: Vec<Run> = (0..3)
+                .map(|_| rt.block_on(run(kind, in_flight, records)))
+                .collect();
+            let (rate_lo, rate_mid, rate_hi) =
+                spread(runs.iter().map(|r| r.bytes as f64 / 1e6 / r.cpu).collect());
+            let (rec_lo, rec_mid, rec_hi) =
+                spread(runs.iter().map(|r| records as f64 / r.cpu).collect());
+            let (_, wall, _) = spread(runs.iter().map(|r| r.wall).collect());
+            let (_, rss, rss_hi) = spread(runs.iter().map(|r| r.peak_rss).collect());
+            println!(
+                "{}, max_in_flight {in_flight}: {rate_lo:.1} / {rate_mid:.1} / {rate_hi:.1} MB per CPU-second (min/median/max); {rec_lo:.0} / {rec_mid:.0} / {rec_hi:.0} records per CPU-second; {:.0} bytes a record; median wall {wall:.1} s; peak RSS median {rss:.0} MiB, max {rss_hi:.0} MiB",
+                kind.name(),
+                runs[0].bytes as f64 / records as f64,
+            );
+        }
+    }
+}
+
+struct Run {
+    cpu: f64,
+    wall: f64,
+    bytes: usize,
+    peak_rss: f64,
+}
+
+async fn run(kind: Kind, in_flight: usize, records: usize) -> Run {
+    let fake = SourceFake::start_with(Options {
+        stream_shards: 4,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let es = es_fake::FakeEs::start_fast().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let call = |target: &str, body: serde_json::Value| {
+        let (http, url, target) = (http.clone(), fake.url(), target.to_owned());
+        async move {
+            let content_type = if target.starts_with("Kinesis") {
+                "application/x-amz-json-1.1"
+            } else {
+                "application/x-amz-json-1.0"
+            };
+            let r = http
+                .post(url)
+                .header("x-amz-target", target)
+                .header("content-type", content_type)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        }
+    };
+    let source = match kind {
+        Kind::DynamoDbStreams => {
+            call("DynamoDB_20120810.CreateTable", json!({
+                "TableName": "Posts",
+                "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                "BillingMode": "PAY_PER_REQUEST",
+                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+            })).await;
+            format!("type = \"dynamodb_streams\"\ntable = \"Posts\"")
+        }
+        Kind::Dms | Kind::DynamoDbKinesis => {
+            call(
+                "Kinesis_20131202.CreateStream",
+                json!({"StreamName": "changes", "ShardCount": 8}),
+            )
+            .await;
+            let format = if matches!(kind, Kind::Dms) {
+                "dms"
+            } else {
+                "dynamodb"
+            };
+            format!("type = \"kinesis\"\nstream = \"changes\"\nformat = \"{format}\"")
+        }
+    };
+    let routes = if matches!(kind, Kind::Dms) {
+        "[[route]]\ntable = \"public.orders\"\nindex = \"orders\"\nid = [\"order_id\"]\n"
+    } else {
+        ""
+    };
+    let config = format!(
+        "[source]\n{source}\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[sink]\nurl = \"{}\"\nindex = \"posts\"\n\n[batch]\nmax_in_flight = {in_flight}\n\n[checkpoint]\npath = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{{port}}\"\n\n[log]\nlevel = \"warn\"\n\n{routes}",
+        fake.url(),
+        es.url(),
+        dir.path().join("sluice.db").display()
+    );
+    let daemon = Daemon::start(dir.path(), &config);
+    daemon.wait_ready(Duration::from_secs(30)).await;
+    let cpu_before = daemon.cpu_seconds();
+    let started = Instant::now();
+    let mut bytes = 0;
+    match kind {
+        Kind::DynamoDbStreams => {
+            let items: Vec<_> = (0..records)
+                .map(|i| blog_post(&format!("post-{i}"), 1))
+                .collect();
+            // what a record weighs on the wire: the DynamoDB JSON of its image
+            bytes = items
+                .iter()
+                .map(|i| serde_json::Value::Object(i.clone()).to_string().len())
+                .sum();
+            for chunk in items.chunks(1000) {
+                fake.put_items("Posts", chunk.iter().cloned()).unwrap();
+                tokio::task::yield_now().await;
+            }
+        }
+        Kind::Dms | Kind::DynamoDbKinesis => {
+            let payloads: Vec<(String, Vec<u8>)> = (0..records)
+                .map(|i| {
+                    let data = match kind {
+                        Kind::Dms => json!({
+                            "data": {"order_id": i, "customer_id": i % 977, "status": "shipped", "total": "1234.50",
+                                     "note": "x".repeat(600), "updated_at": "2024-07-29T10:00:00Z", "lines": 3},
+                            "metadata": {"timestamp": "2024-07-29T10:00:00.123456Z", "record-type": "data",
+                                         "operation": "insert", "partition-key-type": "primary-key",
+                                         "schema-name": "public", "table-name": "orders", "transaction-id": 42}
+                        }),
+                        _ => {
+                            let id = format!("post-{i}");
+                            json!({"eventName": "INSERT", "tableName": "Posts", "recordFormat": "application/json",
+                                   "dynamodb": {"ApproximateCreationDateTime": 1_719_347_890_250_647u64 + i as u64,
+                                                "ApproximateCreationDateTimePrecision": "MICROSECOND",
+                                                "Keys": {"id": {"S": id}}, "NewImage": blog_post(&id, 1),
+                                                "SizeBytes": 1000}})
+                        }
+                    };
+                    (format!("k{i}"), data.to_string().into_bytes())
+                })
+                .collect();
+            bytes = payloads.iter().map(|(_, d)| d.len()).sum();
+            for chunk in payloads.chunks(1000) {
+                fake.kinesis_put("changes", chunk.iter().cloned()).unwrap();
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(600);
+    while es.fast_live_documents() < records {
+        assert!(
+            Instant::now() < until,
+            "only {} of {records} documents in 600 s",
+            es.fast_live_documents()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Run {
+        cpu: daemon.cpu_seconds() - cpu_before,
+        wall: started.elapsed().as_secs_f64(),
+        bytes,
+        peak_rss: daemon.peak_rss_mib(),
+    }
+}
