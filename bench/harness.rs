@@ -54,6 +54,21 @@ impl Daemon {
         }
     }
 
+    /// With SLUICE_BENCH_PROFILE=FILE: `perf record -g` of the sluice process into FILE until
+    /// the returned guard is dropped (the profiles in bench/README.md were taken this way).
+    pub fn profile(&self) -> Option<Profile> {
+        let out = std::env::var("SLUICE_BENCH_PROFILE").ok()?;
+        let child = Command::new("perf")
+            .args(["record", "-F", "1999", "-g", "-o", &out, "-p"])
+            .arg(self.child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        std::thread::sleep(Duration::from_millis(300));
+        Some(Profile(child))
+    }
+
     /// User + system CPU seconds of the sluice process so far.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
@@ -81,6 +96,15 @@ impl Daemon {
 
     pub fn rss_mib(&self) -> f64 {
         self.status_kib("VmRSS:") / 1024.0
+    }
+}
+
+pub struct Profile(Child);
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
     }
 }
 

@@ -42,8 +42,17 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
     let rt = runtime();
-    for kind in [Kind::DynamoDbStreams, Kind::Dms, Kind::DynamoDbKinesis] {
-        for in_flight in [1, 2, 8] {
+    // SLUICE_BENCH_ONLY=a|b|c: one record kind at max_in_flight 2 (for profiles)
+    let only = std::env::var("SLUICE_BENCH_ONLY").ok();
+    let kinds = match only.as_deref() {
+        Some("a") => vec![Kind::DynamoDbStreams],
+        Some("b") => vec![Kind::Dms],
+        Some("c") => vec![Kind::DynamoDbKinesis],
+        _ => vec![Kind::DynamoDbStreams, Kind::Dms, Kind::DynamoDbKinesis],
+    };
+    let in_flights: &[usize] = if only.is_some() { &[2] } else { &[1, 2, 8] };
+    for kind in kinds {
+        for &in_flight in in_flights {
             let runs: Vec<Run> = (0..3)
                 .map(|_| rt.block_on(run(kind, in_flight, records)))
                 .collect();
@@ -136,26 +145,54 @@ async fn run(kind: Kind, in_flight: usize, records: usize) -> Run {
     );
     let daemon = Daemon::start(dir.path(), &config);
     daemon.wait_ready(Duration::from_secs(30)).await;
+    // the records are made before the measured window opens
+    let (items, payloads) = match kind {
+        Kind::DynamoDbStreams => (
+            (0..records)
+                .map(|i| blog_post(&format!("post-{i}"), 1))
+                .collect(),
+            Vec::new(),
+        ),
+        Kind::Dms | Kind::DynamoDbKinesis => (Vec::new(), kinesis_payloads(kind, records)),
+    };
+    // what a record weighs on the wire: the DynamoDB JSON of its image, or the Kinesis data
+    let bytes: usize = items
+        .iter()
+        .map(|i| serde_json::Value::Object(i.clone()).to_string().len())
+        .chain(payloads.iter().map(|(_, d)| d.len()))
+        .sum();
+    let profile = daemon.profile();
     let cpu_before = daemon.cpu_seconds();
     let started = Instant::now();
-    let mut bytes = 0;
-    match kind {
-        Kind::DynamoDbStreams => {
-            let items: Vec<_> = (0..records)
-                .map(|i| blog_post(&format!("post-{i}"), 1))
-                .collect();
-            // what a record weighs on the wire: the DynamoDB JSON of its image
-            bytes = items
-                .iter()
-                .map(|i| serde_json::Value::Object(i.clone()).to_string().len())
-                .sum();
-            for chunk in items.chunks(1000) {
-                fake.put_items("Posts", chunk.iter().cloned()).unwrap();
-                tokio::task::yield_now().await;
-            }
-        }
-        Kind::Dms | Kind::DynamoDbKinesis => {
-            let payloads: Vec<(String, Vec<u8>)> = (0..records)
+    for chunk in items.chunks(1000) {
+        fake.put_items("Posts", chunk.iter().cloned()).unwrap();
+        tokio::task::yield_now().await;
+    }
+    for chunk in payloads.chunks(1000) {
+        fake.kinesis_put("changes", chunk.iter().cloned()).unwrap();
+        tokio::task::yield_now().await;
+    }
+    let until = Instant::now() + Duration::from_secs(600);
+    while es.fast_live_documents() < records {
+        assert!(
+            Instant::now() < until,
+            "only {} of {records} documents in 600 s",
+            es.fast_live_documents()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(profile);
+    Run {
+        cpu: daemon.cpu_seconds() - cpu_before,
+        wall: started.elapsed().as_secs_f64(),
+        bytes,
+        peak_rss: daemon.peak_rss_mib(),
+    }
+}
+
+/// DMS rows or DynamoDB→Kinesis records, as (partition key, data).
+fn kinesis_payloads(kind: Kind, records: usize) -> Vec<(String, Vec<u8>)> {
+    (0..records)
                 .map(|i| {
                     let data = match kind {
                         Kind::Dms => json!({
@@ -176,27 +213,5 @@ async fn run(kind: Kind, in_flight: usize, records: usize) -> Run {
                     };
                     (format!("k{i}"), data.to_string().into_bytes())
                 })
-                .collect();
-            bytes = payloads.iter().map(|(_, d)| d.len()).sum();
-            for chunk in payloads.chunks(1000) {
-                fake.kinesis_put("changes", chunk.iter().cloned()).unwrap();
-                tokio::task::yield_now().await;
-            }
-        }
-    }
-    let until = Instant::now() + Duration::from_secs(600);
-    while es.fast_live_documents() < records {
-        assert!(
-            Instant::now() < until,
-            "only {} of {records} documents in 600 s",
-            es.fast_live_documents()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Run {
-        cpu: daemon.cpu_seconds() - cpu_before,
-        wall: started.elapsed().as_secs_f64(),
-        bytes,
-        peak_rss: daemon.peak_rss_mib(),
-    }
+        .collect()
 }
