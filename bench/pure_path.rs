@@ -24,6 +24,10 @@ use sluice::transform::{dynamodb_change, dynamodb_kinesis_change, Decoded, DocId
 
 const RECORDS: usize = 20_000;
 
+/// The daemon's allocator, so that these figures are what `sluice` pays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("pure_path: a benchmark; run it with `cargo bench --bench pure_path`");

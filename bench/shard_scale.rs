@@ -25,8 +25,18 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let rt = runtime();
-    for poll in ["250ms", "2s"] {
-        for shards in [10, 100, 1000] {
+    // SLUICE_BENCH_ONLY="1000 2s": one shard count and poll interval (for profiles)
+    let only = std::env::var("SLUICE_BENCH_ONLY").ok();
+    let (polls, counts): (Vec<String>, Vec<usize>) =
+        match only.as_deref().and_then(|o| o.split_once(' ')) {
+            Some((n, poll)) => (
+                vec![poll.to_owned()],
+                vec![n.parse().expect("a shard count")],
+            ),
+            None => (vec!["250ms".into(), "2s".into()], vec![10, 100, 1000]),
+        };
+    for poll in &polls {
+        for &shards in &counts {
             let runs: Vec<Figures> = (0..3)
                 .map(|_| rt.block_on(run(shards, poll, Duration::from_secs(window))))
                 .collect();
@@ -83,6 +93,7 @@ async fn run(shards: usize, poll: &str, window: Duration) -> Figures {
     // settle: every reader started and backed off
     tokio::time::sleep(Duration::from_secs(5)).await;
     let calls_before: HashMap<String, u64> = fake.get_records_calls(&arn).into_iter().collect();
+    let profile = daemon.profile();
     let cpu_before = daemon.cpu_seconds();
     let started = Instant::now();
     let mut first_write = HashMap::new();
@@ -101,6 +112,7 @@ async fn run(shards: usize, poll: &str, window: Duration) -> Figures {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = daemon.cpu_seconds() - cpu_before;
+    drop(profile);
     let rss = daemon.rss_mib();
     let hot: Vec<String> = fake
         .stream_shard_lengths("Posts")

@@ -302,6 +302,8 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         store: store.clone(),
         metrics: metrics.clone(),
         poll_interval: config.source.poll_interval,
+        idle_polls_per_second: config.source.idle_polls_per_second,
+        readers: Default::default(),
         records_per_call: config.source.records_per_call,
         backoff: Backoff::AWS,
     });

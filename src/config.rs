@@ -181,6 +181,12 @@ pub struct SourceConfig {
     /// Records asked for per GetRecords call (DynamoDB Streams: at most 1000).
     #[serde(default = "default_records_per_call")]
     pub records_per_call: u32,
+    /// What the idle shards of this process may poll, together, per second: with many shards
+    /// the idle back-off's ceiling grows past `poll_interval` to shards ÷ this (0: no budget,
+    /// every idle shard polls at `poll_interval`). Poll calls cost CPU, and money on
+    /// DynamoDB Streams.
+    #[serde(default = "default_idle_polls_per_second")]
+    pub idle_polls_per_second: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -598,6 +604,9 @@ fn default_discovery_interval() -> Duration {
 fn default_records_per_call() -> u32 {
     1000
 }
+fn default_idle_polls_per_second() -> u32 {
+    200
+}
 fn default_sink_url() -> String {
     "http://127.0.0.1:9200".into()
 }
@@ -623,7 +632,7 @@ fn default_max_bytes() -> u64 {
     5 * 1024 * 1024
 }
 fn default_max_wait() -> Duration {
-    Duration::from_millis(500)
+    Duration::from_millis(50)
 }
 fn default_max_in_flight() -> usize {
     2

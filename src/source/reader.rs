@@ -37,8 +37,32 @@ pub struct ReaderContext<R> {
     pub store: CheckpointStore,
     pub metrics: Metrics,
     pub poll_interval: Duration,
+    /// The idle shards' polls per second, together (0: unbounded); see [`idle_pause`].
+    pub idle_polls_per_second: u32,
+    /// Shard readers running now.
+    pub readers: Arc<std::sync::atomic::AtomicUsize>,
     pub records_per_call: u32,
     pub backoff: Backoff,
+}
+
+/// How long an idle shard waits before its next poll, after `empty_polls` empty answers in a
+/// row: doubling from a quarter of `poll_interval` up to a ceiling — `poll_interval`, or, when
+/// the process reads so many shards that their polls together would exceed
+/// `idle_polls_per_second`, shards ÷ that budget. A non-empty answer resets the count, so a
+/// shard that wakes up is polled at once again; the ceiling bounds the wait for its first record.
+pub fn idle_pause(
+    empty_polls: u32,
+    poll_interval: Duration,
+    readers: usize,
+    idle_polls_per_second: u32,
+) -> Duration {
+    let ceiling = match idle_polls_per_second {
+        0 => poll_interval,
+        budget => poll_interval.max(Duration::from_secs_f64(readers as f64 / f64::from(budget))),
+    };
+    (poll_interval / 4)
+        .saturating_mul(1 << empty_polls.clamp(1, 16).saturating_sub(1))
+        .min(ceiling)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +94,22 @@ enum Iterator {
 /// Consecutive failures with one iterator before it is replaced.
 const RENEW_AFTER_FAILURES: u32 = 3;
 
+/// Counts a running reader for as long as it lives (also when its task is aborted).
+struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Running {
+    fn count(readers: Arc<std::sync::atomic::AtomicUsize>) -> Running {
+        readers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Running(readers)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl<A: ShardApi> ShardReader<A> {
     /// Reads until the shard ends or a token is cancelled: `hard` stops at once (a lost lease,
     /// shutdown), `soft` (a child of `hard`) only between pages, never with a page half queued (a
@@ -77,6 +117,7 @@ impl<A: ShardApi> ShardReader<A> {
     pub async fn run(self, hard: CancellationToken, soft: CancellationToken) -> ReaderExit {
         let tracker = self.ctx.tracker.clone();
         let shard = self.shard.clone();
+        let _counted = Running::count(self.ctx.readers.clone());
         let exit = self.read(hard, soft).await;
         tracker.reader_stopped(&shard);
         exit
@@ -158,12 +199,15 @@ impl<A: ShardApi> ShardReader<A> {
                     };
                     iterator = next;
                     if read == 0 {
-                        // Idle shard: back off up to poll_interval. After a non-empty page the
+                        // Idle shard: back off (see idle_pause). After a non-empty page the
                         // next poll follows at once.
-                        empty_polls = (empty_polls + 1).min(8);
-                        let pause = (self.ctx.poll_interval / 4)
-                            .saturating_mul(1 << (empty_polls - 1))
-                            .min(self.ctx.poll_interval);
+                        empty_polls = (empty_polls + 1).min(16);
+                        let pause = idle_pause(
+                            empty_polls,
+                            self.ctx.poll_interval,
+                            self.ctx.readers.load(std::sync::atomic::Ordering::Relaxed),
+                            self.ctx.idle_polls_per_second,
+                        );
                         if !sleep_or_cancel(pause, &cancel).await {
                             return ReaderExit::Cancelled;
                         }
@@ -542,5 +586,30 @@ mod tests {
             read_pace(Duration::ZERO, None, 10 * 1024 * 1024),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn an_idle_shard_backs_off_to_poll_interval_when_few_shards_are_read() {
+        let poll = Duration::from_millis(250);
+        let pauses: Vec<u128> = (1..=6)
+            .map(|n| idle_pause(n, poll, 10, 200).as_millis())
+            .collect();
+        assert_eq!(pauses, [62, 125, 250, 250, 250, 250]);
+        // no budget: the same for any number of shards
+        assert_eq!(idle_pause(16, poll, 100_000, 0), poll);
+    }
+
+    #[test]
+    fn with_many_shards_the_idle_polls_together_stay_within_the_budget() {
+        let poll = Duration::from_millis(250);
+        // 1,000 idle shards and 200 polls a second: each polls every 5 s at most
+        assert_eq!(idle_pause(16, poll, 1_000, 200), Duration::from_secs(5));
+        // the back-off still starts short: a shard that just went quiet is polled again soon
+        assert_eq!(
+            idle_pause(1, poll, 1_000, 200),
+            Duration::from_micros(62_500)
+        );
+        // 100 shards: 0.5 s
+        assert_eq!(idle_pause(16, poll, 100, 200), Duration::from_millis(500));
     }
 }
