@@ -48,7 +48,7 @@ async fn run() {
     let cfg = config_toml(&opts, 0)
         .replace("max_documents = 200", "max_documents = 1000")
         .replace("max_bytes = \"1MiB\"", "max_bytes = \"5MiB\"")
-        .replace("max_wait = \"100ms\"", "max_wait = \"500ms\"")
+        .replace("max_wait = \"100ms\"", "max_wait = \"50ms\"")
         .replace("request_timeout = \"5s\"", "request_timeout = \"30s\"")
         .replace("level = \"info,sluice=debug\"", "level = \"info\"");
     let http_port = free_port();

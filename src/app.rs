@@ -303,7 +303,7 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         metrics: metrics.clone(),
         poll_interval: config.source.poll_interval,
         idle_polls_per_second: config.source.idle_polls_per_second,
-        readers: Default::default(),
+        idle_readers: Default::default(),
         records_per_call: config.source.records_per_call,
         backoff: Backoff::AWS,
     });

@@ -172,7 +172,7 @@ pub struct SourceConfig {
     /// Where shards without a checkpoint start. Child shards always start at TRIM_HORIZON.
     #[serde(default = "default_start_position")]
     pub start_position: StartPosition,
-    /// Longest wait between polls of an idle shard.
+    /// Longest wait between polls of an idle shard (unless `idle_polls_per_second` raises it).
     #[serde(default = "default_poll_interval", deserialize_with = "duration")]
     pub poll_interval: Duration,
     /// How often the shard list is re-read (shards also are re-read when one ends).
@@ -182,7 +182,8 @@ pub struct SourceConfig {
     #[serde(default = "default_records_per_call")]
     pub records_per_call: u32,
     /// What the idle shards of this process may poll, together, per second: with many shards
-    /// the idle back-off's ceiling grows past `poll_interval` to shards ÷ this (0: no budget,
+    /// the idle back-off's ceiling grows past `poll_interval` to idle shards ÷ this, at most 60 s
+    /// (0: no budget,
     /// every idle shard polls at `poll_interval`). Poll calls cost CPU, and money on
     /// DynamoDB Streams.
     #[serde(default = "default_idle_polls_per_second")]

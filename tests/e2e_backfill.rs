@@ -150,12 +150,25 @@ async fn a_backfill_of_50_000_items_beside_5_000_stream_changes_ends_with_the_in
     let Source::Fake(fake) = &bed.source else {
         unreachable!()
     };
+    // the shards roll over after a third and after two thirds of the changes
     let rolls = async {
-        while fake.latest_stream_arn("Posts").is_none() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for _ in 0..2 {
-            tokio::time::sleep(Duration::from_secs(4)).await;
+        let until = Instant::now() + Duration::from_secs(300);
+        for share in [1, 2] {
+            loop {
+                assert!(
+                    Instant::now() < until,
+                    "the changes never reached {share}/3"
+                );
+                let records: usize = fake
+                    .stream_shard_lengths("Posts")
+                    .iter()
+                    .map(|(_, n)| n)
+                    .sum();
+                if records >= 5_000 * share / 3 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             fake.roll_stream_shards("Posts").expect("roll the shards");
         }
     };
@@ -163,11 +176,15 @@ async fn a_backfill_of_50_000_items_beside_5_000_stream_changes_ends_with_the_in
         backfill_beside_concurrent_changes(&bed, 50_000, 5_000),
         rolls
     );
-    assert_eq!(
-        fake.stream_shard_lengths("Posts").len(),
-        12,
-        "4 shards, rolled twice"
-    );
+    let shards = fake.stream_shard_lengths("Posts");
+    assert_eq!(shards.len(), 12, "4 shards, rolled twice");
+    for generation in shards.chunks(4) {
+        let records: usize = generation.iter().map(|(_, n)| n).sum();
+        assert!(
+            records > 0,
+            "changes flowed through every generation: {shards:?}"
+        );
+    }
 }
 
 /// The same at a tenth of the volume on moto: the scan and the stream as a second emulator

@@ -39,30 +39,54 @@ pub struct ReaderContext<R> {
     pub poll_interval: Duration,
     /// The idle shards' polls per second, together (0: unbounded); see [`idle_pause`].
     pub idle_polls_per_second: u32,
-    /// Shard readers running now.
-    pub readers: Arc<std::sync::atomic::AtomicUsize>,
+    /// Shard readers backing off now (their last page was empty).
+    pub idle_readers: Arc<std::sync::atomic::AtomicUsize>,
     pub records_per_call: u32,
     pub backoff: Backoff,
 }
 
+/// The longest an idle shard waits, whatever the budget: iterators expire (5 minutes on
+/// Kinesis, 15 on DynamoDB Streams), and an idle shard's time-to-data-loss figure is as old as
+/// its last poll.
+pub const IDLE_CEILING_MAX: Duration = Duration::from_secs(60);
+
+/// The ceiling of an idle shard's back-off: `poll_interval`, or, when so many shards of this
+/// process are idle that their polls together would exceed `idle_polls_per_second`, idle
+/// shards ÷ that budget — never above [`IDLE_CEILING_MAX`] (unless `poll_interval` is).
+pub fn idle_ceiling(
+    poll_interval: Duration,
+    idle_readers: usize,
+    idle_polls_per_second: u32,
+) -> Duration {
+    match idle_polls_per_second {
+        0 => poll_interval,
+        budget => {
+            let share = Duration::from_micros(
+                (idle_readers as u64).saturating_mul(1_000_000) / u64::from(budget),
+            );
+            poll_interval.max(share.min(IDLE_CEILING_MAX))
+        }
+    }
+}
+
 /// How long an idle shard waits before its next poll, after `empty_polls` empty answers in a
-/// row: doubling from a quarter of `poll_interval` up to a ceiling — `poll_interval`, or, when
-/// the process reads so many shards that their polls together would exceed
-/// `idle_polls_per_second`, shards ÷ that budget. A non-empty answer resets the count, so a
-/// shard that wakes up is polled at once again; the ceiling bounds the wait for its first record.
+/// row: doubling from a quarter of `poll_interval` up to the ceiling; at the ceiling, somewhere
+/// in its last quarter (`jitter` in [0, 1)), so that shards which went quiet together do not
+/// poll in one burst. A non-empty answer resets the count, so a shard that wakes up is polled
+/// at once again; the ceiling bounds the wait for its first record.
 pub fn idle_pause(
     empty_polls: u32,
     poll_interval: Duration,
-    readers: usize,
-    idle_polls_per_second: u32,
+    ceiling: Duration,
+    jitter: f64,
 ) -> Duration {
-    let ceiling = match idle_polls_per_second {
-        0 => poll_interval,
-        budget => poll_interval.max(Duration::from_secs_f64(readers as f64 / f64::from(budget))),
-    };
-    (poll_interval / 4)
-        .saturating_mul(1 << empty_polls.clamp(1, 16).saturating_sub(1))
-        .min(ceiling)
+    let doubled =
+        (poll_interval / 4).saturating_mul(1 << empty_polls.clamp(1, 16).saturating_sub(1));
+    if doubled < ceiling {
+        doubled
+    } else {
+        ceiling.mul_f64(1.0 - jitter.clamp(0.0, 1.0) / 4.0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,17 +118,18 @@ enum Iterator {
 /// Consecutive failures with one iterator before it is replaced.
 const RENEW_AFTER_FAILURES: u32 = 3;
 
-/// Counts a running reader for as long as it lives (also when its task is aborted).
-struct Running(Arc<std::sync::atomic::AtomicUsize>);
+/// Counts a reader among the idle ones for as long as it is held (dropped when a page brings
+/// records, and when the reader ends, also by an aborted task).
+struct Idle(Arc<std::sync::atomic::AtomicUsize>);
 
-impl Running {
-    fn count(readers: Arc<std::sync::atomic::AtomicUsize>) -> Running {
-        readers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Running(readers)
+impl Idle {
+    fn count(idle_readers: &Arc<std::sync::atomic::AtomicUsize>) -> Idle {
+        idle_readers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Idle(idle_readers.clone())
     }
 }
 
-impl Drop for Running {
+impl Drop for Idle {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -117,7 +142,6 @@ impl<A: ShardApi> ShardReader<A> {
     pub async fn run(self, hard: CancellationToken, soft: CancellationToken) -> ReaderExit {
         let tracker = self.ctx.tracker.clone();
         let shard = self.shard.clone();
-        let _counted = Running::count(self.ctx.readers.clone());
         let exit = self.read(hard, soft).await;
         tracker.reader_stopped(&shard);
         exit
@@ -137,6 +161,7 @@ impl<A: ShardApi> ShardReader<A> {
         };
         let mut failures: u32 = 0;
         let mut empty_polls: u32 = 0;
+        let mut idle: Option<Idle> = None;
         let min_gap = self.api.min_poll_gap();
         let mut gap = min_gap;
         let mut last_call: Option<tokio::time::Instant> = None;
@@ -198,21 +223,29 @@ impl<A: ShardApi> ShardReader<A> {
                         return self.end_of_shard(last_read);
                     };
                     iterator = next;
-                    if read == 0 {
+                    // An empty Kinesis page behind the tip is not idleness: records lie further
+                    // on ("it might take multiple calls"), so read on at the shard's pace.
+                    let behind = page.millis_behind_latest.is_some_and(|ms| ms > 0);
+                    if read == 0 && !behind {
                         // Idle shard: back off (see idle_pause). After a non-empty page the
                         // next poll follows at once.
                         empty_polls = (empty_polls + 1).min(16);
-                        let pause = idle_pause(
-                            empty_polls,
+                        let idle_readers = &self.ctx.idle_readers;
+                        idle.get_or_insert_with(|| Idle::count(idle_readers));
+                        let ceiling = idle_ceiling(
                             self.ctx.poll_interval,
-                            self.ctx.readers.load(std::sync::atomic::Ordering::Relaxed),
+                            idle_readers.load(std::sync::atomic::Ordering::Relaxed),
                             self.ctx.idle_polls_per_second,
                         );
+                        let jitter = fastrand::f64();
+                        let pause =
+                            idle_pause(empty_polls, self.ctx.poll_interval, ceiling, jitter);
                         if !sleep_or_cancel(pause, &cancel).await {
                             return ReaderExit::Cancelled;
                         }
                     } else {
                         empty_polls = 0;
+                        idle = None;
                     }
                 }
                 Err(err) => {
@@ -589,27 +622,47 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_shard_backs_off_to_poll_interval_when_few_shards_are_read() {
+    fn an_idle_shard_backs_off_to_poll_interval_when_few_shards_are_idle() {
         let poll = Duration::from_millis(250);
+        let ceiling = idle_ceiling(poll, 10, 200);
+        assert_eq!(ceiling, poll);
         let pauses: Vec<u128> = (1..=6)
-            .map(|n| idle_pause(n, poll, 10, 200).as_millis())
+            .map(|n| idle_pause(n, poll, ceiling, 0.0).as_millis())
             .collect();
         assert_eq!(pauses, [62, 125, 250, 250, 250, 250]);
         // no budget: the same for any number of shards
-        assert_eq!(idle_pause(16, poll, 100_000, 0), poll);
+        assert_eq!(idle_ceiling(poll, 100_000, 0), poll);
     }
 
     #[test]
-    fn with_many_shards_the_idle_polls_together_stay_within_the_budget() {
+    fn with_many_idle_shards_their_polls_together_stay_within_the_budget() {
         let poll = Duration::from_millis(250);
         // 1,000 idle shards and 200 polls a second: each polls every 5 s at most
-        assert_eq!(idle_pause(16, poll, 1_000, 200), Duration::from_secs(5));
+        assert_eq!(idle_ceiling(poll, 1_000, 200), Duration::from_secs(5));
+        assert_eq!(idle_ceiling(poll, 100, 200), Duration::from_millis(500));
         // the back-off still starts short: a shard that just went quiet is polled again soon
+        let ceiling = idle_ceiling(poll, 1_000, 200);
         assert_eq!(
-            idle_pause(1, poll, 1_000, 200),
+            idle_pause(1, poll, ceiling, 0.0),
             Duration::from_micros(62_500)
         );
-        // 100 shards: 0.5 s
-        assert_eq!(idle_pause(16, poll, 100, 200), Duration::from_millis(500));
+        // at the ceiling, spread over its last quarter
+        assert_eq!(idle_pause(16, poll, ceiling, 0.0), Duration::from_secs(5));
+        assert_eq!(
+            idle_pause(16, poll, ceiling, 0.999),
+            Duration::from_secs(5).mul_f64(1.0 - 0.999 / 4.0)
+        );
+    }
+
+    #[test]
+    fn however_many_shards_are_idle_each_is_polled_before_its_iterator_expires() {
+        let poll = Duration::from_millis(250);
+        assert_eq!(idle_ceiling(poll, 1_000_000, 1), IDLE_CEILING_MAX);
+        assert_eq!(idle_ceiling(poll, usize::MAX, 200), IDLE_CEILING_MAX);
+        // a poll_interval above the cap is the operator's choice, and kept
+        assert_eq!(
+            idle_ceiling(Duration::from_secs(90), 10, 200),
+            Duration::from_secs(90)
+        );
     }
 }

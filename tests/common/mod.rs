@@ -354,8 +354,6 @@ pub async fn assert_index_equals(
     }
 }
 
-/// moto with a `Posts` table (NEW_AND_OLD_IMAGES stream), Elasticsearch without `index`, and a
-/// scratch folder for sluice's config, log and checkpoint file.
 /// Where the bed's table and stream live.
 pub enum Source {
     Moto(Moto),
@@ -372,6 +370,8 @@ impl Source {
     }
 }
 
+/// moto (or the source fake) with a `Posts` table (NEW_AND_OLD_IMAGES stream), Elasticsearch
+/// without `index`, and a scratch folder for sluice's config, log and checkpoint file.
 pub struct PostsBed {
     pub source: Source,
     source_url: String,
