@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use serde_json::json;
-use source_fake::{Options, SourceFake};
+use source_fake::{Options, SourceFake, StreamViewType};
 
 const RATE: u64 = 1_000;
 
@@ -22,10 +22,7 @@ fn main() {
         println!("latency: a benchmark; run it with `cargo bench --bench latency`");
         return;
     }
-    let seconds: u64 = std::env::var("SLUICE_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let seconds: u64 = env_or("SLUICE_BENCH_SECONDS", 20);
     let rt = runtime();
     for kinesis in [false, true] {
         let runs: Vec<(f64, f64, f64)> =
@@ -50,40 +47,14 @@ async fn run(kinesis: bool, seconds: u64) -> (f64, f64, f64) {
     .unwrap();
     let es = es_fake::FakeEs::start_fast().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (target, body, source) = if kinesis {
-        (
-            "Kinesis_20131202.CreateStream",
-            json!({"StreamName": "changes", "ShardCount": 4}),
-            "type = \"kinesis\"\nstream = \"changes\"\nformat = \"dms\"",
-        )
+    let source = if kinesis {
+        fake.create_kinesis_stream("changes", 4).unwrap();
+        "type = \"kinesis\"\nstream = \"changes\"\nformat = \"dms\""
     } else {
-        (
-            "DynamoDB_20120810.CreateTable",
-            json!({
-                "TableName": "Posts",
-                "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-                "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-            }),
-            "type = \"dynamodb_streams\"\ntable = \"Posts\"",
-        )
+        fake.create_table("Posts", "id", StreamViewType::NewAndOldImages)
+            .unwrap();
+        "type = \"dynamodb_streams\"\ntable = \"Posts\""
     };
-    let created = reqwest::Client::new()
-        .post(fake.url())
-        .header("x-amz-target", target)
-        .header(
-            "content-type",
-            if kinesis {
-                "application/x-amz-json-1.1"
-            } else {
-                "application/x-amz-json-1.0"
-            },
-        )
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(created.status().is_success());
     let config = format!(
         "[source]\n{source}\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[sink]\nurl = \"{}\"\nindex = \"posts\"\n\n[checkpoint]\npath = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{{port}}\"\n\n[log]\nlevel = \"warn\"\n\n[[route]]\ntable = \"public.orders\"\nindex = \"orders\"\nid = [\"order_id\"]\n",
         fake.url(),

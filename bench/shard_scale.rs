@@ -13,17 +13,14 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use serde_json::json;
-use source_fake::{Options, SourceFake};
+use source_fake::{Options, SourceFake, StreamViewType};
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("shard_scale: a benchmark; run it with `cargo bench --bench shard_scale`");
         return;
     }
-    let window: u64 = std::env::var("SLUICE_BENCH_WINDOW_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let window: u64 = env_or("SLUICE_BENCH_WINDOW_SECS", 10);
     let rt = runtime();
     // SLUICE_BENCH_ONLY="1000 2s": one shard count and poll interval (for profiles)
     let only = std::env::var("SLUICE_BENCH_ONLY").ok();
@@ -67,20 +64,8 @@ async fn run(shards: usize, poll: &str, window: Duration) -> Figures {
     .unwrap();
     let es = es_fake::FakeEs::start_fast().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let created = reqwest::Client::new()
-        .post(fake.url())
-        .header("x-amz-target", "DynamoDB_20120810.CreateTable")
-        .header("content-type", "application/x-amz-json-1.0")
-        .body(json!({
-            "TableName": "Posts",
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-        }).to_string())
-        .send()
-        .await
+    fake.create_table("Posts", "id", StreamViewType::NewAndOldImages)
         .unwrap();
-    assert!(created.status().is_success());
     let config = format!(
         "[source]\ntype = \"dynamodb_streams\"\ntable = \"Posts\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\npoll_interval = \"{poll}\"\n\n[sink]\nurl = \"{}\"\nindex = \"posts\"\n\n[checkpoint]\npath = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{{port}}\"\n\n[log]\nlevel = \"warn\"\n",
         fake.url(),

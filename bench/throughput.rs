@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use serde_json::json;
-use source_fake::{Options, SourceFake};
+use source_fake::{Options, SourceFake, StreamViewType};
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -37,10 +37,7 @@ fn main() {
         println!("throughput: a benchmark; run it with `cargo bench --bench throughput`");
         return;
     }
-    let records: usize = std::env::var("SLUICE_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
+    let records: usize = env_or("SLUICE_BENCH_RECORDS", 50_000);
     let rt = runtime();
     // SLUICE_BENCH_ONLY=a|b|c: one record kind at max_in_flight 2 (for profiles)
     let only = std::env::var("SLUICE_BENCH_ONLY").ok();
@@ -87,43 +84,14 @@ async fn run(kind: Kind, in_flight: usize, records: usize) -> Run {
     .unwrap();
     let es = es_fake::FakeEs::start_fast().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
-    let call = |target: &str, body: serde_json::Value| {
-        let (http, url, target) = (http.clone(), fake.url(), target.to_owned());
-        async move {
-            let content_type = if target.starts_with("Kinesis") {
-                "application/x-amz-json-1.1"
-            } else {
-                "application/x-amz-json-1.0"
-            };
-            let r = http
-                .post(url)
-                .header("x-amz-target", target)
-                .header("content-type", content_type)
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-        }
-    };
     let source = match kind {
         Kind::DynamoDbStreams => {
-            call("DynamoDB_20120810.CreateTable", json!({
-                "TableName": "Posts",
-                "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-                "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-                "BillingMode": "PAY_PER_REQUEST",
-                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-            })).await;
-            format!("type = \"dynamodb_streams\"\ntable = \"Posts\"")
+            fake.create_table("Posts", "id", StreamViewType::NewAndOldImages)
+                .unwrap();
+            "type = \"dynamodb_streams\"\ntable = \"Posts\"".to_owned()
         }
         Kind::Dms | Kind::DynamoDbKinesis => {
-            call(
-                "Kinesis_20131202.CreateStream",
-                json!({"StreamName": "changes", "ShardCount": 8}),
-            )
-            .await;
+            fake.create_kinesis_stream("changes", 8).unwrap();
             let format = if matches!(kind, Kind::Dms) {
                 "dms"
             } else {

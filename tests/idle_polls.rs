@@ -72,7 +72,7 @@ async fn idle_poll_rate(budget: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_idle_shards_poll_within_a_budget_of_twenty_a_second_and_still_see_a_change() {
     let budgeted = idle_poll_rate(20).await;
-    // 40 shards ÷ 20 polls/s: every 1.5–2 s each (the ceiling's last quarter, jittered)
+    // 40 shards ÷ 20 polls/s: every 2 s each
     assert!(
         (0.4..=0.8).contains(&budgeted),
         "{budgeted:.2} polls/s per idle shard"

@@ -70,23 +70,15 @@ pub fn idle_ceiling(
 }
 
 /// How long an idle shard waits before its next poll, after `empty_polls` empty answers in a
-/// row: doubling from a quarter of `poll_interval` up to the ceiling; at the ceiling, somewhere
-/// in its last quarter (`jitter` in [0, 1)), so that shards which went quiet together do not
-/// poll in one burst. A non-empty answer resets the count, so a shard that wakes up is polled
-/// at once again; the ceiling bounds the wait for its first record.
-pub fn idle_pause(
-    empty_polls: u32,
-    poll_interval: Duration,
-    ceiling: Duration,
-    jitter: f64,
-) -> Duration {
-    let doubled =
-        (poll_interval / 4).saturating_mul(1 << empty_polls.clamp(1, 16).saturating_sub(1));
-    if doubled < ceiling {
-        doubled
-    } else {
-        ceiling.mul_f64(1.0 - jitter.clamp(0.0, 1.0) / 4.0)
-    }
+/// row: doubling from a quarter of `poll_interval` up to the ceiling. A non-empty answer resets
+/// the count, so a shard that wakes up is polled at once again; the ceiling bounds the wait for
+/// its first record. (No jitter: shards that went quiet together then poll together, and one
+/// wake-up serves them all — spreading them measured 12 → 15 % of a core at 1,000 shards. The
+/// service's limits are per shard, so a burst across shards costs nothing there.)
+pub fn idle_pause(empty_polls: u32, poll_interval: Duration, ceiling: Duration) -> Duration {
+    (poll_interval / 4)
+        .saturating_mul(1 << empty_polls.clamp(1, 16).saturating_sub(1))
+        .min(ceiling)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,9 +229,7 @@ impl<A: ShardApi> ShardReader<A> {
                             idle_readers.load(std::sync::atomic::Ordering::Relaxed),
                             self.ctx.idle_polls_per_second,
                         );
-                        let jitter = fastrand::f64();
-                        let pause =
-                            idle_pause(empty_polls, self.ctx.poll_interval, ceiling, jitter);
+                        let pause = idle_pause(empty_polls, self.ctx.poll_interval, ceiling);
                         if !sleep_or_cancel(pause, &cancel).await {
                             return ReaderExit::Cancelled;
                         }
@@ -627,7 +617,7 @@ mod tests {
         let ceiling = idle_ceiling(poll, 10, 200);
         assert_eq!(ceiling, poll);
         let pauses: Vec<u128> = (1..=6)
-            .map(|n| idle_pause(n, poll, ceiling, 0.0).as_millis())
+            .map(|n| idle_pause(n, poll, ceiling).as_millis())
             .collect();
         assert_eq!(pauses, [62, 125, 250, 250, 250, 250]);
         // no budget: the same for any number of shards
@@ -642,16 +632,8 @@ mod tests {
         assert_eq!(idle_ceiling(poll, 100, 200), Duration::from_millis(500));
         // the back-off still starts short: a shard that just went quiet is polled again soon
         let ceiling = idle_ceiling(poll, 1_000, 200);
-        assert_eq!(
-            idle_pause(1, poll, ceiling, 0.0),
-            Duration::from_micros(62_500)
-        );
-        // at the ceiling, spread over its last quarter
-        assert_eq!(idle_pause(16, poll, ceiling, 0.0), Duration::from_secs(5));
-        assert_eq!(
-            idle_pause(16, poll, ceiling, 0.999),
-            Duration::from_secs(5).mul_f64(1.0 - 0.999 / 4.0)
-        );
+        assert_eq!(idle_pause(1, poll, ceiling), Duration::from_micros(62_500));
+        assert_eq!(idle_pause(16, poll, ceiling), Duration::from_secs(5));
     }
 
     #[test]

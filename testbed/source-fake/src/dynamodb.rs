@@ -32,7 +32,7 @@ impl StreamViewType {
         })
     }
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StreamViewType::KeysOnly => "KEYS_ONLY",
             StreamViewType::NewImage => "NEW_IMAGE",
@@ -797,14 +797,10 @@ fn describe_stream(world: &mut World, request: &Value) -> Result<Vec<u8>, AwsErr
         )));
     }
     let limit = limit as usize;
-    let from = match request.get("ExclusiveStartShardId").and_then(Value::as_str) {
-        Some(id) => stream
-            .shards
-            .iter()
-            .position(|s| s.id == id)
-            .map_or(0, |i| i + 1),
-        None => 0,
-    };
+    let from = shards::page_start(
+        &stream.shards,
+        request.get("ExclusiveStartShardId").and_then(Value::as_str),
+    );
     let page: Vec<Value> = stream.shards[from.min(stream.shards.len())..]
         .iter()
         .take(limit)

@@ -134,14 +134,10 @@ pub(crate) fn call(
                 .and_then(Value::as_u64)
                 .unwrap_or(100)
                 .clamp(1, 10_000) as usize;
-            let from = match request.get("ExclusiveStartShardId").and_then(Value::as_str) {
-                Some(id) => s
-                    .shards
-                    .iter()
-                    .position(|sh| sh.id == id)
-                    .map_or(0, |i| i + 1),
-                None => 0,
-            };
+            let from = shards::page_start(
+                &s.shards,
+                request.get("ExclusiveStartShardId").and_then(Value::as_str),
+            );
             let page: Vec<Value> = s.shards[from.min(s.shards.len())..]
                 .iter()
                 .take(limit)

@@ -287,6 +287,29 @@ impl SourceFake {
         Ok(())
     }
 
+    /// Creates a table keyed by the string attribute `key`, with a stream of `view`, as a
+    /// CreateTable call would (without the HTTP round trip).
+    pub fn create_table(
+        &self,
+        table: &str,
+        key: &str,
+        view: StreamViewType,
+    ) -> Result<(), AwsError> {
+        let request = serde_json::json!({
+            "TableName": table,
+            "KeySchema": [{"AttributeName": key, "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": key, "AttributeType": "S"}],
+            "StreamSpecification": {"StreamEnabled": true, "StreamViewType": view.as_str()},
+        });
+        dynamodb::table_call(&mut self.world(), "CreateTable", &request).map(drop)
+    }
+
+    /// Creates a Kinesis stream of `shards` shards, as a CreateStream call would.
+    pub fn create_kinesis_stream(&self, stream: &str, shards: usize) -> Result<(), AwsError> {
+        let request = serde_json::json!({"StreamName": stream, "ShardCount": shards});
+        kinesis::call(&mut self.world(), "CreateStream", &request).map(drop)
+    }
+
     /// The ARN of the table's current stream.
     pub fn latest_stream_arn(&self, table: &str) -> Option<String> {
         self.world()

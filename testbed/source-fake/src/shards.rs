@@ -84,6 +84,14 @@ impl Shard {
     }
 }
 
+/// Where a page of shards starts: after `exclusive_start` (DescribeStream's
+/// ExclusiveStartShardId), or at the first shard.
+pub(crate) fn page_start(shards: &[Shard], exclusive_start: Option<&str>) -> usize {
+    exclusive_start
+        .and_then(|id| shards.iter().position(|s| s.id == id))
+        .map_or(0, |i| i + 1)
+}
+
 /// An iterator names a stream, a shard (by index), a position and the time it was issued.
 pub(crate) struct Iterator {
     pub stream: String,
