@@ -7,6 +7,42 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The source fake, the Elasticsearch test server in fast mode, and a scratch folder.
+pub struct Bed {
+    pub fake: source_fake::SourceFake,
+    pub es: es_fake::FakeEs,
+    pub dir: tempfile::TempDir,
+}
+
+impl Bed {
+    /// A table's new stream gets `stream_shards` shards.
+    pub async fn start(stream_shards: usize) -> Bed {
+        let fake = source_fake::SourceFake::start_with(source_fake::Options {
+            stream_shards,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        Bed {
+            fake,
+            es: es_fake::FakeEs::start_fast().await.unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `sluice run` on this bed: `source` lines in `[source]` (beside the region and the fake's
+    /// endpoint), default settings elsewhere but the `extra` sections, warnings only.
+    pub fn daemon(&self, source: &str, extra: &str) -> Daemon {
+        let config = format!(
+            "[source]\n{source}\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[sink]\nurl = \"{}\"\nindex = \"posts\"\n\n[checkpoint]\npath = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{{port}}\"\n\n[log]\nlevel = \"warn\"\n\n{extra}",
+            self.fake.url(),
+            self.es.url(),
+            self.dir.path().join("sluice.db").display()
+        );
+        Daemon::start(self.dir.path(), &config)
+    }
+}
+
 pub struct Daemon {
     pub child: Child,
     pub http_port: u16,

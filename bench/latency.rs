@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use serde_json::json;
-use source_fake::{Options, SourceFake, StreamViewType};
+use source_fake::StreamViewType;
 
 const RATE: u64 = 1_000;
 
@@ -39,14 +39,8 @@ fn main() {
 
 /// (p50, p99, max) in milliseconds.
 async fn run(kinesis: bool, seconds: u64) -> (f64, f64, f64) {
-    let fake = SourceFake::start_with(Options {
-        stream_shards: 4,
-        ..Options::default()
-    })
-    .await
-    .unwrap();
-    let es = es_fake::FakeEs::start_fast().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::start(4).await;
+    let (fake, es) = (&bed.fake, &bed.es);
     let source = if kinesis {
         fake.create_kinesis_stream("changes", 4).unwrap();
         "type = \"kinesis\"\nstream = \"changes\"\nformat = \"dms\""
@@ -55,18 +49,8 @@ async fn run(kinesis: bool, seconds: u64) -> (f64, f64, f64) {
             .unwrap();
         "type = \"dynamodb_streams\"\ntable = \"Posts\""
     };
-    let config = format!(
-        "[source]\n{source}\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[sink]\nurl = \"{}\"\nindex = \"posts\"\n\n[checkpoint]\npath = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{{port}}\"\n\n[log]\nlevel = \"warn\"\n\n[[route]]\ntable = \"public.orders\"\nindex = \"orders\"\nid = [\"order_id\"]\n",
-        fake.url(),
-        es.url(),
-        dir.path().join("sluice.db").display()
-    );
-    let config = if kinesis {
-        config
-    } else {
-        config[..config.find("[[route]]").unwrap()].to_owned()
-    };
-    let daemon = Daemon::start(dir.path(), &config);
+    let routes = "[[route]]\ntable = \"public.orders\"\nindex = \"orders\"\nid = [\"order_id\"]\n";
+    let daemon = bed.daemon(source, if kinesis { routes } else { "" });
     daemon.wait_ready(Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let total = RATE * seconds;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use serde_json::json;
-use source_fake::{Options, SourceFake, StreamViewType};
+use source_fake::StreamViewType;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -56,23 +56,14 @@ struct Figures {
 }
 
 async fn run(shards: usize, poll: &str, window: Duration) -> Figures {
-    let fake = SourceFake::start_with(Options {
-        stream_shards: shards,
-        ..Options::default()
-    })
-    .await
-    .unwrap();
-    let es = es_fake::FakeEs::start_fast().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::start(shards).await;
+    let (fake, es) = (&bed.fake, &bed.es);
     fake.create_table("Posts", "id", StreamViewType::NewAndOldImages)
         .unwrap();
-    let config = format!(
-        "[source]\ntype = \"dynamodb_streams\"\ntable = \"Posts\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\npoll_interval = \"{poll}\"\n\n[sink]\nurl = \"{}\"\nindex = \"posts\"\n\n[checkpoint]\npath = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{{port}}\"\n\n[log]\nlevel = \"warn\"\n",
-        fake.url(),
-        es.url(),
-        dir.path().join("sluice.db").display()
+    let daemon = bed.daemon(
+        &format!("type = \"dynamodb_streams\"\ntable = \"Posts\"\npoll_interval = \"{poll}\""),
+        "",
     );
-    let daemon = Daemon::start(dir.path(), &config);
     daemon.wait_ready(Duration::from_secs(120)).await;
     let arn = fake.latest_stream_arn("Posts").unwrap();
     // settle: every reader started and backed off

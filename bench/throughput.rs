@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use serde_json::json;
-use source_fake::{Options, SourceFake, StreamViewType};
+use source_fake::StreamViewType;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -76,14 +76,8 @@ struct Run {
 }
 
 async fn run(kind: Kind, in_flight: usize, records: usize) -> Run {
-    let fake = SourceFake::start_with(Options {
-        stream_shards: 4,
-        ..Options::default()
-    })
-    .await
-    .unwrap();
-    let es = es_fake::FakeEs::start_fast().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::start(4).await;
+    let (fake, es) = (&bed.fake, &bed.es);
     let source = match kind {
         Kind::DynamoDbStreams => {
             fake.create_table("Posts", "id", StreamViewType::NewAndOldImages)
@@ -105,13 +99,10 @@ async fn run(kind: Kind, in_flight: usize, records: usize) -> Run {
     } else {
         ""
     };
-    let config = format!(
-        "[source]\n{source}\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[sink]\nurl = \"{}\"\nindex = \"posts\"\n\n[batch]\nmax_in_flight = {in_flight}\n\n[checkpoint]\npath = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{{port}}\"\n\n[log]\nlevel = \"warn\"\n\n{routes}",
-        fake.url(),
-        es.url(),
-        dir.path().join("sluice.db").display()
+    let daemon = bed.daemon(
+        &source,
+        &format!("[batch]\nmax_in_flight = {in_flight}\n\n{routes}"),
     );
-    let daemon = Daemon::start(dir.path(), &config);
     daemon.wait_ready(Duration::from_secs(30)).await;
     // the records are made before the measured window opens
     let (items, payloads) = match kind {

@@ -53,6 +53,22 @@ fn kinesis_stream<'a>(world: &'a World, arn: &str) -> Result<&'a Stream, AwsErro
     }
 }
 
+/// The stream a Describe call names, with its name and retention.
+fn described<'a>(
+    world: &'a World,
+    request: &Value,
+) -> Result<(&'a Stream, &'a str, u32), AwsError> {
+    let arn = stream_arn(world, request)?;
+    let s = kinesis_stream(world, &arn)?;
+    match &s.kind {
+        StreamKind::Kinesis {
+            name,
+            retention_hours,
+        } => Ok((s, name, *retention_hours)),
+        StreamKind::Table { .. } => unreachable!("kinesis_stream returns Kinesis streams"),
+    }
+}
+
 fn shard_json(s: &Shard) -> Value {
     let mut range = json!({ "StartingSequenceNumber": sequence_text(s.starting_seq) });
     if let Some(end) = s.ending_seq {
@@ -97,15 +113,7 @@ pub(crate) fn call(
     match operation {
         "CreateStream" => create_stream(world, request),
         "DescribeStreamSummary" => {
-            let arn = stream_arn(world, request)?;
-            let s = kinesis_stream(world, &arn)?;
-            let StreamKind::Kinesis {
-                name,
-                retention_hours,
-            } = &s.kind
-            else {
-                unreachable!()
-            };
+            let (s, name, retention_hours) = described(world, request)?;
             reply(json!({ "StreamDescriptionSummary": {
                 "StreamName": name,
                 "StreamARN": s.arn,
@@ -120,15 +128,7 @@ pub(crate) fn call(
             }}))
         }
         "DescribeStream" => {
-            let arn = stream_arn(world, request)?;
-            let s = kinesis_stream(world, &arn)?;
-            let StreamKind::Kinesis {
-                name,
-                retention_hours,
-            } = &s.kind
-            else {
-                unreachable!()
-            };
+            let (s, name, retention_hours) = described(world, request)?;
             let limit = request
                 .get("Limit")
                 .and_then(Value::as_u64)

@@ -21,37 +21,30 @@ fn region() -> aws_sdk_dynamodb::config::Region {
     aws_sdk_dynamodb::config::Region::new("us-east-1")
 }
 
+/// A client of the SDK crate `$sdk` pointed at the fake.
+macro_rules! client {
+    ($sdk:ident, $fake:expr) => {
+        $sdk::Client::from_conf(
+            $sdk::Config::builder()
+                .behavior_version($sdk::config::BehaviorVersion::latest())
+                .region(region())
+                .endpoint_url($fake.url())
+                .credentials_provider(creds())
+                .build(),
+        )
+    };
+}
+
 fn dynamodb(fake: &SourceFake) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::Config::builder()
-            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-            .region(region())
-            .endpoint_url(fake.url())
-            .credentials_provider(creds())
-            .build(),
-    )
+    client!(aws_sdk_dynamodb, fake)
 }
 
 fn streams(fake: &SourceFake) -> aws_sdk_dynamodbstreams::Client {
-    aws_sdk_dynamodbstreams::Client::from_conf(
-        aws_sdk_dynamodbstreams::Config::builder()
-            .behavior_version(aws_sdk_dynamodbstreams::config::BehaviorVersion::latest())
-            .region(region())
-            .endpoint_url(fake.url())
-            .credentials_provider(creds())
-            .build(),
-    )
+    client!(aws_sdk_dynamodbstreams, fake)
 }
 
 fn kinesis(fake: &SourceFake) -> aws_sdk_kinesis::Client {
-    aws_sdk_kinesis::Client::from_conf(
-        aws_sdk_kinesis::Config::builder()
-            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-            .region(region())
-            .endpoint_url(fake.url())
-            .credentials_provider(creds())
-            .build(),
-    )
+    client!(aws_sdk_kinesis, fake)
 }
 
 async fn posts_table(ddb: &aws_sdk_dynamodb::Client, stream: bool) {
