@@ -11,16 +11,18 @@
 #[allow(dead_code)]
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodbstreams::types::{OperationType, Record, StreamRecord};
 use serde_json::{json, Value};
+use sluice::config::Config;
 use sluice::sink::{BulkOp, Origin};
-use sluice::transform::dms::{DmsRoutes, Route};
-use sluice::transform::{dynamodb_change, dynamodb_kinesis_change, Decoded, DocIdSpec};
+use sluice::transform::dms::DmsRoutes;
+use sluice::transform::route::{IdRule, Route, Routes, Template};
+use sluice::transform::{dynamodb_kinesis_row, dynamodb_row, Decoded};
 
 const RECORDS: usize = 20_000;
 
@@ -37,10 +39,8 @@ fn main() {
     let items: Vec<HashMap<String, AttributeValue>> = (0..RECORDS)
         .map(|i| common::post(&format!("post-{i}"), i as u64, &mut rng))
         .collect();
-    let ids = DocIdSpec {
-        attributes: vec!["id".into()],
-        separator: "|".into(),
-    };
+    // no [[route]]: the whole item into one index, its key as `_id`
+    let plain = Routes::single("posts", Some(vec!["id".into()]), "|");
 
     // (a) DynamoDB Streams records
     let streams: Vec<Record> = items
@@ -76,10 +76,39 @@ fn main() {
         || {
             streams
                 .iter()
-                .map(|r| encode(dynamodb_change(r, &ids).expect("decodes")))
+                .map(|r| {
+                    encode(
+                        plain
+                            .apply(dynamodb_row(r, None).unwrap())
+                            .expect("decodes"),
+                    )
+                })
                 .sum()
         },
     );
+    // the cost of shaping (issue: a typical route with one computed field, against the same
+    // route without it)
+    for (what, shaping) in [
+        ("(a) with a route, no computed field", "exclude = [\"blocks\"]\n"),
+        (
+            "(a) with a route, one computed field",
+            "exclude = [\"blocks\"]\ncompute.text = '[.blocks[]? | select(.type == \"paragraph\") | .text] | join(\"\\n\")'\n",
+        ),
+        (
+            "(a) with the blog route (text, image_count)",
+            "exclude = [\"blocks\"]\ncompute.text = '[.blocks[]? | select(.type == \"paragraph\") | .text] | join(\"\\n\")'\ncompute.image_count = '[.blocks[]? | select(.type == \"image\")] | length'\n",
+        ),
+    ] {
+        let routes = routes_from(&format!(
+            "[source]\ntype = \"dynamodb_streams\"\ntable = \"Posts\"\n[[route]]\nindex = \"posts\"\nid = [\"id\"]\n{shaping}"
+        ));
+        report(what, RECORDS, streams_bytes, || {
+            streams
+                .iter()
+                .map(|r| encode(routes.apply(dynamodb_row(r, Some("Posts")).unwrap()).expect("decodes")))
+                .sum()
+        });
+    }
 
     // (b) DMS rows
     let dms: Vec<Vec<u8>> = (0..RECORDS)
@@ -96,18 +125,18 @@ fn main() {
         })
         .collect();
     let routes = DmsRoutes {
-        routes: [(
-            "public.orders".to_string(),
-            Route {
-                index: "orders".into(),
-                id: vec!["order_id".into()],
-                include: None,
-                exclude: HashSet::new(),
-            },
-        )]
-        .into(),
+        routes: Routes {
+            routes: vec![Route::new(
+                "orders",
+                Some("public.orders"),
+                Template::literal("orders"),
+                IdRule::Attributes(vec!["order_id".into()]),
+            )],
+            key: None,
+            separator: "|".into(),
+        },
         before_image_field: "BI".into(),
-        separator: "|".into(),
+        old_images: false,
     };
     let dms_bytes = dms.iter().map(Vec::len).sum();
     report("(b) DMS JSON rows", RECORDS, dms_bytes, || {
@@ -135,10 +164,27 @@ fn main() {
         || {
             kinesis
                 .iter()
-                .map(|p| encode(dynamodb_kinesis_change(p, &ids).expect("decodes")))
+                .map(|p| {
+                    encode(
+                        plain
+                            .apply(dynamodb_kinesis_row(p).unwrap())
+                            .expect("decodes"),
+                    )
+                })
                 .sum()
         },
     );
+}
+
+/// Routes compiled from a configuration file's text, as `sluice run` compiles them.
+fn routes_from(toml: &str) -> Routes {
+    let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    Routes::from_config(&config, Some(&["id".to_string()])).unwrap()
 }
 
 /// Every operation of a record as the `_bulk` lines the sink sends; their byte count.
@@ -154,9 +200,10 @@ fn encode(decoded: Decoded) -> usize {
         .changes
         .into_iter()
         .map(|c| {
-            BulkOp::new(
+            BulkOp::routed(
                 c.index.unwrap_or_else(|| index.clone()),
                 c.id,
+                c.routing.as_deref(),
                 c.version.unwrap_or(1),
                 c.action,
                 origin.clone(),

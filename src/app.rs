@@ -29,8 +29,9 @@ use crate::source::dynamodb_streams::{DynamoDbStreams, SetupError, StreamMeta};
 use crate::source::kinesis::Kinesis;
 use crate::source::reader::{Decoder, ReaderContext};
 use crate::source::{ApiError, ShardApi, StartAt};
-use crate::transform::dms::{DmsRoutes, Route};
-use crate::transform::{self, DocIdSpec};
+use crate::transform;
+use crate::transform::dms::DmsRoutes;
+use crate::transform::route::Routes;
 
 /// Runs sluice until `shutdown` resolves (SIGTERM/SIGINT in the binary; anything in tests).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
@@ -78,17 +79,18 @@ async fn run_dynamodb_streams(
         r = connect(config) => r?,
         _ = &mut shutdown => return Ok(()),
     };
-    let ids = DocIdSpec {
-        attributes: if config.sink.document_id.is_empty() {
-            meta.key_attributes.clone()
-        } else {
-            config.sink.document_id.clone()
-        },
-        separator: config.sink.document_id_separator.clone(),
-    };
-    tracing::info!(stream = %meta.arn, view_type = %meta.view_type, document_id = ?ids.attributes, index = %config.sink.index, "following DynamoDB stream");
+    let routes = Routes::from_config(config, Some(&meta.key_attributes))?;
+    if config.source.old_images && meta.view_type != "NEW_AND_OLD_IMAGES" {
+        anyhow::bail!(
+            "source.old_images = true, but stream {} has view type {}: its records carry no old images (use NEW_AND_OLD_IMAGES)",
+            meta.arn,
+            meta.view_type
+        );
+    }
+    let table = stream_table(config, &meta.arn);
+    tracing::info!(stream = %meta.arn, view_type = %meta.view_type, key = ?meta.key_attributes, routes = ?routes.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "following DynamoDB stream");
     let decode: Decoder<aws_sdk_dynamodbstreams::types::Record> =
-        Arc::new(move |r| transform::dynamodb_change(r, &ids));
+        Arc::new(move |r| routes.apply(transform::dynamodb_row(r, table.as_deref())?));
     run_pipeline(config, services, api, meta.arn, decode, shutdown).await
 }
 
@@ -107,45 +109,32 @@ async fn run_kinesis(
     };
     let decode: Decoder<aws_sdk_kinesis::types::Record> = match config.source.format {
         Some(KinesisFormat::Dms) => {
-            let routes = dms_routes(config);
-            tracing::info!(stream = %api.arn, tables = ?routes.routes.keys().collect::<Vec<_>>(), "following DMS messages in Kinesis");
+            let routes = DmsRoutes {
+                routes: Routes::from_config(config, None)?,
+                before_image_field: config.source.before_image_field.clone(),
+                old_images: config.source.old_images,
+            };
+            tracing::info!(stream = %api.arn, tables = ?routes.routes.routes.iter().filter_map(|r| r.table.as_deref()).collect::<Vec<_>>(), "following DMS messages in Kinesis");
             Arc::new(move |r| routes.decode(r.data().as_ref()))
         }
         Some(KinesisFormat::Dynamodb) | None => {
-            let ids = DocIdSpec {
-                attributes: config.sink.document_id.clone(),
-                separator: config.sink.document_id_separator.clone(),
-            };
-            tracing::info!(stream = %api.arn, index = %config.sink.index, "following DynamoDB changes in Kinesis");
-            Arc::new(move |r| transform::dynamodb_kinesis_change(r.data().as_ref(), &ids))
+            let routes = Routes::from_config(config, None)?;
+            tracing::info!(stream = %api.arn, routes = ?routes.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "following DynamoDB changes in Kinesis");
+            Arc::new(move |r| routes.apply(transform::dynamodb_kinesis_row(r.data().as_ref())?))
         }
     };
     let arn = api.arn.clone();
     run_pipeline(config, services, api, arn, decode, shutdown).await
 }
 
-fn dms_routes(config: &Config) -> DmsRoutes {
-    let routes = config
-        .route
-        .iter()
-        .map(|r| {
-            let route = Route {
-                index: r.index.as_str().into(),
-                id: r.id.clone(),
-                include: r
-                    .include
-                    .as_ref()
-                    .map(|cols| cols.iter().cloned().collect()),
-                exclude: r.exclude.iter().cloned().collect(),
-            };
-            (r.table.clone(), route)
-        })
-        .collect();
-    DmsRoutes {
-        routes,
-        before_image_field: config.source.before_image_field.clone(),
-        separator: config.sink.document_id_separator.clone(),
-    }
+/// The table a DynamoDB stream belongs to: `source.table`, or the name in the stream's ARN
+/// (`arn:aws:dynamodb:…:table/NAME/stream/…`).
+fn stream_table(config: &Config, arn: &str) -> Option<String> {
+    config.source.table.clone().or_else(|| {
+        arn.split_once(":table/")
+            .and_then(|(_, rest)| rest.split('/').next())
+            .map(str::to_owned)
+    })
 }
 
 /// What a pipeline shares with the rest of the process.

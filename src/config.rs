@@ -68,22 +68,67 @@ impl IndexConfig {
     }
 }
 
-/// Where a DMS source table goes.
+/// One route: which records it takes, where their documents go, and their shape
+/// (`transform::route`; README "Routes and document shaping").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// `schema.table` as DMS writes it.
-    pub table: String,
-    /// Target index.
-    pub index: String,
-    /// Primary-key columns that form `_id` (composite keys joined with `sink.document_id_separator`).
-    pub id: Vec<String>,
-    /// Only these columns are indexed.
+    /// Named in errors, logs and metrics; `route[i]` when unset.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// DynamoDB: the table name (DynamoDB→Kinesis records carry it); DMS: `schema.table`
+    /// (required). Unset: every table.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Attribute tests, all of which must hold: `when.SK.begins_with = "COMMENT#"`.
+    #[serde(default)]
+    pub when: std::collections::BTreeMap<String, TestConfig>,
+    /// Target index, with `{attribute}` placeholders (`posts-{tenant}`); `sink.index` when unset.
+    #[serde(default)]
+    pub index: Option<String>,
+    /// `_id`: attributes joined with `sink.document_id_separator` (`["PK", "SK"]`), or a
+    /// template (`"{SK}"`). DynamoDB: the table's key when unset; DMS: the primary key, required.
+    #[serde(default)]
+    pub id: Option<IdConfig>,
+    /// Elasticsearch custom routing, a template over key attributes (`"{PK}"`).
+    #[serde(default)]
+    pub routing: Option<String>,
+    /// Only these fields (paths: `author.name`) are indexed.
     #[serde(default)]
     pub include: Option<Vec<String>>,
-    /// These columns are not indexed.
+    /// These fields are not indexed.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Field → new name (paths both).
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Fields whose value is null are left out (nested objects too).
+    #[serde(default)]
+    pub drop_nulls: bool,
+    /// Field → jq expression over the whole row (`transform::expr`).
+    #[serde(default)]
+    pub compute: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum IdConfig {
+    Attributes(Vec<String>),
+    Template(String),
+}
+
+/// A test on one attribute; each given part must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestConfig {
+    #[serde(default)]
+    pub begins_with: Option<String>,
+    #[serde(default)]
+    pub equals: Option<serde_json::Value>,
+    #[serde(default)]
+    pub one_of: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    pub exists: Option<bool>,
 }
 
 /// Enums of the file are deserialized by name, and an unknown name is refused with the list of
@@ -163,6 +208,13 @@ pub struct SourceConfig {
     /// DMS: the name of the before-image object (BeforeImageSettings FieldName).
     #[serde(default = "default_before_image_field")]
     pub before_image_field: String,
+    /// The records carry whole rows from before each change: a DynamoDB stream of view type
+    /// NEW_AND_OLD_IMAGES (checked at start), DMS with BeforeImageSettings and whole-row
+    /// logging (PostgreSQL REPLICA IDENTITY FULL, MySQL binlog_row_image = FULL). Routes that
+    /// place documents by attributes outside the key need it, to find a changed or deleted
+    /// row's old document.
+    #[serde(default)]
+    pub old_images: bool,
     /// AWS region.
     #[serde(default = "default_region")]
     pub region: String,
@@ -857,12 +909,6 @@ impl Config {
                         "\"at_timestamp\" only applies to type = \"kinesis\"",
                     );
                 }
-                if !self.route.is_empty() {
-                    return err(
-                        "route",
-                        "routes only apply to type = \"kinesis\" with format = \"dms\"",
-                    );
-                }
             }
             SourceType::Kinesis => {
                 if s.stream.as_deref().is_none_or(|n| n.trim().is_empty()) {
@@ -877,10 +923,10 @@ impl Config {
                 match s.format {
                     None => return err("source.format", "missing: \"dms\" or \"dynamodb\""),
                     Some(KinesisFormat::Dms) if self.route.is_empty() => {
-                        return err("route", "format = \"dms\" needs at least one [[route]] (table, index, id)")
-                    }
-                    Some(KinesisFormat::Dynamodb) if !self.route.is_empty() => {
-                        return err("route", "routes only apply to format = \"dms\"; format = \"dynamodb\" uses sink.index")
+                        return err(
+                            "route",
+                            "format = \"dms\" needs at least one [[route]] (table, index, id)",
+                        )
                     }
                     _ => {}
                 }
@@ -912,32 +958,34 @@ impl Config {
             }
             _ => {}
         }
-        let mut tables = std::collections::HashSet::new();
+        let dms = s.format == Some(KinesisFormat::Dms) && s.kind == SourceType::Kinesis;
         for (i, r) in self.route.iter().enumerate() {
             let key = |k: &str| format!("route[{i}].{k}");
-            if r.table.split('.').count() != 2 || r.table.split('.').any(str::is_empty) {
-                return err(&key("table"), &format!("`{}` is not schema.table", r.table));
-            }
-            if !tables.insert(r.table.clone()) {
-                return err(&key("table"), &format!("`{}` has two routes", r.table));
-            }
-            if !valid_index(&r.index) {
-                return err(
-                    &key("index"),
-                    "must be a lowercase Elasticsearch index name",
-                );
-            }
-            if r.id.is_empty() || r.id.iter().any(|c| c.is_empty()) {
-                return err(&key("id"), "needs the primary-key column names");
-            }
-            if r.include.is_some() && !r.exclude.is_empty() {
-                return err(&key("include"), "set include or exclude, not both");
+            if dms {
+                match &r.table {
+                    Some(t) if t.split('.').count() == 2 && !t.split('.').any(str::is_empty) => {}
+                    Some(t) => return err(&key("table"), &format!("`{t}` is not schema.table")),
+                    None => {
+                        return err(
+                            &key("table"),
+                            "missing: DMS routes name their `schema.table`",
+                        )
+                    }
+                }
+                if r.id.is_none() {
+                    return err(&key("id"), "needs the primary-key column names (DMS records do not say which they are)");
+                }
             }
         }
+        // every route compiles (templates, paths, expressions) and can route its deletes
+        crate::transform::route::Routes::from_config(self, None)?;
         let written: Vec<&str> = if self.route.is_empty() {
             vec![self.sink.index.as_str()]
         } else {
-            self.route.iter().map(|r| r.index.as_str()).collect()
+            self.route
+                .iter()
+                .map(|r| r.index.as_deref().unwrap_or(self.sink.index.as_str()))
+                .collect()
         };
         let mut targets = std::collections::HashSet::new();
         for (i, x) in self.index.iter().enumerate() {
@@ -953,7 +1001,11 @@ impl Config {
                     );
                 }
             }
-            if !written.contains(&x.written_as()) {
+            let named = |t: &&str| {
+                crate::transform::route::Template::parse(t)
+                    .is_ok_and(|t| t.could_render(x.written_as()))
+            };
+            if !written.iter().any(named) {
                 return err(
                     &key(if x.alias.is_some() { "alias" } else { "name" }),
                     &format!(
@@ -1164,8 +1216,12 @@ impl Config {
     }
 }
 
-fn valid_index(name: &str) -> bool {
+/// What Elasticsearch accepts as an index name.
+pub fn valid_index(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
         && name == name.to_lowercase()
         && !name.starts_with(['_', '-', '+'])
         && !name.contains(['\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':'])
@@ -1321,7 +1377,7 @@ mod tests {
     fn kinesis_dms_config_with_routes() {
         let c = load(DMS, &[]).unwrap();
         assert_eq!(c.source.format, Some(KinesisFormat::Dms));
-        assert_eq!(c.route[0].id, vec!["customer_id".to_string()]);
+        assert!(matches!(&c.route[0].id, Some(IdConfig::Attributes(a)) if a == &["customer_id"]));
         let no_routes = load(
             "[source]\ntype = \"kinesis\"\nstream = \"s\"\nformat = \"dms\"\n",
             &[],
@@ -1349,5 +1405,127 @@ mod tests {
         assert!(at.contains("source.start_timestamp"), "{at}");
         let ok = load(&DMS.replace("format = \"dms\"", "format = \"dms\"\nstart_position = \"at_timestamp\"\nstart_timestamp = \"2024-07-29T00:00:00Z\""), &[]);
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    const SINGLE_TABLE: &str = r#"[source]
+type = "dynamodb_streams"
+table = "app"
+
+[[route]]
+name = "posts"
+when.SK.begins_with = "POST#"
+index = "posts"
+id = "{PK}"
+exclude = ["blocks"]
+compute.text = '[.blocks[]? | select(.type == "paragraph") | .text] | join("\n")'
+compute.image_count = '[.blocks[]? | select(.type == "image")] | length'
+
+[[route]]
+name = "comments"
+when.SK.begins_with = "COMMENT#"
+index = "comments"
+id = ["PK", "SK"]
+routing = "{PK}"
+rename = { body = "text" }
+"#;
+
+    #[test]
+    fn routes_keep_the_case_of_attribute_and_field_names() {
+        let c = load(SINGLE_TABLE, &[]).unwrap();
+        assert_eq!(c.route.len(), 2);
+        assert!(c.route[0].when.contains_key("SK"));
+        assert!(c.route[0].compute.contains_key("image_count"));
+        assert_eq!(
+            c.route[1].rename.get("body").map(String::as_str),
+            Some("text")
+        );
+    }
+
+    #[test]
+    fn an_expression_that_does_not_compile_is_named_with_its_route_field_and_position() {
+        let bad = SINGLE_TABLE.replace("| length'", "| lenght'");
+        let e = load(&bad, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("route[0] (posts).compute.image_count: line 1, column 43")
+                && e.contains("lenght"),
+            "{e}"
+        );
+        let e = load(&SINGLE_TABLE.replace("| length'", "| length)'"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("route[0] (posts).compute.image_count: line 1"),
+            "{e}"
+        );
+        let e = load(
+            &SINGLE_TABLE.replace("| length'", "| [range(1e9)] | length'"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`range`") && e.contains("unbounded"), "{e}");
+    }
+
+    #[test]
+    fn a_route_whose_deletes_cannot_be_routed_is_refused() {
+        let tenants = "[source]\ntype = \"dynamodb_streams\"\ntable = \"app\"\n\n[[route]]\nname = \"posts\"\nindex = \"posts-{tenant}\"\nid = [\"PK\", \"SK\"]\n";
+        let e = load(tenants, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("route[0] (posts): deletes cannot be routed")
+                && e.contains("`tenant`")
+                && e.contains("source.old_images"),
+            "{e}"
+        );
+        let with_old_images =
+            tenants.replace("table = \"app\"", "table = \"app\"\nold_images = true");
+        assert!(load(&with_old_images, &[]).is_ok());
+        // a condition on a non-key attribute, the same
+        let e = load(
+            &SINGLE_TABLE.replace(
+                "when.SK.begins_with = \"POST#\"",
+                "when.status.equals = \"published\"",
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`status`"), "{e}");
+        // routing must use key attributes, even with old images
+        let e = load(
+            &with_old_images.replace("id = [", "routing = \"{tenant}\"\nid = ["),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("route[0] (posts).routing") && e.contains("`tenant`"),
+            "{e}"
+        );
+        // DynamoDB in Kinesis: the key is known only from `id`
+        let kinesis = "[source]\ntype = \"kinesis\"\nstream = \"s\"\nformat = \"dynamodb\"\n\n[[route]]\nwhen.SK.begins_with = \"POST#\"\nindex = \"posts\"\n";
+        let e = load(kinesis, &[]).unwrap_err().to_string();
+        assert!(e.contains("cannot tell whether `SK`"), "{e}");
+        assert!(load(
+            &kinesis.replace(
+                "index = \"posts\"",
+                "index = \"posts\"\nid = [\"PK\", \"SK\"]"
+            ),
+            &[]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_route_after_a_catch_all_is_refused_as_unreachable() {
+        let e = load(
+            &SINGLE_TABLE.replace("when.SK.begins_with = \"POST#\"\n", ""),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("route[1] (comments) can never match: route[0]"),
+            "{e}"
+        );
     }
 }

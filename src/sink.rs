@@ -75,6 +75,18 @@ impl BulkOp {
         action: DocAction,
         origin: Origin,
     ) -> Self {
+        Self::routed(index, id, None, version, action, origin)
+    }
+
+    /// With Elasticsearch custom routing (a route's `routing`).
+    pub fn routed(
+        index: Arc<str>,
+        id: String,
+        routing: Option<&str>,
+        version: u64,
+        action: DocAction,
+        origin: Origin,
+    ) -> Self {
         let kind = match action {
             DocAction::Index(_) => OpKind::Index,
             DocAction::Delete => OpKind::Delete,
@@ -84,6 +96,8 @@ impl BulkOp {
         struct Meta<'a> {
             _id: &'a str,
             _index: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            routing: Option<&'a str>,
             version: u64,
             version_type: &'static str,
         }
@@ -91,6 +105,7 @@ impl BulkOp {
         let meta = Meta {
             _id: &id,
             _index: &index,
+            routing,
             version,
             version_type: "external",
         };

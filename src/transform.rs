@@ -2,6 +2,8 @@
 //! DynamoDB records (from DynamoDB Streams, or carried in Kinesis) here; DMS records in [`dms`].
 
 pub mod dms;
+pub mod expr;
+pub mod route;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -10,6 +12,8 @@ use std::sync::Arc;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record};
 use base64::Engine;
 use serde_json::{Map, Number, Value};
+
+use route::{Image, RowChange};
 
 /// What one change does to one document.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +29,8 @@ pub struct DocChange {
     /// Target index; `None` → the sink's index.
     pub index: Option<Arc<str>>,
     pub id: String,
+    /// Elasticsearch custom routing; `None` → by `_id`.
+    pub routing: Option<String>,
     pub action: DocAction,
     /// A version the record itself determines (DynamoDB→Kinesis timestamps); `None` → the
     /// shard's version clock (see `version.rs`).
@@ -36,6 +42,7 @@ impl DocChange {
         Self {
             index: None,
             id,
+            routing: None,
             action,
             version: None,
         }
@@ -177,8 +184,8 @@ impl DocIdSpec {
     }
 }
 
-/// A DynamoDB Streams record → the document operation it implies.
-pub fn dynamodb_change(record: &Record, ids: &DocIdSpec) -> Result<Decoded, DecodeError> {
+/// A DynamoDB Streams record → the row change it carries. `table` is the stream's table.
+pub fn dynamodb_row(record: &Record, table: Option<&str>) -> Result<RowChange, DecodeError> {
     let stream = record
         .dynamodb
         .as_ref()
@@ -187,24 +194,66 @@ pub fn dynamodb_change(record: &Record, ids: &DocIdSpec) -> Result<Decoded, Deco
         .keys
         .as_ref()
         .ok_or_else(|| DecodeError("record has no Keys".into()))?;
-    let id = ids.render(keys)?;
-    let action = match record.event_name.as_ref() {
+    for (name, v) in keys {
+        if !matches!(
+            v,
+            AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)
+        ) {
+            return Err(DecodeError(format!(
+                "key attribute `{name}` has type {}, not S, N or B",
+                type_name(v)
+            )));
+        }
+    }
+    let keys = object(item_to_json(keys)?);
+    let old = match &stream.old_image {
+        Some(image) => Some(Image {
+            attributes: object(item_to_json(image)?),
+            whole: true,
+        }),
+        None => None,
+    };
+    let (new, old) = match record.event_name.as_ref() {
         Some(OperationType::Insert) | Some(OperationType::Modify) => {
             let image = stream.new_image.as_ref().ok_or_else(|| {
                 DecodeError("INSERT/MODIFY record has no NewImage (the stream view type must be NEW_IMAGE or NEW_AND_OLD_IMAGES)".into())
             })?;
-            DocAction::Index(item_to_json(image)?)
+            let old = match record.event_name {
+                Some(OperationType::Insert) => None,
+                _ => Some(old.unwrap_or_else(|| keys_only(&keys))),
+            };
+            (Some(object(item_to_json(image)?)), old)
         }
-        Some(OperationType::Remove) => DocAction::Delete,
+        Some(OperationType::Remove) => (None, Some(old.unwrap_or_else(|| keys_only(&keys)))),
         other => return Err(DecodeError(format!("unknown eventName {other:?}"))),
     };
-    Ok(DocChange::new(id, action).into())
+    Ok(RowChange {
+        table: table.map(str::to_owned),
+        new,
+        old,
+        keys: Some(keys),
+        version: None,
+    })
 }
 
-/// A DynamoDB change record carried in Kinesis ("Kinesis Data Streams for DynamoDB") → the
-/// document operation, versioned by its own creation time in µs: such records may arrive out of
-/// order or twice, and the version lets Elasticsearch keep the newest.
-pub fn dynamodb_kinesis_change(payload: &[u8], ids: &DocIdSpec) -> Result<Decoded, DecodeError> {
+fn keys_only(keys: &Map<String, Value>) -> Image {
+    Image {
+        attributes: keys.clone(),
+        whole: false,
+    }
+}
+
+fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// A DynamoDB change record carried in Kinesis ("Kinesis Data Streams for DynamoDB") → the row
+/// change, versioned by its own creation time in µs: such records may arrive out of order or
+/// twice, and the version lets Elasticsearch keep the newest.
+pub fn dynamodb_kinesis_row(payload: &[u8]) -> Result<RowChange, DecodeError> {
     let record: Value =
         serde_json::from_slice(payload).map_err(|e| DecodeError(format!("not JSON: {e}")))?;
     let ddb = record
@@ -215,7 +264,22 @@ pub fn dynamodb_kinesis_change(payload: &[u8], ids: &DocIdSpec) -> Result<Decode
         .get("Keys")
         .and_then(Value::as_object)
         .ok_or_else(|| DecodeError("record has no dynamodb.Keys".into()))?;
-    let id = ids.render_wire(keys)?;
+    for (name, v) in keys {
+        let typed = v
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.keys().next());
+        if !matches!(typed.map(String::as_str), Some("S" | "N" | "B")) {
+            return Err(DecodeError(format!(
+                "key attribute `{name}` is not an S, N or B AttributeValue: {}",
+                short(v)
+            )));
+        }
+    }
+    let keys = object(
+        attribute_json_to_json(&serde_json::json!({ "M": keys }))
+            .map_err(|e| DecodeError(format!("dynamodb.Keys: {}", e.0)))?,
+    );
     let created = ddb
         .get("ApproximateCreationDateTime")
         .and_then(Value::as_u64)
@@ -242,23 +306,43 @@ pub fn dynamodb_kinesis_change(payload: &[u8], ids: &DocIdSpec) -> Result<Decode
             crate::version::MAX_EXTERNAL_VERSION
         ))
     })?;
-    let action = match record.get("eventName").and_then(Value::as_str) {
-        Some("INSERT") | Some("MODIFY") => {
-            let image = ddb.get("NewImage").ok_or_else(|| {
+    let image = |name: &str| -> Result<Option<Map<String, Value>>, DecodeError> {
+        match ddb.get(name) {
+            Some(m) => Ok(Some(object(
+                attribute_json_to_json(&serde_json::json!({ "M": m }))
+                    .map_err(|e| DecodeError(format!("{name}: {}", e.0)))?,
+            ))),
+            None => Ok(None),
+        }
+    };
+    let old = image("OldImage")?.map(|attributes| Image {
+        attributes,
+        whole: true,
+    });
+    let (new, old) = match record.get("eventName").and_then(Value::as_str) {
+        Some(event @ ("INSERT" | "MODIFY")) => {
+            let new = image("NewImage")?.ok_or_else(|| {
                 DecodeError("INSERT/MODIFY record has no NewImage (the table's stream view type must include the new image)".into())
             })?;
-            DocAction::Index(attribute_json_to_json(&serde_json::json!({ "M": image }))?)
+            let old = match event {
+                "INSERT" => None,
+                _ => Some(old.unwrap_or_else(|| keys_only(&keys))),
+            };
+            (Some(new), old)
         }
-        Some("REMOVE") => DocAction::Delete,
+        Some("REMOVE") => (None, Some(old.unwrap_or_else(|| keys_only(&keys)))),
         other => return Err(DecodeError(format!("unknown eventName {other:?}"))),
     };
-    Ok(DocChange {
-        index: None,
-        id,
-        action,
+    Ok(RowChange {
+        table: record
+            .get("tableName")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        new,
+        old,
+        keys: Some(keys),
         version: Some(micros),
-    }
-    .into())
+    })
 }
 
 /// A whole item (attribute map) → a JSON object.
@@ -425,7 +509,27 @@ mod tests {
     use super::*;
     use aws_sdk_dynamodbstreams::primitives::Blob;
     use aws_sdk_dynamodbstreams::types::StreamRecord;
+    use route::Routes;
     use serde_json::json;
+
+    /// The route of a configuration without `[[route]]`: index `posts`, the key as `_id`.
+    fn single(ids: &DocIdSpec) -> Routes {
+        let key = (!ids.attributes.is_empty()).then(|| ids.attributes.clone());
+        Routes::single("posts", key, &ids.separator)
+    }
+    fn dynamodb_change(r: &Record, ids: &DocIdSpec) -> Result<Decoded, DecodeError> {
+        single(ids).apply(dynamodb_row(r, Some("posts"))?)
+    }
+    fn dynamodb_kinesis_change(p: &[u8], ids: &DocIdSpec) -> Result<Decoded, DecodeError> {
+        single(ids).apply(dynamodb_kinesis_row(p)?)
+    }
+    fn at_posts(id: &str, action: DocAction) -> Decoded {
+        DocChange {
+            index: Some("posts".into()),
+            ..DocChange::new(id.into(), action)
+        }
+        .into()
+    }
 
     fn s(v: &str) -> AttributeValue {
         AttributeValue::S(v.into())
@@ -558,16 +662,12 @@ mod tests {
         );
         assert_eq!(
             dynamodb_change(&insert, &ids).unwrap(),
-            DocChange::new(
-                "p1".into(),
-                DocAction::Index(json!({"id": "p1", "title": "Hi"}))
-            )
-            .into()
+            at_posts("p1", DocAction::Index(json!({"id": "p1", "title": "Hi"})))
         );
         let remove = record(OperationType::Remove, &[("id", s("p1"))], None);
         assert_eq!(
             dynamodb_change(&remove, &ids).unwrap(),
-            DocChange::new("p1".into(), DocAction::Delete).into()
+            at_posts("p1", DocAction::Delete)
         );
         let keys_only = record(OperationType::Modify, &[("id", s("p1"))], None);
         assert!(dynamodb_change(&keys_only, &ids)

@@ -2,34 +2,71 @@
 //! decoder and the `_bulk` answer parser. A decoder either produces operations or refuses the
 //! record with a reason (which the reader stores in the dead-letter table with the record).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use aws_sdk_dynamodbstreams::primitives::Blob;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record, StreamRecord};
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use sluice::config::Config;
 use sluice::sink::{judge_item, parse_bulk_response, OpKind};
-use sluice::transform::dms::{DmsRoutes, Route};
-use sluice::transform::{dynamodb_change, dynamodb_kinesis_change, DecodeError, DocIdSpec};
+use sluice::transform::dms::DmsRoutes;
+use sluice::transform::route::Routes;
+use sluice::transform::{dynamodb_kinesis_row, dynamodb_row, DecodeError, Decoded};
 
-fn ids() -> DocIdSpec {
-    DocIdSpec {
-        attributes: vec!["id".into()],
-        separator: "|".into(),
-    }
+/// Routes as `sluice run` compiles them from a file: conditions, a template index, computed
+/// fields — every part of shaping sees the bad input too.
+fn compiled(toml: &str, key: &[&str]) -> Routes {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
+    let key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+    Routes::from_config(&config, Some(&key)).unwrap()
+}
+
+const SHAPED: &str = r#"[source]
+type = "dynamodb_streams"
+table = "t"
+old_images = true
+
+[[route]]
+when.kind.one_of = ["post", 1]
+index = "posts-{tenant}"
+id = ["id"]
+exclude = ["blocks", "a.b"]
+rename = { title = "headline" }
+drop_nulls = true
+compute.text = '[.blocks[]? | select(.type == "paragraph") | .text] | join("\n")'
+compute.n = '.n + 1'
+
+[[route]]
+index = "rest"
+"#;
+
+fn single(key: &[&str]) -> Routes {
+    let key = key.iter().map(|k| k.to_string()).collect();
+    Routes::single("posts", Some(key), "|")
+}
+
+fn dynamodb_change(r: &Record, routes: &Routes) -> Result<Decoded, DecodeError> {
+    routes.apply(dynamodb_row(r, Some("t"))?)
+}
+
+fn dynamodb_kinesis_change(bytes: &[u8], routes: &Routes) -> Result<Decoded, DecodeError> {
+    routes.apply(dynamodb_kinesis_row(bytes)?)
+}
+
+fn ids() -> Routes {
+    single(&["id"])
 }
 
 fn routes() -> DmsRoutes {
-    let route = Route {
-        index: "customers".into(),
-        id: vec!["id".into()],
-        include: None,
-        exclude: HashSet::new(),
-    };
+    let toml = "[source]\ntype = \"kinesis\"\nstream = \"s\"\nformat = \"dms\"\n[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"id\"]\n";
     DmsRoutes {
-        routes: [("public.customers".to_string(), route)].into(),
+        routes: compiled(toml, &[]),
         before_image_field: "before-image".into(),
-        separator: "|".into(),
+        old_images: false,
     }
 }
 
@@ -194,6 +231,7 @@ proptest! {
 
     #[test]
     fn dynamodb_kinesis_shaped_records_never_panic(r in ddb_kinesis_like()) {
+        refused_with_a_reason(dynamodb_kinesis_change(r.to_string().as_bytes(), &compiled(SHAPED, &["id"])))?;
         let decoded = dynamodb_kinesis_change(r.to_string().as_bytes(), &ids());
         if let Ok(d) = &decoded {
             for c in &d.changes {
@@ -206,8 +244,8 @@ proptest! {
     #[test]
     fn dynamodb_stream_records_never_panic(r in any_stream_record()) {
         refused_with_a_reason(dynamodb_change(&r, &ids()))?;
-        let composite = DocIdSpec { attributes: vec!["id".into(), "a".into()], separator: "|".into() };
-        refused_with_a_reason(dynamodb_change(&r, &composite))?;
+        refused_with_a_reason(dynamodb_change(&r, &single(&["id", "a"])))?;
+        refused_with_a_reason(dynamodb_change(&r, &compiled(SHAPED, &["id"])))?;
     }
 
     #[test]

@@ -19,7 +19,8 @@ use sluice::http::Health;
 use sluice::metrics::Metrics;
 use sluice::source::reader::Decoder;
 use sluice::source::{ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt};
-use sluice::transform::{dynamodb_change, dynamodb_kinesis_change, Decoded, DocIdSpec, Skip};
+use sluice::transform::route::Routes;
+use sluice::transform::{dynamodb_kinesis_row, dynamodb_row, Decoded, Skip};
 
 const STREAM: &str = "arn:aws:dynamodb:us-east-1:000000000000:table/Posts/stream/scripted";
 
@@ -308,11 +309,12 @@ struct Run {
 }
 
 fn start(api: Arc<ScriptedStreams>, config: Config) -> Run {
-    let ids = DocIdSpec {
-        attributes: vec!["id".into()],
-        separator: "|".into(),
-    };
-    start_with(api, config, Arc::new(move |r| dynamodb_change(r, &ids)))
+    let routes = the_index();
+    start_with(
+        api,
+        config,
+        Arc::new(move |r| routes.apply(dynamodb_row(r, None)?)),
+    )
 }
 
 fn start_with<R: SourceRecord + Clone>(
@@ -596,12 +598,14 @@ fn kinesis_record(seq: u64, data: Vec<u8>) -> aws_sdk_kinesis::types::Record {
         .unwrap()
 }
 
+/// The route of a configuration without `[[route]]`: the whole item into `scripted`, by `id`.
+fn the_index() -> Routes {
+    Routes::single("scripted", Some(vec!["id".into()]), "|")
+}
+
 fn kinesis_decoder() -> Decoder<aws_sdk_kinesis::types::Record> {
-    let ids = DocIdSpec {
-        attributes: vec!["id".into()],
-        separator: "|".into(),
-    };
-    Arc::new(move |r| dynamodb_kinesis_change(r.data().as_ref(), &ids))
+    let routes = the_index();
+    Arc::new(move |r| routes.apply(dynamodb_kinesis_row(r.data().as_ref())?))
 }
 
 async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
@@ -860,12 +864,9 @@ async fn pages_without_operations_do_not_pile_up_while_elasticsearch_is_down() {
         vec![shard("s", &[], false, records)],
         dir.path().join("sluice.db"),
     ));
-    let ids = DocIdSpec {
-        attributes: vec!["id".into()],
-        separator: "|".into(),
-    };
+    let routes = the_index();
     let decode: Decoder<Record> = Arc::new(move |r| {
-        let d = dynamodb_change(r, &ids)?;
+        let d = routes.apply(dynamodb_row(r, None)?)?;
         if d.changes[0].id.starts_with("skip") {
             return Ok(Decoded {
                 skipped: Some(Skip {

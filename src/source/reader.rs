@@ -469,8 +469,14 @@ impl<A: ShardApi> ShardReader<A> {
                     for change in decoded.changes {
                         let index = change.index.unwrap_or_else(|| ctx.index.clone());
                         let version = change.version.unwrap_or(version);
-                        let op =
-                            BulkOp::new(index, change.id, version, change.action, origin.clone());
+                        let op = BulkOp::routed(
+                            index,
+                            change.id,
+                            change.routing.as_deref(),
+                            version,
+                            change.action,
+                            origin.clone(),
+                        );
                         if version::in_range(version) {
                             ops.push(op);
                         } else {

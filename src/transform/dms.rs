@@ -5,32 +5,21 @@
 //! not put the key in data records). Values pass through exactly as DMS wrote them — including
 //! large integers DMS prints in scientific notation — thanks to serde_json's arbitrary precision.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
 use serde_json::{Map, Value};
 
-use super::{join_id, DecodeError, Decoded, DocAction, DocChange, Skip};
+use super::route::{Image, Routes, RowChange};
+use super::{DecodeError, Decoded, Skip};
 
-/// Where one source table goes.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub index: Arc<str>,
-    /// Primary-key columns, in order.
-    pub id: Vec<String>,
-    /// Only these columns are indexed (all when `None`).
-    pub include: Option<HashSet<String>>,
-    /// These columns are not indexed.
-    pub exclude: HashSet<String>,
-}
-
-#[derive(Debug, Clone)]
+/// DMS messages and where their tables go.
+#[derive(Debug)]
 pub struct DmsRoutes {
-    /// Keyed by `schema.table` as DMS writes it.
-    pub routes: HashMap<String, Route>,
+    /// Each route names its `schema.table` and its primary-key columns (`id`).
+    pub routes: Routes,
     /// Name of the before-image object (DMS BeforeImageSettings FieldName).
     pub before_image_field: String,
-    pub separator: String,
+    /// Before images and deletes carry whole rows (`source.old_images`): an attribute they lack
+    /// was absent, not left out.
+    pub old_images: bool,
 }
 
 const BEFORE_IMAGE_PREFIX: &str = "BI_";
@@ -47,12 +36,20 @@ impl DmsRoutes {
         let message: Value = serde_json::from_slice(payload)
             .map_err(|e| DecodeError(format!("not valid JSON: {e}")))?;
         let floor = version_floor(&message)?;
-        let mut decoded = self.decode_message(&message)?;
+        let mut decoded = match self.row_change(&message)? {
+            Ok(change) => self.routes.apply(change)?,
+            Err(skip) => Decoded {
+                changes: vec![],
+                skipped: Some(skip),
+                version_floor: None,
+            },
+        };
         decoded.version_floor = floor;
         Ok(decoded)
     }
 
-    fn decode_message(&self, message: &Value) -> Result<Decoded, DecodeError> {
+    /// The message as a row change, or why it carries none (a control record).
+    fn row_change(&self, message: &Value) -> Result<Result<RowChange, Skip>, DecodeError> {
         let meta = message
             .get("metadata")
             .and_then(Value::as_object)
@@ -68,27 +65,13 @@ impl DmsRoutes {
         match record_type {
             "data" => {}
             "control" => {
-                return Ok(Decoded {
-                    changes: vec![],
-                    skipped: Some(Skip {
-                        reason: "control_record",
-                        detail: format!("{operation} on {table}"),
-                    }),
-                    version_floor: None,
-                })
+                return Ok(Err(Skip {
+                    reason: "control_record",
+                    detail: format!("{operation} on {table}"),
+                }))
             }
             other => return Err(DecodeError(format!("unknown DMS record-type `{other}`"))),
         }
-        let Some(route) = self.routes.get(&table) else {
-            return Ok(Decoded {
-                changes: vec![],
-                skipped: Some(Skip {
-                    reason: "no_route",
-                    detail: table,
-                }),
-                version_floor: None,
-            });
-        };
         let data = message
             .get("data")
             .and_then(Value::as_object)
@@ -97,93 +80,70 @@ impl DmsRoutes {
                     "DMS {operation} record for {table} has no `data` object"
                 ))
             })?;
-        let id = self.id_of(route, data, &table)?;
-        let index = Some(route.index.clone());
-        match operation {
-            "load" | "insert" | "update" => {
-                let mut changes = Vec::with_capacity(2);
-                if operation == "update" {
-                    if let Some(old_id) = self.before_image_id(route, message, data, &table)? {
-                        if old_id != id {
-                            // The primary key changed: the document moves.
-                            changes.push(DocChange {
-                                index: index.clone(),
-                                id: old_id,
-                                action: DocAction::Delete,
-                                version: None,
-                            });
-                        }
-                    }
-                }
-                changes.push(DocChange {
-                    index,
-                    id,
-                    action: DocAction::Index(document(route, data)),
-                    version: None,
-                });
-                Ok(Decoded {
-                    changes,
-                    skipped: None,
-                    version_floor: None,
-                })
+        let (new, old) = match operation {
+            "load" | "insert" => (Some(row(data)), None),
+            "update" => (Some(row(data)), self.before_image(message, data, &table)?),
+            // the deleted row: whole only when the source logs whole rows (PostgreSQL
+            // REPLICA IDENTITY FULL); otherwise its key columns, the rest null
+            "delete" => (None, Some(self.image(row(data)))),
+            other => {
+                return Err(DecodeError(format!(
+                    "unknown DMS operation `{other}` for {table}"
+                )))
             }
-            "delete" => Ok(DocChange {
-                index,
-                id,
-                action: DocAction::Delete,
-                version: None,
-            }
-            .into()),
-            other => Err(DecodeError(format!(
-                "unknown DMS operation `{other}` for {table}"
-            ))),
+        };
+        Ok(Ok(RowChange {
+            table: Some(table),
+            new,
+            old,
+            keys: None,
+            version: None,
+        }))
+    }
+
+    fn image(&self, mut attributes: Map<String, Value>) -> Image {
+        if !self.old_images {
+            // a null in a partial image says nothing about the row
+            attributes.retain(|_, v| !v.is_null());
+        }
+        Image {
+            attributes,
+            whole: self.old_images,
         }
     }
 
-    fn id_of(
+    /// The row before an update, from the before-image object or `BI_` columns, if present.
+    fn before_image(
         &self,
-        route: &Route,
-        row: &Map<String, Value>,
-        table: &str,
-    ) -> Result<String, DecodeError> {
-        let parts = route
-            .id
-            .iter()
-            .map(|col| {
-                key_text(row.get(col)).ok_or_else(|| {
-                    DecodeError(format!("{table}: key column `{col}` is missing or null"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        join_id(&parts, &self.separator)
-    }
-
-    /// The `_id` before an update, from the before-image object or `BI_` columns, if present.
-    fn before_image_id(
-        &self,
-        route: &Route,
         message: &Value,
         data: &Map<String, Value>,
         table: &str,
-    ) -> Result<Option<String>, DecodeError> {
+    ) -> Result<Option<Image>, DecodeError> {
         if let Some(before) = message
             .get(&self.before_image_field)
             .and_then(Value::as_object)
         {
-            if route.id.iter().all(|c| key_text(before.get(c)).is_some()) {
-                return self.id_of(route, before, table).map(Some);
-            }
-            return Ok(None);
+            return Ok(Some(self.image(before.clone())));
         }
-        let prefixed: Option<Vec<String>> = route
-            .id
+        let prefixed: Map<String, Value> = data
             .iter()
-            .map(|c| key_text(data.get(&format!("{BEFORE_IMAGE_PREFIX}{c}"))))
+            .filter_map(|(k, v)| {
+                let column = k.strip_prefix(BEFORE_IMAGE_PREFIX)?;
+                data.contains_key(column)
+                    .then(|| (column.to_owned(), v.clone()))
+            })
             .collect();
-        match prefixed {
-            Some(parts) => join_id(&parts, &self.separator).map(Some),
-            None => Ok(None),
+        if !prefixed.is_empty() {
+            return Ok(Some(self.image(prefixed)));
         }
+        if self.old_images {
+            return Err(DecodeError(format!(
+                "{table}: this update carries no before image, and source.old_images says every one does (DMS BeforeImageSettings)"
+            )));
+        }
+        // Without a before image the old place is taken to be the new one (routes that place
+        // by other columns than the key need old images: refused at start).
+        Ok(None)
     }
 }
 
@@ -219,65 +179,48 @@ fn version_floor(message: &Value) -> Result<Option<u64>, DecodeError> {
         })
 }
 
-/// A key column's value as `_id` text: strings as they are, numbers with DMS's exact digits.
-fn key_text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// The indexed document: data columns, filtered by include/exclude, without `BI_` copies.
-fn document(route: &Route, data: &Map<String, Value>) -> Value {
-    let out: Map<String, Value> = data
-        .iter()
+/// The row's columns without DMS's `BI_` copies of them.
+fn row(data: &Map<String, Value>) -> Map<String, Value> {
+    data.iter()
         .filter(|(k, _)| {
             !k.strip_prefix(BEFORE_IMAGE_PREFIX)
                 .is_some_and(|c| data.contains_key(c))
         })
-        .filter(|(k, _)| route.include.as_ref().is_none_or(|inc| inc.contains(*k)))
-        .filter(|(k, _)| !route.exclude.contains(*k))
         .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Value::Object(out)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::route::{IdRule, Route, Template};
+    use crate::transform::DocAction;
     use serde_json::json;
 
     fn routes() -> DmsRoutes {
-        let mut r = HashMap::new();
-        r.insert(
-            "public.customers".into(),
-            Route {
-                index: "customers".into(),
-                id: vec!["customer_id".into()],
-                include: None,
-                exclude: ["secret".to_string()].into(),
-            },
+        let path = |p: &str| vec![p.to_string()];
+        let mut customers = Route::new(
+            "customers",
+            Some("public.customers"),
+            Template::literal("customers"),
+            IdRule::Attributes(vec!["customer_id".into()]),
         );
-        r.insert(
-            "shop.order_lines".into(),
-            Route {
-                index: "lines".into(),
-                id: vec!["order_id".into(), "line".into()],
-                include: Some(
-                    ["order_id", "line", "qty"]
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                ),
-                exclude: HashSet::new(),
-            },
+        customers.shape.exclude = vec![path("secret")];
+        let mut lines = Route::new(
+            "lines",
+            Some("shop.order_lines"),
+            Template::literal("lines"),
+            IdRule::Attributes(vec!["order_id".into(), "line".into()]),
         );
+        lines.shape.include = Some(vec![path("order_id"), path("line"), path("qty")]);
         DmsRoutes {
-            routes: r,
+            routes: Routes {
+                routes: vec![customers, lines],
+                key: None,
+                separator: "|".into(),
+            },
             before_image_field: "before-image".into(),
-            separator: "|".into(),
+            old_images: false,
         }
     }
 
@@ -489,7 +432,7 @@ mod tests {
             ))
             .unwrap_err()
             .0
-            .contains("key column `customer_id`"));
+            .contains("attribute `customer_id`"));
         assert!(r
             .decode(&msg(
                 "insert",

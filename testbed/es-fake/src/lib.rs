@@ -88,6 +88,9 @@ struct Doc {
     source: Value,
     version: u64,
     seq_no: u64,
+    /// Custom routing it was written with. Each index here has one primary shard, so, as in
+    /// Elasticsearch with one shard, routing places nothing apart; it is kept and shown.
+    routing: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -399,6 +402,20 @@ impl FakeEs {
 
     pub fn stats(&self) -> Stats {
         self.shared.stats.lock().unwrap().clone()
+    }
+
+    /// The custom routing of every document of `index` that was written with one.
+    pub fn routings(&self, index: &str) -> BTreeMap<String, String> {
+        let indices = self.shared.indices.lock().unwrap();
+        indices
+            .get(&resolve(&indices, index))
+            .map(|i| {
+                i.docs
+                    .iter()
+                    .filter_map(|(id, d)| Some((id.clone(), d.routing.clone()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every document of `index` as `_id → _source`, read in process: for assertions on more
@@ -956,10 +973,13 @@ async fn get_doc(
         return not_found_index(&index);
     };
     match idx.docs.get(&id) {
-        Some(d) => es_json(
-            StatusCode::OK,
-            json!({"_index": index, "_id": id, "_version": d.version, "_seq_no": d.seq_no, "_primary_term": 1, "found": true, "_source": d.source}),
-        ),
+        Some(d) => {
+            let mut doc = json!({"_index": index, "_id": id, "_version": d.version, "_seq_no": d.seq_no, "_primary_term": 1, "found": true, "_source": d.source});
+            if let Some(r) = &d.routing {
+                doc["_routing"] = json!(r);
+            }
+            es_json(StatusCode::OK, doc)
+        }
         None => es_json(
             StatusCode::NOT_FOUND,
             json!({"_index": index, "_id": id, "found": false}),
@@ -1289,6 +1309,7 @@ struct Action {
     id: Option<String>,
     version: Option<Value>,
     version_type: Option<String>,
+    routing: Option<String>,
     source: Option<Value>,
     /// The original lines, for forwarding.
     lines: Vec<u8>,
@@ -1347,6 +1368,10 @@ fn parse_bulk(body: &[u8], default_index: Option<&str>) -> Result<Vec<Action>, S
             version: params.get("version").cloned(),
             version_type: params
                 .get("version_type")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            routing: params
+                .get("routing")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             source,
@@ -1917,6 +1942,7 @@ fn apply(s: &Shared, a: &Action) -> Value {
                     source,
                     version: new_version,
                     seq_no,
+                    routing: a.routing.clone(),
                 },
             );
             let (status, result) = if exists {
