@@ -1,0 +1,376 @@
+//! Routes and document shaping, end to end on moto with the real binary: a single-table design
+//! split into two indices, the blog-post shaping, an index that depends on an attribute, and a
+//! record a computed field fails on.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, StreamSpecification, StreamViewType,
+};
+use common::*;
+use serde_json::{json, Map, Value};
+
+/// A single table keyed by `PK` (hash) and `SK` (range), with a NEW_AND_OLD_IMAGES stream.
+async fn create_app_table(ddb: &aws_sdk_dynamodb::Client) {
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    let attr = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    ddb.create_table()
+        .table_name("App")
+        .key_schema(key("PK", KeyType::Hash))
+        .key_schema(key("SK", KeyType::Range))
+        .attribute_definitions(attr("PK"))
+        .attribute_definitions(attr("SK"))
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create the App table");
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn block(kind: &str, field: &str, value: &str) -> AttributeValue {
+    AttributeValue::M([("type".to_string(), s(kind)), (field.to_string(), s(value))].into())
+}
+
+async fn put(ddb: &aws_sdk_dynamodb::Client, item: Vec<(&str, AttributeValue)>) {
+    ddb.put_item()
+        .table_name("App")
+        .set_item(Some(
+            item.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        ))
+        .send()
+        .await
+        .expect("put");
+}
+
+async fn delete(ddb: &aws_sdk_dynamodb::Client, pk: &str, sk: &str) {
+    ddb.delete_item()
+        .table_name("App")
+        .key("PK", s(pk))
+        .key("SK", s(sk))
+        .send()
+        .await
+        .expect("delete");
+}
+
+/// Every item of the table as plain JSON.
+async fn items(ddb: &aws_sdk_dynamodb::Client) -> Vec<Map<String, Value>> {
+    let page = ddb.scan().table_name("App").send().await.expect("scan");
+    page.items()
+        .iter()
+        .map(|item| {
+            let converted: HashMap<_, _> = item
+                .iter()
+                .map(|(k, v)| (k.clone(), to_streams(v)))
+                .collect();
+            match sluice::transform::item_to_json(&converted).unwrap() {
+                Value::Object(m) => m,
+                _ => unreachable!(),
+            }
+        })
+        .collect()
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap().to_string()
+}
+
+/// What the posts index must hold, computed here from the table (not by sluice's code): each
+/// post without its blocks, with its paragraphs' text and its number of images.
+fn expected_posts(items: &[Map<String, Value>]) -> BTreeMap<String, Value> {
+    items
+        .iter()
+        .filter(|i| text(&i["SK"]).starts_with("POST#"))
+        .map(|i| {
+            let blocks = i.get("blocks").and_then(Value::as_array).cloned().unwrap_or_default();
+            let paragraphs: Vec<String> = blocks
+                .iter()
+                .filter(|b| b["type"] == "paragraph")
+                .map(|b| text(&b["text"]))
+                .collect();
+            let mut doc = i.clone();
+            doc.remove("blocks");
+            doc.insert("text".into(), json!(paragraphs.join("\n")));
+            doc.insert(
+                "image_count".into(),
+                json!(blocks.iter().filter(|b| b["type"] == "image").count()),
+            );
+            (text(&i["PK"]), Value::Object(doc))
+        })
+        .collect()
+}
+
+/// Each comment with `body` renamed to `text`, under `PK|SK`.
+fn expected_comments(items: &[Map<String, Value>]) -> BTreeMap<String, Value> {
+    items
+        .iter()
+        .filter(|i| text(&i["SK"]).starts_with("COMMENT#"))
+        .map(|i| {
+            let mut doc = i.clone();
+            if let Some(body) = doc.remove("body") {
+                doc.insert("text".into(), body);
+            }
+            (
+                format!("{}|{}", text(&i["PK"]), text(&i["SK"])),
+                Value::Object(doc),
+            )
+        })
+        .collect()
+}
+
+const SINGLE_TABLE_ROUTES: &str = r#"
+[[route]]
+name = "posts"
+when.SK.begins_with = "POST#"
+index = "posts"
+id = "{PK}"
+exclude = ["blocks"]
+compute.text = '[.blocks[]? | select(.type == "paragraph") | .text] | join("\n")'
+compute.image_count = '[.blocks[]? | select(.type == "image")] | length'
+
+[[route]]
+name = "comments"
+when.SK.begins_with = "COMMENT#"
+index = "comments"
+routing = "{PK}"
+rename = { body = "text" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_table_becomes_two_shaped_indices_and_deletes_of_both_kinds_propagate() {
+    let moto = Moto::start();
+    let ddb = moto.dynamodb().await;
+    let es = Es::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    create_app_table(&ddb).await;
+    let db = dir.path().join("sluice.db");
+    let es_url = es.url();
+    let options = SluiceOptions {
+        moto: &moto.url,
+        es: &es_url,
+        table: "App",
+        index: "unused",
+        db: &db,
+        extra: SINGLE_TABLE_ROUTES,
+    };
+    let sluice = Sluice::start(&options, dir.path());
+    sluice.wait_ready(Duration::from_secs(30)).await;
+
+    for p in 1..=5 {
+        let pk = format!("POST#{p}");
+        put(
+            &ddb,
+            vec![
+                ("PK", s(&pk)),
+                ("SK", s(&pk)),
+                ("title", s(&format!("Post {p}"))),
+                (
+                    "blocks",
+                    AttributeValue::L(vec![
+                        block("paragraph", "text", &format!("First of {p}.")),
+                        block("image", "src", &format!("{p}.png")),
+                        block("paragraph", "text", &format!("Second of {p}.")),
+                    ]),
+                ),
+            ],
+        )
+        .await;
+        for c in 1..=3 {
+            put(
+                &ddb,
+                vec![
+                    ("PK", s(&pk)),
+                    ("SK", s(&format!("COMMENT#{c}"))),
+                    ("body", s(&format!("Comment {c} on {p}"))),
+                ],
+            )
+            .await;
+        }
+    }
+    for u in 1..=3 {
+        put(&ddb, vec![("PK", s(&format!("USER#{u}"))), ("SK", s("PROFILE"))]).await;
+    }
+    // changes: a post loses its images and gains a paragraph, a comment is edited
+    put(
+        &ddb,
+        vec![
+            ("PK", s("POST#2")),
+            ("SK", s("POST#2")),
+            ("title", s("Post 2, edited")),
+            (
+                "blocks",
+                AttributeValue::L(vec![
+                    block("paragraph", "text", "Only."),
+                    block("paragraph", "text", "Paragraphs."),
+                ]),
+            ),
+        ],
+    )
+    .await;
+    put(
+        &ddb,
+        vec![("PK", s("POST#3")), ("SK", s("COMMENT#1")), ("body", s("edited"))],
+    )
+    .await;
+    // deletes of both kinds, and of an entity that is indexed nowhere
+    delete(&ddb, "POST#4", "POST#4").await;
+    delete(&ddb, "POST#1", "COMMENT#2").await;
+    delete(&ddb, "POST#5", "COMMENT#3").await;
+    delete(&ddb, "USER#1", "PROFILE").await;
+
+    let table = items(&ddb).await;
+    let posts = expected_posts(&table);
+    let comments = expected_comments(&table);
+    assert_eq!(posts.len(), 4);
+    assert_eq!(comments.len(), 13);
+    assert_eq!(posts["POST#2"]["image_count"], json!(0));
+    assert_eq!(posts["POST#2"]["text"], json!("Only.\nParagraphs."));
+    assert_index_equals(&es, "posts", &posts, Duration::from_secs(60)).await;
+    assert_index_equals(&es, "comments", &comments, Duration::from_secs(60)).await;
+    assert!(
+        es.documents("posts").await.values().all(|d| d.get("blocks").is_none()),
+        "search documents carry no blocks"
+    );
+    // every comment was written with its post as routing (and deleted with it: none left)
+    let routings = es.fake.routings("comments");
+    assert_eq!(routings.len(), comments.len());
+    for (id, routing) in &routings {
+        assert_eq!(id.split('|').next(), Some(routing.as_str()), "{id}");
+    }
+    // 3 user profiles created, 1 deleted: four records skipped, counted as having no route
+    let skipped = sluice
+        .metric("sluice_records_skipped_total", "reason=\"no_route\"")
+        .await;
+    assert_eq!(skipped, 4.0, "{}", sluice.log_text());
+    assert!(es.documents("unused").await.is_empty());
+}
+
+fn dead_letters(sluice: &Sluice) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["dead-letters", "--config"])
+        .arg(&sluice.config)
+        .args(["list", "--json"])
+        .envs(aws_env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_change_moves_the_document_and_a_failing_expression_dead_letters_its_record() {
+    let moto = Moto::start();
+    let ddb = moto.dynamodb().await;
+    let es = Es::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    create_app_table(&ddb).await;
+    let db = dir.path().join("sluice.db");
+    let routes = r#"
+[[route]]
+name = "posts"
+index = "posts-{tenant}"
+id = ["PK", "SK"]
+compute.words = '.body | if type == "string" then (split(" ") | length) else error("body must be text, not \(type)") end'
+"#;
+    let es_url = es.url();
+    let options = SluiceOptions {
+        moto: &moto.url,
+        es: &es_url,
+        table: "App",
+        index: "unused",
+        db: &db,
+        extra: routes,
+    };
+    // the route places by `tenant`: without old images its deletes could not be found
+    let config = dir.path().join("check.toml");
+    std::fs::write(&config, config_toml(&options, free_port())).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(64), "{said}");
+    assert!(
+        said.contains("route[0] (posts): deletes cannot be routed") && said.contains("`tenant`"),
+        "{said}"
+    );
+
+    // with old images (the stream is NEW_AND_OLD_IMAGES) it runs
+    let http_port = free_port();
+    let config = dir.path().join("sluice.toml");
+    let with_old_images =
+        config_toml(&options, http_port).replace("[source]\n", "[source]\nold_images = true\n");
+    std::fs::write(&config, with_old_images).unwrap();
+    let sluice = Sluice::start_with_config(&config, http_port, dir.path());
+    sluice.wait_ready(Duration::from_secs(30)).await;
+
+    let post = |pk: &str, tenant: &str, body: AttributeValue| {
+        vec![("PK", s(pk)), ("SK", s("POST")), ("tenant", s(tenant)), ("body", body)]
+    };
+    put(&ddb, post("p1", "acme", s("one two three"))).await;
+    put(&ddb, post("p2", "acme", s("stays here"))).await;
+    put(&ddb, post("p3", "beta", s("beta post"))).await;
+    let doc = |pk: &str, tenant: &str, body: &str| {
+        json!({"PK": pk, "SK": "POST", "tenant": tenant, "body": body, "words": body.split(' ').count()})
+    };
+    let acme: BTreeMap<String, Value> = [
+        ("p1|POST".to_string(), doc("p1", "acme", "one two three")),
+        ("p2|POST".to_string(), doc("p2", "acme", "stays here")),
+    ]
+    .into();
+    assert_index_equals(&es, "posts-acme", &acme, Duration::from_secs(60)).await;
+
+    // p1 moves to beta; p3 gets a body the expression refuses
+    put(&ddb, post("p1", "beta", s("one two three four"))).await;
+    put(&ddb, post("p3", "beta", AttributeValue::N("7".into()))).await;
+    put(&ddb, post("p4", "beta", s("after the failure"))).await;
+    let acme: BTreeMap<String, Value> =
+        [("p2|POST".to_string(), doc("p2", "acme", "stays here"))].into();
+    let beta: BTreeMap<String, Value> = [
+        ("p1|POST".to_string(), doc("p1", "beta", "one two three four")),
+        // the refused change leaves the last good document, and the shard goes on
+        ("p3|POST".to_string(), doc("p3", "beta", "beta post")),
+        ("p4|POST".to_string(), doc("p4", "beta", "after the failure")),
+    ]
+    .into();
+    assert_index_equals(&es, "posts-beta", &beta, Duration::from_secs(60)).await;
+    assert_index_equals(&es, "posts-acme", &acme, Duration::from_secs(60)).await;
+    let letters = dead_letters(&sluice);
+    assert!(
+        letters.contains("route `posts`: compute.words") && letters.contains("body must be text, not number"),
+        "{letters}"
+    );
+    assert_eq!(
+        sluice.metric("sluice_decode_errors_total", "").await,
+        1.0,
+        "{}",
+        sluice.log_text()
+    );
+}
