@@ -88,6 +88,19 @@ async fn run_dynamodb_streams(
         );
     }
     let table = stream_table(config, &meta.arn);
+    // a route on another table would silently take nothing
+    if let Some(r) = config
+        .route
+        .iter()
+        .find(|r| r.table.is_some() && r.table != table)
+    {
+        anyhow::bail!(
+            "route `{}` takes table `{}`, but this stream is table `{}`'s: remove `table` or correct it",
+            r.name.as_deref().unwrap_or("(unnamed)"),
+            r.table.as_deref().unwrap_or_default(),
+            table.as_deref().unwrap_or("?")
+        );
+    }
     tracing::info!(stream = %meta.arn, view_type = %meta.view_type, key = ?meta.key_attributes, routes = ?routes.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "following DynamoDB stream");
     let decode: Decoder<aws_sdk_dynamodbstreams::types::Record> =
         Arc::new(move |r| routes.apply(transform::dynamodb_row(r, table.as_deref())?));
@@ -127,14 +140,13 @@ async fn run_kinesis(
     run_pipeline(config, services, api, arn, decode, shutdown).await
 }
 
-/// The table a DynamoDB stream belongs to: `source.table`, or the name in the stream's ARN
-/// (`arn:aws:dynamodb:…:table/NAME/stream/…`).
+/// The name of the table a DynamoDB stream belongs to, from the stream's ARN
+/// (`arn:aws:dynamodb:…:table/NAME/stream/…`), else `source.table`.
 fn stream_table(config: &Config, arn: &str) -> Option<String> {
-    config.source.table.clone().or_else(|| {
-        arn.split_once(":table/")
-            .and_then(|(_, rest)| rest.split('/').next())
-            .map(str::to_owned)
-    })
+    arn.split_once(":table/")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .map(str::to_owned)
+        .or_else(|| config.source.table.clone())
 }
 
 /// What a pipeline shares with the rest of the process.

@@ -15,8 +15,8 @@ use aws_sdk_dynamodb::types::{
 use common::*;
 use serde_json::{json, Map, Value};
 
-/// A single table keyed by `PK` (hash) and `SK` (range), with a NEW_AND_OLD_IMAGES stream.
-async fn create_app_table(ddb: &aws_sdk_dynamodb::Client) {
+/// A single table keyed by `PK` (hash) and `SK` (range), with a stream of `view`.
+async fn create_app_table(ddb: &aws_sdk_dynamodb::Client, view: StreamViewType) {
     let key = |name: &str, kind: KeyType| {
         KeySchemaElement::builder()
             .attribute_name(name)
@@ -41,7 +41,7 @@ async fn create_app_table(ddb: &aws_sdk_dynamodb::Client) {
         .stream_specification(
             StreamSpecification::builder()
                 .stream_enabled(true)
-                .stream_view_type(StreamViewType::NewAndOldImages)
+                .stream_view_type(view)
                 .build()
                 .unwrap(),
         )
@@ -108,7 +108,11 @@ fn expected_posts(items: &[Map<String, Value>]) -> BTreeMap<String, Value> {
         .iter()
         .filter(|i| text(&i["SK"]).starts_with("POST#"))
         .map(|i| {
-            let blocks = i.get("blocks").and_then(Value::as_array).cloned().unwrap_or_default();
+            let blocks = i
+                .get("blocks")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             let paragraphs: Vec<String> = blocks
                 .iter()
                 .filter(|b| b["type"] == "paragraph")
@@ -168,7 +172,8 @@ async fn a_single_table_becomes_two_shaped_indices_and_deletes_of_both_kinds_pro
     let ddb = moto.dynamodb().await;
     let es = Es::start().await;
     let dir = tempfile::tempdir().unwrap();
-    create_app_table(&ddb).await;
+    // NEW_IMAGE: deletes carry the key only, and routes on key attributes still find them
+    create_app_table(&ddb, StreamViewType::NewImage).await;
     let db = dir.path().join("sluice.db");
     let es_url = es.url();
     let options = SluiceOptions {
@@ -214,7 +219,11 @@ async fn a_single_table_becomes_two_shaped_indices_and_deletes_of_both_kinds_pro
         }
     }
     for u in 1..=3 {
-        put(&ddb, vec![("PK", s(&format!("USER#{u}"))), ("SK", s("PROFILE"))]).await;
+        put(
+            &ddb,
+            vec![("PK", s(&format!("USER#{u}"))), ("SK", s("PROFILE"))],
+        )
+        .await;
     }
     // changes: a post loses its images and gains a paragraph, a comment is edited
     put(
@@ -235,7 +244,11 @@ async fn a_single_table_becomes_two_shaped_indices_and_deletes_of_both_kinds_pro
     .await;
     put(
         &ddb,
-        vec![("PK", s("POST#3")), ("SK", s("COMMENT#1")), ("body", s("edited"))],
+        vec![
+            ("PK", s("POST#3")),
+            ("SK", s("COMMENT#1")),
+            ("body", s("edited")),
+        ],
     )
     .await;
     // deletes of both kinds, and of an entity that is indexed nowhere
@@ -254,7 +267,10 @@ async fn a_single_table_becomes_two_shaped_indices_and_deletes_of_both_kinds_pro
     assert_index_equals(&es, "posts", &posts, Duration::from_secs(60)).await;
     assert_index_equals(&es, "comments", &comments, Duration::from_secs(60)).await;
     assert!(
-        es.documents("posts").await.values().all(|d| d.get("blocks").is_none()),
+        es.documents("posts")
+            .await
+            .values()
+            .all(|d| d.get("blocks").is_none()),
         "search documents carry no blocks"
     );
     // every comment was written with its post as routing (and deleted with it: none left)
@@ -263,6 +279,8 @@ async fn a_single_table_becomes_two_shaped_indices_and_deletes_of_both_kinds_pro
     for (id, routing) in &routings {
         assert_eq!(id.split('|').next(), Some(routing.as_str()), "{id}");
     }
+    // and no write or delete ever addressed a comment with another routing
+    assert_eq!(es.fake.stats().routing_mismatches, 0);
     // 3 user profiles created, 1 deleted: four records skipped, counted as having no route
     let skipped = sluice
         .metric("sluice_records_skipped_total", "reason=\"no_route\"")
@@ -279,7 +297,11 @@ fn dead_letters(sluice: &Sluice) -> String {
         .envs(aws_env())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -289,7 +311,7 @@ async fn a_tenant_change_moves_the_document_and_a_failing_expression_dead_letter
     let ddb = moto.dynamodb().await;
     let es = Es::start().await;
     let dir = tempfile::tempdir().unwrap();
-    create_app_table(&ddb).await;
+    create_app_table(&ddb, StreamViewType::NewAndOldImages).await;
     let db = dir.path().join("sluice.db");
     let routes = r#"
 [[route]]
@@ -332,14 +354,17 @@ compute.words = '.body | if type == "string" then (split(" ") | length) else err
     sluice.wait_ready(Duration::from_secs(30)).await;
 
     let post = |pk: &str, tenant: &str, body: AttributeValue| {
-        vec![("PK", s(pk)), ("SK", s("POST")), ("tenant", s(tenant)), ("body", body)]
+        vec![
+            ("PK", s(pk)),
+            ("SK", s("POST")),
+            ("tenant", s(tenant)),
+            ("body", body),
+        ]
     };
     put(&ddb, post("p1", "acme", s("one two three"))).await;
     put(&ddb, post("p2", "acme", s("stays here"))).await;
     put(&ddb, post("p3", "beta", s("beta post"))).await;
-    let doc = |pk: &str, tenant: &str, body: &str| {
-        json!({"PK": pk, "SK": "POST", "tenant": tenant, "body": body, "words": body.split(' ').count()})
-    };
+    let doc = |pk: &str, tenant: &str, body: &str| json!({"PK": pk, "SK": "POST", "tenant": tenant, "body": body, "words": body.split(' ').count()});
     let acme: BTreeMap<String, Value> = [
         ("p1|POST".to_string(), doc("p1", "acme", "one two three")),
         ("p2|POST".to_string(), doc("p2", "acme", "stays here")),
@@ -354,17 +379,24 @@ compute.words = '.body | if type == "string" then (split(" ") | length) else err
     let acme: BTreeMap<String, Value> =
         [("p2|POST".to_string(), doc("p2", "acme", "stays here"))].into();
     let beta: BTreeMap<String, Value> = [
-        ("p1|POST".to_string(), doc("p1", "beta", "one two three four")),
+        (
+            "p1|POST".to_string(),
+            doc("p1", "beta", "one two three four"),
+        ),
         // the refused change leaves the last good document, and the shard goes on
         ("p3|POST".to_string(), doc("p3", "beta", "beta post")),
-        ("p4|POST".to_string(), doc("p4", "beta", "after the failure")),
+        (
+            "p4|POST".to_string(),
+            doc("p4", "beta", "after the failure"),
+        ),
     ]
     .into();
     assert_index_equals(&es, "posts-beta", &beta, Duration::from_secs(60)).await;
     assert_index_equals(&es, "posts-acme", &acme, Duration::from_secs(60)).await;
     let letters = dead_letters(&sluice);
     assert!(
-        letters.contains("route `posts`: compute.words") && letters.contains("body must be text, not number"),
+        letters.contains("route `posts`: compute.words")
+            && letters.contains("body must be text, not number"),
         "{letters}"
     );
     assert_eq!(

@@ -207,6 +207,14 @@ fn operation(row: &StoredDeadLetter) -> Result<BulkOp, String> {
 }
 
 pub async fn replay(config: &Config, which: DeadLetterSelection) -> anyhow::Result<ReplayReport> {
+    if let Some(r) = config.route.iter().find(|r| r.routing.is_some()) {
+        // a dead letter keeps index and _id, not the routing: sent again without it, the
+        // document could land on another shard than its later delete goes to
+        anyhow::bail!(
+            "replay does not keep custom routing yet, and route `{}` sets one: replaying could leave a copy on the wrong shard",
+            r.name.as_deref().unwrap_or("(unnamed)")
+        );
+    }
     let store = open(config)?;
     let rows = store.stored_dead_letters(which).await?;
     let mut report = ReplayReport {

@@ -85,7 +85,16 @@ impl DmsRoutes {
             "update" => (Some(row(data)), self.before_image(message, data, &table)?),
             // the deleted row: whole only when the source logs whole rows (PostgreSQL
             // REPLICA IDENTITY FULL); otherwise its key columns, the rest null
-            "delete" => (None, Some(self.image(row(data)))),
+            "delete" => {
+                let deleted = row(data);
+                // whole only if it carries more than the key: PostgreSQL without REPLICA
+                // IDENTITY FULL sends the key columns and nulls
+                let key = self.key_columns(&table);
+                let whole = deleted
+                    .iter()
+                    .any(|(k, v)| !v.is_null() && !key.contains(k));
+                (None, Some(self.image(deleted, whole)))
+            }
             other => {
                 return Err(DecodeError(format!(
                     "unknown DMS operation `{other}` for {table}"
@@ -101,15 +110,27 @@ impl DmsRoutes {
         }))
     }
 
-    fn image(&self, mut attributes: Map<String, Value>) -> Image {
-        if !self.old_images {
+    /// An old row as the record carries it: whole only when `source.old_images` says so *and*
+    /// the record shows it (`looks_whole`) — a before image of the key alone (ColumnFilter
+    /// pk-only) is partial whatever the setting, so a test it cannot answer is an error, not a
+    /// guess.
+    fn image(&self, mut attributes: Map<String, Value>, looks_whole: bool) -> Image {
+        let whole = self.old_images && looks_whole;
+        if !whole {
             // a null in a partial image says nothing about the row
             attributes.retain(|_, v| !v.is_null());
         }
-        Image {
-            attributes,
-            whole: self.old_images,
-        }
+        Image { attributes, whole }
+    }
+
+    /// The primary-key columns the routes of `table` name.
+    fn key_columns(&self, table: &str) -> Vec<String> {
+        self.routes
+            .routes
+            .iter()
+            .filter(|r| r.table.as_deref() == Some(table))
+            .flat_map(|r| r.id_attributes().unwrap_or_default())
+            .collect()
     }
 
     /// The row before an update, from the before-image object or `BI_` columns, if present.
@@ -119,11 +140,24 @@ impl DmsRoutes {
         data: &Map<String, Value>,
         table: &str,
     ) -> Result<Option<Image>, DecodeError> {
+        // a before image without the key columns says nothing of where the row was
+        let key = self.key_columns(table);
+        let has_key = |image: &Map<String, Value>| {
+            key.iter()
+                .all(|c| image.get(c).is_some_and(|v| !v.is_null()))
+        };
+        // whole when it has every column the row has now
+        let covers = |image: &Map<String, Value>| {
+            data.keys()
+                .filter(|k| !k.starts_with(BEFORE_IMAGE_PREFIX))
+                .all(|k| image.contains_key(k))
+        };
         if let Some(before) = message
             .get(&self.before_image_field)
             .and_then(Value::as_object)
+            .filter(|b| has_key(b))
         {
-            return Ok(Some(self.image(before.clone())));
+            return Ok(Some(self.image(before.clone(), covers(before))));
         }
         let prefixed: Map<String, Value> = data
             .iter()
@@ -133,8 +167,9 @@ impl DmsRoutes {
                     .then(|| (column.to_owned(), v.clone()))
             })
             .collect();
-        if !prefixed.is_empty() {
-            return Ok(Some(self.image(prefixed)));
+        if !prefixed.is_empty() && has_key(&prefixed) {
+            let whole = covers(&prefixed);
+            return Ok(Some(self.image(prefixed, whole)));
         }
         if self.old_images {
             return Err(DecodeError(format!(

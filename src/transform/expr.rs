@@ -61,7 +61,13 @@ const REFUSED: &[(&str, &str)] = &[
     ("while", "unbounded generators are not allowed"),
     ("until", "unbounded generators are not allowed"),
     ("combinations", "unbounded generators are not allowed"),
-    ("limit", "unbounded generators are not allowed"),
+    ("walk", "`walk` may not end when its filter grows the value"),
+    (
+        "fromjson",
+        "parsing JSON text inside an expression has no depth limit",
+    ),
+    ("stderr_empty", "expressions cannot write to the log"),
+    ("debug_empty", "expressions cannot write to the log"),
     ("env", "expressions cannot read the environment"),
     ("$ENV", "expressions cannot read the environment"),
     (
@@ -91,7 +97,7 @@ impl Expr {
             let (expected, slice) = &errors[0];
             at(slice, format!("expected {}", expected.as_str()))
         })?;
-        refuse(&tokens, &at)?;
+        refuse(&tokens, false, &at)?;
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
             .chain(jaq_json::defs());
@@ -127,6 +133,15 @@ impl Expr {
     /// Runs on `input`: its one value, `None` when it yields none (`empty`), or an error in
     /// plain words (the expression's own `error(...)`, a type error, several values).
     pub fn eval(&self, input: &Val) -> Result<Option<Value>, String> {
+        // jaq panics on some data (`"x" * .n` with a huge `.n`: capacity overflow): that is
+        // the record's fault, and it becomes the record's error, not the process's end.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.eval_inner(input)))
+            .unwrap_or_else(|_| {
+                Err("the expression failed on this record (jaq gave up: a value too large?)".into())
+            })
+    }
+
+    fn eval_inner(&self, input: &Val) -> Result<Option<Value>, String> {
         let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
         let mut outputs = self.filter.id.run((ctx, input.clone()));
         let first = match outputs.next() {
@@ -150,16 +165,21 @@ fn exception(e: jaq_core::Exn<Val>) -> String {
     }
 }
 
-/// Refuses the names in [`REFUSED`] wherever they are called (not as `.field` or `{key: …}`).
+/// Refuses the names in [`REFUSED`] wherever they are called: everywhere but after a `.`
+/// (`.range`) and as a key of an object (`{now: .now}`) — a `name:` elsewhere is a slice
+/// bound (`.[env:]`), a call.
 fn refuse(
     tokens: &[Token<&str>],
+    in_object: bool,
     at: &impl Fn(&str, String) -> CompileError,
 ) -> Result<(), CompileError> {
     for (i, Token(text, tok)) in tokens.iter().enumerate() {
         match tok {
             Tok::Word | Tok::Var => {
                 let after_dot = i > 0 && matches!(&tokens[i - 1], Token(".", Tok::Sym));
-                let is_key = matches!(tokens.get(i + 1), Some(Token(":", Tok::Sym)));
+                let is_key = in_object
+                    && matches!(tokens.get(i + 1), Some(Token(":", Tok::Sym)))
+                    && (i == 0 || matches!(&tokens[i - 1], Token(",", Tok::Sym)));
                 // `recurse` alone walks the finite record; `recurse(f)` may not end.
                 let called = matches!(tokens.get(i + 1), Some(Token(t, Tok::Block(_))) if t.starts_with('('));
                 if after_dot || is_key {
@@ -172,11 +192,21 @@ fn refuse(
                     return Err(at(text, format!("`{text}`: {why}")));
                 }
             }
-            Tok::Block(inner) => refuse(inner, at)?,
+            Tok::Sym if *text == ".." => {
+                // `.. |= f` is `walk`: it may not end when `f` grows the value
+                if matches!(tokens.get(i + 1), Some(Token(t, Tok::Sym)) if t.ends_with('=') && *t != "==")
+                {
+                    return Err(at(
+                        text,
+                        "`.. |= f` may not end when `f` grows the value".into(),
+                    ));
+                }
+            }
+            Tok::Block(inner) => refuse(inner, text.starts_with('{'), at)?,
             Tok::Str(parts) => {
                 for part in parts {
-                    if let StrPart::Term(Token(_, Tok::Block(inner))) = part {
-                        refuse(inner, at)?;
+                    if let StrPart::Term(Token(t, Tok::Block(inner))) = part {
+                        refuse(inner, t.starts_with('{'), at)?;
                     }
                 }
             }
@@ -200,6 +230,15 @@ fn position(code: &str, slice: &str, message: String) -> CompileError {
         column,
         message,
     }
+}
+
+/// A row → a jq object, without building a `Value` first.
+pub fn object_to_val(row: &Map<String, Value>) -> Val {
+    Val::obj(
+        row.iter()
+            .map(|(k, v)| (Val::from(k.clone()), to_val(v)))
+            .collect(),
+    )
 }
 
 /// A document value → jq. Numbers keep their decimal text (`Num::Dec`) unless they are integers.
@@ -334,6 +373,12 @@ mod tests {
             ("now", 1),
             (".x | halt", 6),
             ("\"\\(input)\"", 4),
+            ("\"\" | .[env:]", 8),
+            ("\"\" | .[now:]", 8),
+            ("{a: env}", 5),
+            ("walk(if type == \"string\" then [.] else . end)", 1),
+            (".. |= [.]", 1),
+            (".payload | fromjson", 12),
         ] {
             let e = Expr::compile(code).unwrap_err();
             assert_eq!((e.line, e.column), (1, column), "{code}: {e}");
@@ -341,6 +386,13 @@ mod tests {
         // the same names as fields and keys are fine, and `..` walks the record
         assert!(Expr::compile("{range: .range, now: .now} | [..] | length").is_ok());
         assert!(Expr::compile("[recurse | numbers]").is_ok());
+        assert!(Expr::compile("[limit(2; .tags[])]").is_ok());
+    }
+
+    #[test]
+    fn a_value_too_large_for_jaq_fails_the_record_not_the_process() {
+        let e = run(r#""x" * .n"#, json!({"n": 1e300})).unwrap_err();
+        assert!(!e.is_empty());
     }
 
     #[test]

@@ -125,7 +125,18 @@ impl Template {
                     literal.push('}');
                 }
                 '{' => {
-                    let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                    let mut name = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        name.push(c);
+                    }
+                    if !closed {
+                        return Err(format!("`{text}`: a `{{` without its `}}`"));
+                    }
                     if name.is_empty() || name.contains('{') {
                         return Err(format!("`{text}`: `{{…}}` must name an attribute"));
                     }
@@ -226,11 +237,32 @@ impl Test {
 /// Equality where numbers compare by value text (`1.50` in the table equals `1.5` in the file).
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            x == y || x.as_f64().zip(y.as_f64()).is_some_and(|(x, y)| x == y)
-        }
+        (Value::Number(x), Value::Number(y)) => decimal(x.as_str()) == decimal(y.as_str()),
         _ => a == b,
     }
+}
+
+/// A number's value as (negative, significant digits, exponent): `1.50` and `15e-1` alike, and
+/// exact beyond f64 (`9007199254740993` ≠ `9007199254740992`).
+fn decimal(text: &str) -> Option<(bool, String, i64)> {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(t) => (true, t),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{fraction}");
+    let mut exponent = exponent - fraction.len() as i64;
+    let trimmed = digits.trim_start_matches('0');
+    let significant = trimmed.trim_end_matches('0');
+    exponent += (trimmed.len() - significant.len()) as i64;
+    if significant.is_empty() {
+        return Some((false, String::new(), 0));
+    }
+    Some((negative, significant.to_owned(), exponent))
 }
 
 impl Route {
@@ -279,10 +311,10 @@ impl Route {
     }
 
     /// Whether the row matches; an error when the image lacks an attribute a test reads.
-    fn matches(&self, row: &Image) -> Result<bool, DecodeError> {
+    fn matches(&self, row: &Map<String, Value>, whole: bool) -> Result<bool, DecodeError> {
         for (attribute, test) in &self.when {
-            let value = row.attributes.get(attribute);
-            if value.is_none() && !row.whole {
+            let value = row.get(attribute);
+            if value.is_none() && !whole {
                 return Err(DecodeError(format!(
                     "route `{}` tests attribute `{attribute}`, which this record's old image does not carry (the stream needs whole old images: source.old_images)",
                     self.name
@@ -317,36 +349,41 @@ impl Routes {
     /// A change → the document operations it implies, a counted skip, or an error with the
     /// reason (the record goes to the dead-letter table).
     pub fn apply(&self, change: RowChange) -> Result<Decoded, DecodeError> {
-        let table = change.table.as_deref();
-        let keys = change.keys.as_ref();
-        let new = match &change.new {
-            Some(row) => {
-                let image = Image {
-                    attributes: row.clone(),
-                    whole: true,
-                };
-                self.place(table, &image, keys)?
-                    .map(|(route, place)| (route, place, image))
-            }
+        let RowChange {
+            table,
+            new,
+            old,
+            keys,
+            version,
+        } = change;
+        let table = table.as_deref();
+        let keys = keys.as_ref();
+        let new_place = match &new {
+            Some(row) => self.place(table, row, true, keys)?,
             None => None,
         };
-        let old = match &change.old {
-            Some(image) => self.place(table, image, keys)?,
+        let old_place = match &old {
+            // A whole old image that cannot be placed (an attribute its route needs was missing
+            // or made an invalid index name) had no document: the same error refused it then.
+            Some(image) if image.whole => self
+                .place(table, &image.attributes, true, keys)
+                .unwrap_or(None),
+            Some(image) => self.place(table, &image.attributes, false, keys)?,
             None => None,
         };
         let mut changes = Vec::with_capacity(2);
-        if let Some((_, place)) = old {
+        if let Some((_, place)) = old_place {
             // gone, or placed elsewhere now: the document at the old place is deleted
-            if new.as_ref().is_none_or(|(_, p, _)| *p != place) {
-                changes.push(self.change(place, DocAction::Delete, change.version));
+            if new_place.as_ref().is_none_or(|(_, p)| *p != place) {
+                changes.push(self.change(place, DocAction::Delete, version));
             }
         }
-        if let Some((route, place, image)) = new {
+        if let (Some((route, place)), Some(row)) = (new_place, new) {
             let document = route
                 .shape
-                .apply(&image.attributes)
+                .apply(row)
                 .map_err(|e| DecodeError(format!("route `{}`: {e}", route.name)))?;
-            changes.push(self.change(place, DocAction::Index(document), change.version));
+            changes.push(self.change(place, DocAction::Index(document), version));
         }
         if changes.is_empty() {
             return Ok(Decoded {
@@ -379,26 +416,24 @@ impl Routes {
     fn place<'r>(
         &'r self,
         table: Option<&str>,
-        row: &Image,
+        row: &Map<String, Value>,
+        whole: bool,
         keys: Option<&Map<String, Value>>,
     ) -> Result<Option<(&'r Route, Place)>, DecodeError> {
         for route in &self.routes {
-            if !route.matches_table(table) || !route.matches(row)? {
+            if !route.matches_table(table) || !route.matches(row, whole)? {
                 continue;
             }
             let within = |e: DecodeError| DecodeError(format!("route `{}`: {}", route.name, e.0));
-            let index = route
-                .index
-                .render(&row.attributes, "the index")
-                .map_err(within)?;
+            let index = route.index.render(row, "the index").map_err(within)?;
             if !crate::config::valid_index(&index) {
                 return Err(within(DecodeError(format!(
                     "`{index}` is not a valid index name (lowercase, no spaces or \\/*?\"<>|,#:, at most 255 bytes)"
                 ))));
             }
-            let id = self.id(route, &row.attributes, keys).map_err(within)?;
+            let id = self.id(route, row, keys).map_err(within)?;
             let routing = match &route.routing {
-                Some(t) => Some(t.render(&row.attributes, "routing").map_err(within)?),
+                Some(t) => Some(t.render(row, "routing").map_err(within)?),
                 None => None,
             };
             return Ok(Some((
@@ -464,14 +499,14 @@ impl Shape {
     }
 
     /// The row → the document.
-    pub fn apply(&self, row: &Map<String, Value>) -> Result<Value, String> {
+    pub fn apply(&self, row: Map<String, Value>) -> Result<Value, String> {
         if self.is_identity() {
-            return Ok(Value::Object(row.clone()));
+            return Ok(Value::Object(row));
         }
         // computed from the whole row, before anything is taken away
         let mut computed = Vec::with_capacity(self.compute.len());
         if !self.compute.is_empty() {
-            let input = expr::to_val(&Value::Object(row.clone()));
+            let input = expr::object_to_val(&row);
             for (name, path, expression) in &self.compute {
                 match expression.eval(&input) {
                     Ok(Some(v)) => computed.push((path, v)),
@@ -484,13 +519,13 @@ impl Shape {
             Some(paths) => {
                 let mut out = Map::new();
                 for path in paths {
-                    if let Some(v) = get(row, path) {
+                    if let Some(v) = get(&row, path) {
                         set(&mut out, path, v.clone());
                     }
                 }
                 out
             }
-            None => row.clone(),
+            None => row,
         };
         for path in &self.exclude {
             remove(&mut doc, path);
@@ -603,7 +638,9 @@ impl Routes {
         let separator = &config.sink.document_id_separator;
         let document_id =
             (!config.sink.document_id.is_empty()).then(|| config.sink.document_id.clone());
-        let key: Option<Vec<String>> = document_id.or_else(|| key.map(<[String]>::to_vec));
+        // what every delete record carries: the table's key, when DescribeTable has said it
+        let table_key: Option<Vec<String>> = key.map(<[String]>::to_vec);
+        let key: Option<Vec<String>> = document_id.clone().or_else(|| table_key.clone());
         if config.route.is_empty() {
             return Ok(Routes::single(&config.sink.index, key, separator));
         }
@@ -718,7 +755,11 @@ impl Routes {
                 ));
             }
             let route = Route {
-                name: r.name.clone().unwrap_or_else(|| format!("route[{i}]")),
+                name: r
+                    .name
+                    .clone()
+                    .or_else(|| r.table.clone())
+                    .unwrap_or_else(|| format!("route[{i}]")),
                 table: r.table.clone(),
                 when,
                 index,
@@ -753,10 +794,27 @@ impl Routes {
             let route_key = if dms {
                 route.id_attributes()
             } else if key_known_later {
-                key.clone().or_else(|| presumed_key.clone())
+                table_key
+                    .clone()
+                    .or_else(|| key.clone())
+                    .or_else(|| presumed_key.clone())
             } else {
                 key.clone().or_else(|| route.id_attributes())
             };
+            // `_id` of a route on the table's key is sink.document_id when set
+            let id_attributes = route.id_attributes().or_else(|| document_id.clone());
+            if let (Some(routing), Some(ids)) = (&route.routing, &id_attributes) {
+                // the batcher knows a document by index and _id: one _id, one routing
+                if let Some(a) = routing.attributes().find(|a| !ids.iter().any(|x| x == a)) {
+                    return Err(bad("routing", format!("uses `{a}`, which is not part of the route's `_id` ({}): one _id must always have one routing", ids.join(", "))));
+                }
+            }
+            if let Some(other) = routes
+                .iter()
+                .find(|o: &&Route| o.index == route.index && o.routing != route.routing)
+            {
+                return Err(bad("routing", format!("differs from route `{}`, which writes to the same index: a document moving between them would keep a copy under the other routing", other.name)));
+            }
             match &route_key {
                 Some(k) => {
                     if let Some(routing) = &route.routing {
@@ -764,7 +822,14 @@ impl Routes {
                             return Err(bad("routing", format!("uses `{a}`, which is not a key attribute ({}): a document's routing must never change", k.join(", "))));
                         }
                     }
-                    let missing = unroutable_deletes(&route, k);
+                    let mut missing = unroutable_deletes(&route, k);
+                    if matches!(route.id, IdRule::Key) {
+                        for a in document_id.iter().flatten() {
+                            if !k.contains(a) && !missing.contains(a) {
+                                missing.push(a.clone());
+                            }
+                        }
+                    }
                     if !config.source.old_images && !missing.is_empty() {
                         return Err(ConfigError(format!(
                             "{label}: deletes cannot be routed: the route places documents by {}, which a delete record does not carry (it carries the key: {}; list the table's whole key in sink.document_id if it has more). Set source.old_images = true (a DynamoDB stream of view type NEW_AND_OLD_IMAGES; DMS BeforeImageSettings with whole-row logging), or place by key attributes only",
@@ -1069,7 +1134,7 @@ id = ["PK"]
             ..Shape::default()
         };
         let doc = shape
-            .apply(&row(json!({"title": "T", "author": {"name": "Ada", "email": "a@x"}, "n": null, "secret": 1})))
+            .apply(row(json!({"title": "T", "author": {"name": "Ada", "email": "a@x"}, "n": null, "secret": 1})))
             .unwrap();
         assert_eq!(
             doc,

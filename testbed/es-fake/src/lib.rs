@@ -77,6 +77,10 @@ pub struct Stats {
     /// document moved backwards. The test server remembers every document's highest version
     /// for ever, to catch exactly that.
     pub applied_backwards: u64,
+    /// Writes and deletes of a document with another custom routing than the one it was
+    /// written with. With one primary shard (as here) they reach it; with several, Elasticsearch
+    /// would send them to another shard — a second copy, or a delete that misses.
+    pub routing_mismatches: u64,
     /// Requests refused for a missing or wrong SigV4 signature.
     pub unsigned: u64,
     /// Requests that came gzip-compressed.
@@ -1869,6 +1873,9 @@ fn apply(s: &Shared, a: &Action) -> Value {
         .map(|d| d.version)
         .or_else(|| idx.tombstones.get(&id).map(|(v, _)| *v));
     let exists = idx.docs.contains_key(&id);
+    if idx.docs.get(&id).is_some_and(|d| d.routing != a.routing) {
+        s.stats.lock().unwrap().routing_mismatches += 1;
+    }
     let conflict = |cur: u64, given: u64| {
         json!({ a.op.clone(): {"_index": a.index, "_id": id, "status": 409, "error": {
             "type": "version_conflict_engine_exception",
