@@ -218,10 +218,10 @@ pub fn dynamodb_row(record: &Record, table: Option<&str>) -> Result<RowChange, D
             let image = stream.new_image.as_ref().ok_or_else(|| {
                 DecodeError("INSERT/MODIFY record has no NewImage (the stream view type must be NEW_IMAGE or NEW_AND_OLD_IMAGES)".into())
             })?;
-            let old = match record.event_name {
-                Some(OperationType::Insert) => None,
-                _ => Some(old.unwrap_or_else(|| keys_only(&keys))),
-            };
+            // A MODIFY without OldImage: DynamoDB keys never change, and routes that place by
+            // other attributes need old images (checked against the view type at start), so
+            // the old place is the new one.
+            let old = old.filter(|_| record.event_name == Some(OperationType::Modify));
             (Some(object(item_to_json(image)?)), old)
         }
         Some(OperationType::Remove) => (None, Some(old.unwrap_or_else(|| keys_only(&keys)))),

@@ -59,6 +59,9 @@ pub struct Test {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
+    /// The text itself when there are no placeholders, shared (an index name per record
+    /// would be an allocation per record).
+    fixed: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,14 +155,21 @@ impl Template {
         if !literal.is_empty() {
             parts.push(Part::Text(literal));
         }
-        Ok(Template { parts })
+        Ok(Template::of(parts))
     }
 
     /// A template without placeholders.
     pub fn literal(text: &str) -> Self {
-        Template {
-            parts: vec![Part::Text(text.to_owned())],
-        }
+        Template::of(vec![Part::Text(text.to_owned())])
+    }
+
+    fn of(parts: Vec<Part>) -> Self {
+        let fixed = match &parts[..] {
+            [Part::Text(t)] => Some(t.as_str().into()),
+            [] => Some("".into()),
+            _ => None,
+        };
+        Template { parts, fixed }
     }
 
     /// The attributes it reads.
@@ -425,25 +435,25 @@ impl Routes {
                 continue;
             }
             let within = |e: DecodeError| DecodeError(format!("route `{}`: {}", route.name, e.0));
-            let index = route.index.render(row, "the index").map_err(within)?;
-            if !crate::config::valid_index(&index) {
-                return Err(within(DecodeError(format!(
-                    "`{index}` is not a valid index name (lowercase, no spaces or \\/*?\"<>|,#:, at most 255 bytes)"
-                ))));
-            }
+            // a fixed name was checked with the configuration
+            let index: Arc<str> = match &route.index.fixed {
+                Some(name) => name.clone(),
+                None => {
+                    let index = route.index.render(row, "the index").map_err(within)?;
+                    if !crate::config::valid_index(&index) {
+                        return Err(within(DecodeError(format!(
+                            "`{index}` is not a valid index name (lowercase, no spaces or \\/*?\"<>|,#:, at most 255 bytes)"
+                        ))));
+                    }
+                    index.into()
+                }
+            };
             let id = self.id(route, row, keys).map_err(within)?;
             let routing = match &route.routing {
                 Some(t) => Some(t.render(row, "routing").map_err(within)?),
                 None => None,
             };
-            return Ok(Some((
-                route,
-                Place {
-                    index: index.into(),
-                    id,
-                    routing,
-                },
-            )));
+            return Ok(Some((route, Place { index, id, routing })));
         }
         Ok(None)
     }

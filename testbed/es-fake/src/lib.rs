@@ -2114,6 +2114,7 @@ mod tests {
             id: Some(id.into()),
             version: version.map(|v| json!(v)),
             version_type: version.map(|_| "external".into()),
+            routing: None,
             source,
             lines: Vec::new(),
         }
