@@ -66,14 +66,17 @@ pub struct Decoded {
     /// record carries one (DMS `timestamp`): the shard's version clock never goes below it.
     /// `None` → the record's creation or arrival time.
     pub version_floor: Option<u64>,
+    /// What of the record could not be written, while `changes` are: the record goes to the
+    /// dead-letter table with this reason (a row that can no longer be placed is deleted from
+    /// its old place, and refused).
+    pub refused: Option<DecodeError>,
 }
 
 impl From<DocChange> for Decoded {
     fn from(c: DocChange) -> Self {
         Decoded {
             changes: vec![c],
-            skipped: None,
-            version_floor: None,
+            ..Decoded::default()
         }
     }
 }

@@ -490,6 +490,9 @@ impl<A: ShardApi> ShardReader<A> {
                             ));
                         }
                     }
+                    if let Some(e) = decoded.refused {
+                        dead.push(self.refuse(&ctx, record, None, e.0, version));
+                    }
                 }
                 Err(e) => {
                     dead.push(self.refuse(&ctx, record, None, e.0, version));

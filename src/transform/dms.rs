@@ -39,9 +39,8 @@ impl DmsRoutes {
         let mut decoded = match self.row_change(&message)? {
             Ok(change) => self.routes.apply(change)?,
             Err(skip) => Decoded {
-                changes: vec![],
                 skipped: Some(skip),
-                version_floor: None,
+                ..Decoded::default()
             },
         };
         decoded.version_floor = floor;
@@ -93,7 +92,7 @@ impl DmsRoutes {
                 let whole = deleted
                     .iter()
                     .any(|(k, v)| !v.is_null() && !key.contains(k));
-                (None, Some(self.image(deleted, whole)))
+                (None, Some(self.image(deleted, whole, true)))
             }
             other => {
                 return Err(DecodeError(format!(
@@ -114,10 +113,11 @@ impl DmsRoutes {
     /// the record shows it (`looks_whole`) — a before image of the key alone (ColumnFilter
     /// pk-only) is partial whatever the setting, so a test it cannot answer is an error, not a
     /// guess.
-    fn image(&self, mut attributes: Map<String, Value>, looks_whole: bool) -> Image {
+    fn image(&self, mut attributes: Map<String, Value>, looks_whole: bool, deleted: bool) -> Image {
         let whole = self.old_images && looks_whole;
-        if !whole {
-            // a null in a partial image says nothing about the row
+        if !whole && deleted {
+            // a partial delete's nulls stand for columns it does not carry (PostgreSQL sends
+            // the key and nulls); a before image's null is the column's value
             attributes.retain(|_, v| !v.is_null());
         }
         Image { attributes, whole }
@@ -157,7 +157,7 @@ impl DmsRoutes {
             .and_then(Value::as_object)
             .filter(|b| has_key(b))
         {
-            return Ok(Some(self.image(before.clone(), covers(before))));
+            return Ok(Some(self.image(before.clone(), covers(before), false)));
         }
         let prefixed: Map<String, Value> = data
             .iter()
@@ -169,7 +169,7 @@ impl DmsRoutes {
             .collect();
         if !prefixed.is_empty() && has_key(&prefixed) {
             let whole = covers(&prefixed);
-            return Ok(Some(self.image(prefixed, whole)));
+            return Ok(Some(self.image(prefixed, whole, false)));
         }
         if self.old_images {
             return Err(DecodeError(format!(

@@ -4,7 +4,7 @@
 //!
 //! jaq has no operation budget, so what could run without end or reach outside is refused at
 //! compile time instead: user definitions (`def`, the only way to recurse), modules, the
-//! unbounded generators (`range`, `repeat`, `recurse(f)`, `while`, `until`, `combinations`),
+//! unbounded generators (`range`, `repeat`, `recurse`, `while`, `until`, `combinations`),
 //! and everything that reads the process or the world (`env`, `$ENV`, `now`, `input`, `halt`,
 //! `debug`, `stderr`, local time). What remains walks the record it is given.
 
@@ -66,6 +66,19 @@ const REFUSED: &[(&str, &str)] = &[
         "fromjson",
         "parsing JSON text inside an expression has no depth limit",
     ),
+    (
+        "tonumber",
+        "it parses its text as JSON, without a depth limit",
+    ),
+    (
+        "toboolean",
+        "it parses its text as JSON, without a depth limit",
+    ),
+    (
+        "totype",
+        "it parses its text as JSON, without a depth limit",
+    ),
+    ("recurse", "its updates may not end (`..` walks the record)"),
     ("stderr_empty", "expressions cannot write to the log"),
     ("debug_empty", "expressions cannot write to the log"),
     ("env", "expressions cannot read the environment"),
@@ -180,13 +193,8 @@ fn refuse(
                 let is_key = in_object
                     && matches!(tokens.get(i + 1), Some(Token(":", Tok::Sym)))
                     && (i == 0 || matches!(&tokens[i - 1], Token(",", Tok::Sym)));
-                // `recurse` alone walks the finite record; `recurse(f)` may not end.
-                let called = matches!(tokens.get(i + 1), Some(Token(t, Tok::Block(_))) if t.starts_with('('));
                 if after_dot || is_key {
                     continue;
-                }
-                if *text == "recurse" && called {
-                    return Err(at(text, "`recurse(f)` is not allowed: it may not end (`..` and `recurse` walk the record)".into()));
                 }
                 if let Some((_, why)) = REFUSED.iter().find(|(name, _)| name == text) {
                     return Err(at(text, format!("`{text}`: {why}")));
@@ -194,7 +202,7 @@ fn refuse(
             }
             Tok::Sym if *text == ".." => {
                 // `.. |= f` is `walk`: it may not end when `f` grows the value
-                if matches!(tokens.get(i + 1), Some(Token(t, Tok::Sym)) if t.ends_with('=') && *t != "==")
+                if matches!(tokens.get(i + 1), Some(Token(t, Tok::Sym)) if ["|=", "=", "+=", "-=", "*=", "/=", "%=", "//="].contains(t))
                 {
                     return Err(at(
                         text,
@@ -385,7 +393,16 @@ mod tests {
         }
         // the same names as fields and keys are fine, and `..` walks the record
         assert!(Expr::compile("{range: .range, now: .now} | [..] | length").is_ok());
-        assert!(Expr::compile("[recurse | numbers]").is_ok());
+        assert!(Expr::compile("[.. | numbers] | length").is_ok());
+        assert!(Expr::compile("[.. != 1] | length").is_ok());
+        for code in [
+            "recurse |= [.]",
+            "[recurse(.a)]",
+            ".price | tonumber",
+            "\"[[[\" | fromjson",
+        ] {
+            assert!(Expr::compile(code).is_err(), "{code}");
+        }
         assert!(Expr::compile("[limit(2; .tags[])]").is_ok());
     }
 

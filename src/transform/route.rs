@@ -369,17 +369,33 @@ impl Routes {
         let table = table.as_deref();
         let keys = keys.as_ref();
         let new_place = match &new {
-            Some(row) => self.place(table, row, true, keys)?,
-            None => None,
+            Some(row) => self.place(table, row, true, keys),
+            None => Ok(None),
         };
         let old_place = match &old {
-            // A whole old image that cannot be placed (an attribute its route needs was missing
-            // or made an invalid index name) had no document: the same error refused it then.
+            // A whole old image that cannot be placed has no document: when that row came, its
+            // old document was deleted and the row refused (below).
             Some(image) if image.whole => self
                 .place(table, &image.attributes, true, keys)
                 .unwrap_or(None),
             Some(image) => self.place(table, &image.attributes, false, keys)?,
             None => None,
+        };
+        let new_place = match new_place {
+            Ok(p) => p,
+            // The row can no longer be placed (an attribute its route needs is gone, or makes
+            // an invalid index name): its old document would stay, stale, where no later change
+            // could find it. It is deleted, and the record refused with the reason.
+            Err(e) => {
+                let Some((_, place)) = old_place else {
+                    return Err(e);
+                };
+                return Ok(Decoded {
+                    changes: vec![self.change(place, DocAction::Delete, version)],
+                    refused: Some(e),
+                    ..Decoded::default()
+                });
+            }
         };
         let mut changes = Vec::with_capacity(2);
         if let Some((_, place)) = old_place {
@@ -402,13 +418,12 @@ impl Routes {
                     reason: "no_route",
                     detail: table.unwrap_or("the record").to_owned(),
                 }),
-                version_floor: None,
+                ..Decoded::default()
             });
         }
         Ok(Decoded {
             changes,
-            skipped: None,
-            version_floor: None,
+            ..Decoded::default()
         })
     }
 
@@ -623,6 +638,24 @@ pub fn tests(when: &BTreeMap<String, Test>) -> Vec<(String, Test)> {
 }
 
 impl Template {
+    /// Whether the two could name one index (conservative for two templates: their leading
+    /// texts agree).
+    pub fn may_meet(&self, other: &Template) -> bool {
+        match (&self.fixed, &other.fixed) {
+            (Some(a), Some(b)) => a == b,
+            (Some(a), None) => other.could_render(a),
+            (None, Some(b)) => self.could_render(b),
+            (None, None) => {
+                let lead = |t: &Template| match t.parts.first() {
+                    Some(Part::Text(x)) => x.clone(),
+                    _ => String::new(),
+                };
+                let (a, b) = (lead(self), lead(other));
+                a.starts_with(&b) || b.starts_with(&a)
+            }
+        }
+    }
+
     /// Whether some row could render to `name` (for `[[index]]` entries behind a template).
     pub fn could_render(&self, name: &str) -> bool {
         fn rest(parts: &[Part], name: &str) -> bool {
@@ -799,17 +832,15 @@ impl Routes {
             // What a delete record carries: the key (DMS: the route's primary-key columns),
             // unless whole old images come with every change.
             // DynamoDB: the table's key (DescribeTable at start, or sink.document_id). Before the
-            // start (check-config) the key is presumed to be what the routes' ids are made of;
-            // in Kinesis nothing describes the table, so a route's `id` is taken as its key.
+            // start (check-config), and on DynamoDB→Kinesis where nothing describes the table,
+            // it is presumed to be what the routes' ids are made of.
             let route_key = if dms {
                 route.id_attributes()
-            } else if key_known_later {
+            } else {
                 table_key
                     .clone()
                     .or_else(|| key.clone())
                     .or_else(|| presumed_key.clone())
-            } else {
-                key.clone().or_else(|| route.id_attributes())
             };
             // `_id` of a route on the table's key is sink.document_id when set
             let id_attributes = route.id_attributes().or_else(|| document_id.clone());
@@ -821,7 +852,7 @@ impl Routes {
             }
             if let Some(other) = routes
                 .iter()
-                .find(|o: &&Route| o.index == route.index && o.routing != route.routing)
+                .find(|o: &&Route| o.index.may_meet(&route.index) && o.routing != route.routing)
             {
                 return Err(bad("routing", format!("differs from route `{}`, which writes to the same index: a document moving between them would keep a copy under the other routing", other.name)));
             }
@@ -854,7 +885,7 @@ impl Routes {
                     if !placed.is_empty() && (!config.source.old_images || route.routing.is_some())
                     {
                         return Err(ConfigError(format!(
-                            "{label}: sluice cannot tell whether {} are key attributes, which every delete record carries: list the key attributes in the route's `id` (or sink.document_id){}",
+                            "{label}: sluice cannot tell whether {} are key attributes, which every delete record carries: set sink.document_id to the table's key{}",
                             quoted(&placed),
                             if route.routing.is_some() { "" } else { ", or set source.old_images = true" }
                         )));
@@ -1089,6 +1120,30 @@ id = ["PK"]
             .unwrap();
         assert_eq!(
             places(&same),
+            [("posts-beta".into(), "p1".into(), None, false)]
+        );
+    }
+
+    #[test]
+    fn a_row_that_can_no_longer_be_placed_leaves_its_old_place_and_is_refused() {
+        let r = routes(TENANTS, &["PK"]);
+        let d = r
+            .apply(upsert(
+                json!({"PK": "p1", "status": "published"}),
+                Some(json!({"PK": "p1", "tenant": "acme", "status": "published"})),
+            ))
+            .unwrap();
+        assert_eq!(places(&d), [("posts-acme".into(), "p1".into(), None, true)]);
+        assert!(d.refused.unwrap().0.contains("`tenant`"));
+        // its next change finds no document at the unplaceable old row, and places the new one
+        let d = r
+            .apply(upsert(
+                json!({"PK": "p1", "tenant": "beta", "status": "published"}),
+                Some(json!({"PK": "p1", "status": "published"})),
+            ))
+            .unwrap();
+        assert_eq!(
+            places(&d),
             [("posts-beta".into(), "p1".into(), None, false)]
         );
     }
