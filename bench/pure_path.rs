@@ -178,12 +178,7 @@ fn main() {
 
 /// Routes compiled from a configuration file's text, as `sluice run` compiles them.
 fn routes_from(toml: &str) -> Routes {
-    let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sluice.toml");
-    std::fs::write(&path, toml).unwrap();
-    let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let config = Config::from_toml(toml).unwrap();
     Routes::from_config(&config, Some(&["id".to_string()])).unwrap()
 }
 

@@ -17,10 +17,7 @@ use sluice::transform::{dynamodb_kinesis_row, dynamodb_row, DecodeError, Decoded
 /// Routes as `sluice run` compiles them from a file: conditions, a template index, computed
 /// fields — every part of shaping sees the bad input too.
 fn compiled(toml: &str, key: &[&str]) -> Routes {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sluice.toml");
-    std::fs::write(&path, toml).unwrap();
-    let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
+    let config = Config::from_toml(toml).unwrap();
     let key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
     Routes::from_config(&config, Some(&key)).unwrap()
 }

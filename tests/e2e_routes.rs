@@ -148,23 +148,8 @@ fn expected_comments(items: &[Map<String, Value>]) -> BTreeMap<String, Value> {
         .collect()
 }
 
-const SINGLE_TABLE_ROUTES: &str = r#"
-[[route]]
-name = "posts"
-when.SK.begins_with = "POST#"
-index = "posts"
-id = "{PK}"
-exclude = ["blocks"]
-compute.text = '[.blocks[]? | select(.type == "paragraph") | .text] | join("\n")'
-compute.image_count = '[.blocks[]? | select(.type == "image")] | length'
-
-[[route]]
-name = "comments"
-when.SK.begins_with = "COMMENT#"
-index = "comments"
-routing = "{PK}"
-rename = { body = "text" }
-"#;
+/// The README's single-table example, as shipped.
+const SINGLE_TABLE_ROUTES: &str = include_str!("../config/routes-single-table.toml");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_table_becomes_two_shaped_indices_and_deletes_of_both_kinds_propagate() {

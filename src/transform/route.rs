@@ -928,10 +928,7 @@ mod tests {
     use serde_json::json;
 
     fn routes(toml: &str, key: &[&str]) -> Routes {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sluice.toml");
-        std::fs::write(&path, toml).unwrap();
-        let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
+        let config = Config::from_toml(toml).unwrap();
         let key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
         Routes::from_config(&config, Some(&key)).unwrap()
     }
@@ -984,27 +981,10 @@ mod tests {
         }
     }
 
-    const SINGLE_TABLE: &str = r#"[source]
-type = "dynamodb_streams"
-table = "app"
-
-[[route]]
-name = "posts"
-when.SK.begins_with = "POST#"
-index = "posts"
-id = "{PK}"
-exclude = ["blocks"]
-compute.text = '[.blocks[]? | select(.type == "paragraph") | .text] | join("\n")'
-compute.image_count = '[.blocks[]? | select(.type == "image")] | length'
-
-[[route]]
-name = "comments"
-when.SK.begins_with = "COMMENT#"
-index = "comments"
-routing = "{PK}"
-rename = { body = "text" }
-drop_nulls = true
-"#;
+    const SINGLE_TABLE: &str = concat!(
+        "[source]\ntype = \"dynamodb_streams\"\ntable = \"app\"\n",
+        include_str!("../../config/routes-single-table.toml")
+    );
 
     #[test]
     fn single_table_entities_go_to_their_own_index_and_the_rest_is_skipped() {
