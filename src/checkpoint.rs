@@ -59,6 +59,8 @@ pub struct DeadLetter {
     pub sequence_number: String,
     pub index: Option<String>,
     pub doc_id: Option<String>,
+    /// The operation's custom routing (a route's `routing`), so a replay lands on its shard.
+    pub routing: Option<String>,
     pub version: Option<u64>,
     /// "index", "delete" or "decode".
     pub action: String,
@@ -151,7 +153,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     action          TEXT NOT NULL,
     payload         TEXT NOT NULL,
     error           TEXT NOT NULL,
-    created_at_ms   INTEGER NOT NULL
+    created_at_ms   INTEGER NOT NULL,
+    routing         TEXT
 );
 ";
 
@@ -202,12 +205,16 @@ impl CheckpointStore {
             |r| r.get::<_, i64>(0).map(|n| n > 0),
         )?;
         if !has_start_at {
-            match conn.execute_batch("ALTER TABLE checkpoints ADD COLUMN start_at TEXT") {
-                // another process opening the same file added it first
-                Err(rusqlite::Error::SqliteFailure(_, Some(m)))
-                    if m.contains("duplicate column") => {}
-                other => other?,
-            }
+            add_column(&conn, "ALTER TABLE checkpoints ADD COLUMN start_at TEXT")?;
+        }
+        // files written before routes had custom routing
+        let has_routing: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('dead_letters') WHERE name = 'routing'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_routing {
+            add_column(&conn, "ALTER TABLE dead_letters ADD COLUMN routing TEXT")?;
         }
         Ok(conn)
     }
@@ -300,7 +307,7 @@ impl CheckpointStore {
                 DeadLetterSelection::Before(ms) => ("created_at_ms < ?".into(), vec![*ms]),
             };
             let mut stmt = conn.prepare(&format!(
-                "SELECT id, created_at_ms, stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error
+                "SELECT id, created_at_ms, stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error, routing
                  FROM dead_letters WHERE {clause} ORDER BY id"
             ))?;
             let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
@@ -469,12 +476,21 @@ pub(crate) fn forget(
     Ok(())
 }
 
+/// Adds a column to a file an older sluice wrote.
+fn add_column(conn: &Connection, statement: &str) -> Result<(), rusqlite::Error> {
+    match conn.execute_batch(statement) {
+        // another process opening the same file added it first
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("duplicate column") => Ok(()),
+        other => other,
+    }
+}
+
 fn dead_letter(conn: &mut Connection, letters: &[DeadLetter]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO dead_letters (stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO dead_letters (stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error, created_at_ms, routing)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         let now = now_ms();
         for d in letters {
@@ -488,7 +504,8 @@ fn dead_letter(conn: &mut Connection, letters: &[DeadLetter]) -> Result<(), Stor
                 d.action,
                 d.payload,
                 d.error,
-                now
+                now,
+                d.routing
             ])?;
         }
     }
@@ -498,13 +515,13 @@ fn dead_letter(conn: &mut Connection, letters: &[DeadLetter]) -> Result<(), Stor
 
 fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error FROM dead_letters ORDER BY id",
+        "SELECT stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error, routing FROM dead_letters ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| letter_at(r, 0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// A dead letter from its nine columns (stream … error), starting at column `from`.
+/// A dead letter from its ten columns (stream … error, routing), starting at column `from`.
 fn letter_at(r: &rusqlite::Row, from: usize) -> rusqlite::Result<DeadLetter> {
     Ok(DeadLetter {
         stream: r.get(from)?,
@@ -516,6 +533,7 @@ fn letter_at(r: &rusqlite::Row, from: usize) -> rusqlite::Result<DeadLetter> {
         action: r.get(from + 6)?,
         payload: r.get(from + 7)?,
         error: r.get(from + 8)?,
+        routing: r.get(from + 9)?,
     })
 }
 
@@ -614,6 +632,7 @@ mod tests {
             sequence_number: "42".into(),
             index: Some("posts".into()),
             doc_id: Some("p1".into()),
+            routing: Some("tenant-7".into()),
             version: Some(1_700_000_000_000_000),
             action: "index".into(),
             payload: "{\"n\":\"x\"}".into(),
@@ -621,5 +640,43 @@ mod tests {
         };
         store.dead_letter(vec![letter.clone()]).await.unwrap();
         assert_eq!(store.dead_letters().await.unwrap(), vec![letter]);
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_dead_letters_kept_their_routing_opens_with_its_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE dead_letters (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
+                    sequence_number TEXT NOT NULL, index_name TEXT, doc_id TEXT, version INTEGER,
+                    action TEXT NOT NULL, payload TEXT NOT NULL, error TEXT NOT NULL,
+                    created_at_ms INTEGER NOT NULL);
+                 INSERT INTO dead_letters (stream, shard_id, sequence_number, index_name, doc_id, version, action, payload, error, created_at_ms)
+                 VALUES ('s', 'shard-1', '41', 'posts', 'p0', 7, 'delete', '', 'refused', 0);",
+            )
+            .unwrap();
+        }
+        let store = CheckpointStore::open(&path, JournalMode::Wal).unwrap();
+        let routed = DeadLetter {
+            stream: "s".into(),
+            shard_id: "shard-1".into(),
+            sequence_number: "42".into(),
+            index: Some("comments".into()),
+            doc_id: Some("POST#1|COMMENT#1".into()),
+            routing: Some("POST#1".into()),
+            version: Some(8),
+            action: "delete".into(),
+            payload: String::new(),
+            error: "refused".into(),
+        };
+        store.dead_letter(vec![routed.clone()]).await.unwrap();
+        let letters = store.dead_letters().await.unwrap();
+        assert_eq!(letters.len(), 2);
+        assert_eq!(letters[0].doc_id.as_deref(), Some("p0"));
+        assert_eq!(letters[0].routing, None);
+        assert_eq!(letters[1], routed);
     }
 }

@@ -997,12 +997,6 @@ impl Config {
         }
         // every route compiles (templates, paths, expressions) and can route its deletes
         crate::transform::route::Routes::from_config(self, None)?;
-        if !self.route.is_empty() && self.backfill.on_start {
-            return err(
-                "backfill.on_start",
-                "the backfill does not apply [[route]]s yet: it would write whole items into sink.index",
-            );
-        }
         let written: Vec<&str> = if self.route.is_empty() {
             vec![self.sink.index.as_str()]
         } else {

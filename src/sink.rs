@@ -55,6 +55,8 @@ pub struct Origin {
 pub struct BulkOp {
     pub index: Arc<str>,
     pub id: String,
+    /// Elasticsearch custom routing, kept for a dead letter (the action line carries it).
+    pub routing: Option<String>,
     pub version: u64,
     pub kind: OpKind,
     /// Action line and (for index) source line, each ending in `\n`.
@@ -121,6 +123,7 @@ impl BulkOp {
         Self {
             index,
             id,
+            routing: routing.map(str::to_owned),
             version,
             kind,
             lines: Bytes::from(lines),
@@ -735,6 +738,7 @@ impl BulkSink {
                     sequence_number: op.origin.sequence_number.clone(),
                     index: Some(op.index.to_string()),
                     doc_id: Some(op.id.clone()),
+                    routing: op.routing.clone(),
                     version: Some(op.version),
                     action: op.kind.as_str().into(),
                     payload: op.source_text(),

@@ -397,3 +397,253 @@ compute.words = '.body | if type == "string" then (split(" ") | length) else err
         sluice.log_text()
     );
 }
+
+/// The posts of one tenant, as `expected_posts` shapes them.
+fn expected_posts_of(items: &[Map<String, Value>], tenant: &str) -> BTreeMap<String, Value> {
+    let theirs: Vec<_> = items
+        .iter()
+        .filter(|i| i.get("tenant").and_then(Value::as_str) == Some(tenant))
+        .cloned()
+        .collect();
+    expected_posts(&theirs)
+}
+
+/// Day one with routes: the items the table held before sluice started are backfilled through
+/// the stream's own routes — posts shaped into an index per tenant, comments with their post as
+/// routing, other entities counted and skipped — while the stream moves a post to another tenant,
+/// creates a tenant, and deletes beside it. The indices end equal to the table, and the deletes
+/// were kept (`gc_deletes` raised) on every index the backfill wrote, templated ones included,
+/// and put back when it completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_places_existing_items_through_the_routes_beside_the_stream() {
+    let moto = Moto::start();
+    let ddb = moto.dynamodb().await;
+    let es = Es::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    create_app_table(&ddb, StreamViewType::NewAndOldImages).await;
+    let post = |p: u32, tenant: &str| {
+        let pk = format!("POST#{p}");
+        vec![
+            ("PK", s(&pk)),
+            ("SK", s(&pk)),
+            ("tenant", s(tenant)),
+            ("title", s(&format!("Post {p}"))),
+            (
+                "blocks",
+                AttributeValue::L(vec![
+                    block("paragraph", "text", &format!("First of {p}.")),
+                    block("image", "src", &format!("{p}.png")),
+                    block("paragraph", "text", &format!("Second of {p}.")),
+                ]),
+            ),
+        ]
+    };
+    for p in 1..=30 {
+        put(&ddb, post(p, if p % 2 == 1 { "acme" } else { "beta" })).await;
+        for c in 1..=2 {
+            put(
+                &ddb,
+                vec![
+                    ("PK", s(&format!("POST#{p}"))),
+                    ("SK", s(&format!("COMMENT#{c}"))),
+                    ("body", s(&format!("Comment {c} on {p}"))),
+                ],
+            )
+            .await;
+        }
+    }
+    for u in 1..=10 {
+        put(
+            &ddb,
+            vec![("PK", s(&format!("USER#{u}"))), ("SK", s("PROFILE"))],
+        )
+        .await;
+    }
+    let routes = SINGLE_TABLE_ROUTES.replace("index = \"posts\"", "index = \"posts-{tenant}\"");
+    assert_ne!(routes, SINGLE_TABLE_ROUTES);
+    let extra = format!("{routes}\n[backfill]\non_start = true\nsegments = 3\npage_items = 10\n");
+    let db = dir.path().join("sluice.db");
+    let es_url = es.url();
+    let options = SluiceOptions {
+        moto: &moto.url,
+        es: &es_url,
+        table: "App",
+        index: "unused",
+        db: &db,
+        extra: &extra,
+    };
+    let http_port = free_port();
+    let config = dir.path().join("sluice.toml");
+    // the stream from now on (what came before is the backfill's), with old images: the posts
+    // route places by `tenant`
+    let text = config_toml(&options, http_port).replace(
+        "[source]\n",
+        "[source]\nold_images = true\nstart_position = \"latest\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    // one tenant's index exists already (an earlier deployment's): the backfill finds it by the
+    // template's wildcard
+    let created = reqwest::Client::new()
+        .put(format!("{es_url}/posts-acme"))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success());
+    let sluice = Sluice::start_with_config(&config, http_port, dir.path());
+    sluice.wait_ready(Duration::from_secs(30)).await;
+
+    // beside the backfill: a post moves to another tenant, one to a tenant no index exists for
+    // yet, a post and a comment are deleted, a comment is edited
+    put(&ddb, post(1, "beta")).await;
+    put(&ddb, post(3, "gamma")).await;
+    delete(&ddb, "POST#2", "POST#2").await;
+    delete(&ddb, "POST#5", "COMMENT#1").await;
+    put(
+        &ddb,
+        vec![
+            ("PK", s("POST#6")),
+            ("SK", s("COMMENT#2")),
+            ("body", s("edited")),
+        ],
+    )
+    .await;
+
+    let until = std::time::Instant::now() + Duration::from_secs(90);
+    while sluice.metric("sluice_backfill_complete", "").await != 1.0 {
+        assert!(std::time::Instant::now() < until, "{}", sluice.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let table = items(&ddb).await;
+    for tenant in ["acme", "beta", "gamma"] {
+        let expected = expected_posts_of(&table, tenant);
+        assert!(!expected.is_empty());
+        assert_index_equals(
+            &es,
+            &format!("posts-{tenant}"),
+            &expected,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    let comments = expected_comments(&table);
+    assert_eq!(comments.len(), 59);
+    assert_index_equals(&es, "comments", &comments, Duration::from_secs(60)).await;
+    let routings = es.fake.routings("comments");
+    assert_eq!(routings.len(), comments.len());
+    for (id, routing) in &routings {
+        assert_eq!(id.split('|').next(), Some(routing.as_str()), "{id}");
+    }
+    assert_eq!(es.fake.stats().routing_mismatches, 0);
+    assert!(es.documents("unused").await.is_empty());
+    // the ten user profiles were read by the scan and placed nowhere
+    let skipped = sluice
+        .metric("sluice_records_skipped_total", "reason=\"no_route\"")
+        .await;
+    assert!(skipped >= 10.0, "{skipped}");
+    let backfilled = sluice.metric("sluice_backfill_items_total", "").await;
+    assert!(backfilled >= 85.0, "{backfilled}");
+    // deletes were kept on the template's index and the fixed one, then put back
+    let log = sluice.log_text();
+    for index in ["posts-acme", "comments"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("deletes are kept while the backfill runs")
+                    && l.contains(&format!("index={index}"))),
+            "{index}: {log}"
+        );
+    }
+    let settings: Value = reqwest::get(format!("{es_url}/posts-*,comments/_settings"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (index, s) in settings.as_object().unwrap() {
+        assert!(
+            s["settings"]["index"]["gc_deletes"].is_null(),
+            "{index}: {s}"
+        );
+    }
+}
+
+/// A document the index refused under custom routing is dead-lettered with its routing, and
+/// replayed with it: it lands on its post's shard, where the later delete finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_dead_letter_is_replayed_with_its_routing() {
+    let moto = Moto::start();
+    let ddb = moto.dynamodb().await;
+    let es = Es::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    create_app_table(&ddb, StreamViewType::NewImage).await;
+    let http = reqwest::Client::new();
+    let mapping = |score: &str| json!({"mappings": {"properties": {"score": {"type": score}}}});
+    let created = http
+        .put(format!("{}/comments", es.url()))
+        .json(&mapping("long"))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success());
+    let db = dir.path().join("sluice.db");
+    let es_url = es.url();
+    let options = SluiceOptions {
+        moto: &moto.url,
+        es: &es_url,
+        table: "App",
+        index: "unused",
+        db: &db,
+        extra: SINGLE_TABLE_ROUTES,
+    };
+    let sluice = Sluice::start(&options, dir.path());
+    sluice.wait_ready(Duration::from_secs(30)).await;
+    let comment = |score: &str| {
+        vec![
+            ("PK", s("POST#9")),
+            ("SK", s("COMMENT#1")),
+            ("body", s("a comment")),
+            ("score", s(score)),
+        ]
+    };
+    put(&ddb, comment("high")).await;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let listed: Vec<Value> = loop {
+        let rows: Vec<Value> = serde_json::from_str(&dead_letters(&sluice)).unwrap();
+        if !rows.is_empty() {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < until, "{}", sluice.log_text());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["doc_id"], "POST#9|COMMENT#1");
+    assert_eq!(listed[0]["routing"], "POST#9");
+
+    // the fix: the index again with a mapping that takes the value, then the replay
+    es.delete_index("comments").await;
+    let created = http
+        .put(format!("{}/comments", es.url()))
+        .json(&mapping("keyword"))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success());
+    let replay = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["dead-letters", "--config"])
+        .arg(&sluice.config)
+        .args(["replay", "--all"])
+        .envs(aws_env())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&replay.stdout).to_string()
+        + &String::from_utf8_lossy(&replay.stderr);
+    assert!(replay.status.success(), "{said}");
+    assert!(said.contains("1 indexed"), "{said}");
+    assert_eq!(
+        es.fake.routings("comments"),
+        [("POST#9|COMMENT#1".to_string(), "POST#9".to_string())].into()
+    );
+    // and the stream's delete, routed by the post, removes it
+    delete(&ddb, "POST#9", "COMMENT#1").await;
+    assert_index_equals(&es, "comments", &BTreeMap::new(), Duration::from_secs(60)).await;
+    assert_eq!(es.fake.stats().routing_mismatches, 0);
+}

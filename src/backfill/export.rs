@@ -21,7 +21,8 @@ use crate::checkpoint::{now_ms, CheckpointStore, DeadLetter, ShardCheckpoint};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::sink::{BulkOp, Origin};
-use crate::transform::{attribute_json_to_json, DocAction, DocIdSpec};
+use crate::transform::attribute_json_to_json;
+use crate::transform::route::IdRule;
 
 /// What an import did.
 #[derive(Debug, Clone, PartialEq)]
@@ -353,12 +354,26 @@ pub async fn run(
     out.hold(std::slice::from_ref(&part));
     let router = out.router;
     let tracker = AckTracker::default();
-    let ids = super::doc_ids(config, key_attributes);
+    // where the stream puts each item: its routes (or `sink.index`), its `_id`
+    let key_attributes = if config.sink.document_id.is_empty() {
+        key_attributes
+    } else {
+        config.sink.document_id.clone()
+    };
+    let routes = super::routes(config, &key_attributes)?;
     anyhow::ensure!(
-        !ids.attributes.is_empty(),
+        routes.key.is_some() || routes.routes.iter().all(|r| r.id != IdRule::Key),
         "the export has no key schema: set sink.document_id (or give access to the table)"
     );
-    let index: Arc<str> = config.sink.index.clone().into();
+    let default_index: Arc<str> = config.sink.index.clone().into();
+    // the table the export is of (routes may take one table only): its ARN, else the config's
+    let table = summary
+        .get("tableArn")
+        .and_then(Value::as_str)
+        .and_then(|arn| arn.rsplit_once(":table/"))
+        .map(|(_, name)| name.to_owned())
+        .or_else(|| super::table_name(config).ok())
+        .unwrap_or_default();
     let origin_stream: Arc<str> = format!("export:{export_id}").into();
     let skipped = files.iter().filter(|f| done.contains(*f)).count();
     let estimate = summary
@@ -394,42 +409,63 @@ pub async fn run(
                 continue;
             }
             let sequence_number = format!("{name}:{n}");
-            match item_op(&line, &ids) {
-                Ok((id, doc)) => {
-                    let mut op = BulkOp::new(
-                        index.clone(),
-                        id,
-                        version,
-                        DocAction::Index(doc),
-                        Origin {
-                            stream: origin_stream.clone(),
-                            shard: part.clone(),
-                            sequence_number,
-                            epoch: 1,
-                        },
-                    );
-                    let ack = tracker.register(&part, 1, ShardCheckpoint::default(), 1, 1);
-                    op.acks.extend(ack);
-                    if router.send(op).await.is_err() {
-                        anyhow::bail!("the sink stopped");
+            let placed = item_row(&line).and_then(|row| {
+                super::item_changes(&routes, &table, &key_attributes, row).map_err(|e| e.0)
+            });
+            let refusal = match placed {
+                Ok(decoded) => {
+                    if let Some(skip) = &decoded.skipped {
+                        metrics
+                            .records_skipped
+                            .with_label_values(&[skip.reason])
+                            .inc();
                     }
-                    in_file += 1;
+                    let acks = tracker.register(
+                        &part,
+                        1,
+                        ShardCheckpoint::default(),
+                        1,
+                        decoded.changes.len(),
+                    );
+                    for (change, ack) in decoded.changes.into_iter().zip(acks) {
+                        let mut op = BulkOp::routed(
+                            change.index.unwrap_or_else(|| default_index.clone()),
+                            change.id,
+                            change.routing.as_deref(),
+                            version,
+                            change.action,
+                            Origin {
+                                stream: origin_stream.clone(),
+                                shard: part.clone(),
+                                sequence_number: sequence_number.clone(),
+                                epoch: 1,
+                            },
+                        );
+                        op.acks.push(ack);
+                        if router.send(op).await.is_err() {
+                            anyhow::bail!("the sink stopped");
+                        }
+                        in_file += 1;
+                    }
+                    decoded.refused.map(|e| e.0)
                 }
-                Err(e) => {
-                    tracing::error!(file = %name, line = n, error = %e, "exported item cannot be made a document: dead-lettered");
-                    metrics.decode_errors.inc();
-                    dead.push(DeadLetter {
-                        stream: origin_stream.to_string(),
-                        shard_id: part.to_string(),
-                        sequence_number,
-                        index: Some(index.to_string()),
-                        doc_id: None,
-                        version: Some(version),
-                        action: "decode".into(),
-                        payload: line,
-                        error: e,
-                    });
-                }
+                Err(e) => Some(e),
+            };
+            if let Some(e) = refusal {
+                tracing::error!(file = %name, line = n, error = %e, "exported item cannot be made a document: dead-lettered");
+                metrics.decode_errors.inc();
+                dead.push(DeadLetter {
+                    stream: origin_stream.to_string(),
+                    shard_id: part.to_string(),
+                    sequence_number,
+                    index: None,
+                    doc_id: None,
+                    routing: None,
+                    version: Some(version),
+                    action: "decode".into(),
+                    payload: line,
+                    error: e,
+                });
             }
         }
         store.dead_letter_durably(dead).await;
@@ -481,16 +517,18 @@ pub async fn keep_deletes_ahead(config: &Config) -> anyhow::Result<String> {
     }
 }
 
-/// One export line → its `_id` and document.
-fn item_op(line: &str, ids: &DocIdSpec) -> Result<(String, Value), String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+/// One export line → the item as the JSON row the routes read.
+fn item_row(line: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let mut v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let item = v
-        .get("Item")
-        .and_then(Value::as_object)
-        .ok_or("a line without an Item object")?;
-    let id = ids.render_wire(item).map_err(|e| e.0)?;
-    let doc = attribute_json_to_json(&serde_json::json!({ "M": item })).map_err(|e| e.0)?;
-    Ok((id, doc))
+        .get_mut("Item")
+        .filter(|i| i.is_object())
+        .ok_or("a line without an Item object")?
+        .take();
+    match attribute_json_to_json(&serde_json::json!({ "M": item })).map_err(|e| e.0)? {
+        Value::Object(m) => Ok(m),
+        _ => Err("an Item that is not a map".into()),
+    }
 }
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS backfill_export_files (

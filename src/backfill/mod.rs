@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use rusqlite::params;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +37,8 @@ use crate::http::Health;
 use crate::lease::Fence;
 use crate::metrics::Metrics;
 use crate::sink::{BulkOp, BulkSink, Origin};
-use crate::transform::{item_to_json, DocAction, DocIdSpec};
+use crate::transform::route::{Routes, RowChange, Template};
+use crate::transform::{item_to_json, DecodeError, Decoded, DocIdSpec};
 
 /// Where one segment stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,8 +234,10 @@ struct Shared {
     table: String,
     /// Where its progress is kept: the table *and* the index it fills.
     key: String,
-    ids: DocIdSpec,
-    index: Arc<str>,
+    routes: Routes,
+    /// Where a route without an index of its own writes (`sink.index`).
+    default_index: Arc<str>,
+    key_attributes: Vec<String>,
     consistent_read: bool,
     page_items: Option<u32>,
     router: Router,
@@ -245,10 +248,88 @@ struct Shared {
     metrics: Metrics,
 }
 
-/// What a backfill's progress, claim and completion are kept under: the table and the index it
-/// fills — pointing `sink.index` at a new index backfills that one too.
+/// What a backfill's progress, claim and completion are kept under: the table and the indices it
+/// fills — pointing `sink.index` (or a route) at a new index backfills that one too.
 pub fn progress_key(config: &Config) -> anyhow::Result<String> {
-    Ok(format!("{} → {}", table_name(config)?, config.sink.index))
+    Ok(format!(
+        "{} → {}",
+        table_name(config)?,
+        target_names(&targets(config)?)
+    ))
+}
+
+/// The indices a backfill writes, as the configuration names them: `sink.index`, or each
+/// route's index (fixed, or a template such as `posts-{tenant}`), each once.
+pub(crate) fn targets(config: &Config) -> anyhow::Result<Vec<(String, Template)>> {
+    let mut texts: Vec<&str> = if config.route.is_empty() {
+        vec![config.sink.index.as_str()]
+    } else {
+        config
+            .route
+            .iter()
+            .map(|r| r.index.as_deref().unwrap_or(config.sink.index.as_str()))
+            .collect()
+    };
+    let mut seen = std::collections::HashSet::new();
+    texts.retain(|t| seen.insert(*t));
+    texts
+        .into_iter()
+        .map(|t| {
+            Template::parse(t)
+                .map(|template| (t.to_owned(), template))
+                .map_err(|e| anyhow::anyhow!("index {e}"))
+        })
+        .collect()
+}
+
+pub(crate) fn target_names(targets: &[(String, Template)]) -> String {
+    targets
+        .iter()
+        .map(|(t, _)| t.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The routes a backfill applies: the stream's, so that an item lands where the stream puts it.
+pub(crate) fn routes(config: &Config, key_attributes: &[String]) -> anyhow::Result<Routes> {
+    let key = (!key_attributes.is_empty()).then_some(key_attributes);
+    Ok(Routes::from_config(config, key)?)
+}
+
+/// A table item as the stream would write it (the INSERT of the item): its documents, placed by
+/// the routes, or a counted skip.
+pub(crate) fn item_changes(
+    routes: &Routes,
+    table: &str,
+    key_attributes: &[String],
+    row: Map<String, Value>,
+) -> Result<Decoded, DecodeError> {
+    let keys: Map<String, Value> = key_attributes
+        .iter()
+        .filter_map(|k| Some((k.clone(), row.get(k)?.clone())))
+        .collect();
+    routes.apply(RowChange {
+        table: Some(table.to_owned()),
+        new: Some(row),
+        old: None,
+        keys: (!keys.is_empty()).then_some(keys),
+        version: None,
+    })
+}
+
+/// A scanned item as the JSON row the routes read.
+pub(crate) fn item_row(
+    item: &HashMap<String, AttributeValue>,
+) -> Result<Map<String, Value>, DecodeError> {
+    let stream_item: HashMap<String, _> = item
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), to_stream_value(v)?)))
+        .collect::<Result<_, String>>()
+        .map_err(DecodeError)?;
+    match item_to_json(&stream_item)? {
+        Value::Object(m) => Ok(m),
+        _ => Err(DecodeError("an item that is not a map".into())),
+    }
 }
 
 /// The table a backfill reads: `backfill.table`, else `source.table`.
@@ -592,7 +673,7 @@ pub async fn run(
     let segment_ids: Vec<ShardId> = (0..total).map(segment_id).collect();
     out.hold(&segment_ids);
     tombstones::keep(config, store, &key).await?;
-    let ids = doc_ids(config, key_attributes);
+    let routes = routes(config, &key_attributes)?;
     let starts: Vec<SegmentProgress> = (0..total)
         .map(|s| {
             saved
@@ -629,8 +710,9 @@ pub async fn run(
         client,
         table: table.clone(),
         key: key.clone(),
-        ids,
-        index: config.sink.index.clone().into(),
+        routes,
+        default_index: config.sink.index.clone().into(),
+        key_attributes,
         consistent_read: config.backfill.consistent_read,
         page_items: config.backfill.page_items,
         router: out.router,
@@ -653,15 +735,30 @@ pub async fn run(
     let _showing = showing.clone().drop_guard();
     let mut failure = None;
     let mut left = not_done;
-    while let Some(joined) = tasks.join_next().await {
-        left -= 1;
-        report.set_part_states(left, left);
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = Some(e),
-            Err(e) => failure = Some(anyhow::anyhow!("a segment task failed: {e}")),
+    // indices of templated targets appear while the scan runs: their deletes are kept too
+    let watching = tombstones::watch(config, store, &key);
+    tokio::pin!(watching);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => {
+                let Some(joined) = joined else { break };
+                left -= 1;
+                report.set_part_states(left, left);
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failure = Some(e),
+                    Err(e) => failure = Some(anyhow::anyhow!("a segment task failed: {e}")),
+                }
+            }
+            e = &mut watching => {
+                // the segments stop (dropped with `tasks`): what they wrote unacknowledged is
+                // read again when the backfill resumes
+                failure = Some(e.context("keeping the deletes of a new index"));
+                break;
+            }
         }
     }
+    drop(tasks);
     showing.cancel();
     let _ = shown.await;
     drop(shared);
@@ -758,39 +855,58 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
             .map_err(|e| anyhow::anyhow!("segment {}: {e}", at.segment))?;
         let mut ops = Vec::new();
         let mut dead = Vec::new();
+        let origin = Origin {
+            stream: origin_stream.clone(),
+            shard: shard.clone(),
+            sequence_number: format!("segment {} item", at.segment),
+            epoch: 1,
+        };
         for item in page.items() {
-            match document(&shared.ids, item) {
-                Ok((id, doc)) => ops.push(BulkOp::new(
-                    shared.index.clone(),
-                    id,
-                    at.version,
-                    DocAction::Index(doc),
-                    Origin {
-                        stream: origin_stream.clone(),
-                        shard: shard.clone(),
-                        sequence_number: format!("segment {} item", at.segment),
-                        epoch: 1,
-                    },
-                )),
-                Err(e) => {
-                    tracing::error!(segment = at.segment, error = %e, "item cannot be made a document: dead-lettered");
-                    shared.metrics.decode_errors.inc();
-                    dead.push(DeadLetter {
-                        stream: origin_stream.to_string(),
-                        shard_id: shard.to_string(),
-                        sequence_number: format!("segment {} item", at.segment),
-                        index: Some(shared.index.to_string()),
-                        doc_id: None,
-                        version: Some(at.version),
-                        action: "decode".into(),
-                        payload: wire_json(item).to_string(),
-                        error: e.to_string(),
-                    });
+            let placed = item_row(item).and_then(|row| {
+                item_changes(&shared.routes, &shared.table, &shared.key_attributes, row)
+            });
+            let refusal = match placed {
+                Ok(decoded) => {
+                    if let Some(skip) = &decoded.skipped {
+                        shared
+                            .metrics
+                            .records_skipped
+                            .with_label_values(&[skip.reason])
+                            .inc();
+                    }
+                    for change in decoded.changes {
+                        ops.push(BulkOp::routed(
+                            change.index.unwrap_or_else(|| shared.default_index.clone()),
+                            change.id,
+                            change.routing.as_deref(),
+                            at.version,
+                            change.action,
+                            origin.clone(),
+                        ));
+                    }
+                    decoded.refused
                 }
+                Err(e) => Some(e),
+            };
+            if let Some(e) = refusal {
+                tracing::error!(segment = at.segment, error = %e, "item cannot be made a document: dead-lettered");
+                shared.metrics.decode_errors.inc();
+                dead.push(DeadLetter {
+                    stream: origin_stream.to_string(),
+                    shard_id: shard.to_string(),
+                    sequence_number: origin.sequence_number.clone(),
+                    index: None,
+                    doc_id: None,
+                    routing: None,
+                    version: Some(at.version),
+                    action: "decode".into(),
+                    payload: wire_json(item).to_string(),
+                    error: e.to_string(),
+                });
             }
         }
         let n = ops.len();
-        let refused = dead.len();
+        let records = page.items().len();
         shared.store.dead_letter_durably(dead).await;
         let checkpoint = ShardCheckpoint {
             sequence_number: next_key.clone(),
@@ -798,9 +914,7 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
             finished: next_key.is_none(),
             start_at: None,
         };
-        let acks = shared
-            .tracker
-            .register(&shard, 1, checkpoint, n + refused, n);
+        let acks = shared.tracker.register(&shard, 1, checkpoint, records, n);
         for (mut op, ack) in ops.into_iter().zip(acks) {
             op.acks.push(ack);
             if shared.router.send(op).await.is_err() {

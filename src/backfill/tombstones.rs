@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::es_client::{Answer, EsClient};
+use crate::transform::route::Template;
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS backfill_keep_deletes (
     index_name   TEXT NOT NULL,   -- a concrete index (an alias is resolved to those behind it)
@@ -47,51 +48,112 @@ pub fn time_value(text: &str) -> Option<Duration> {
     })
 }
 
-/// Raises `gc_deletes` of every index behind `sink.index` for the backfill `backfill` (no-op
-/// when `keep_deletes_for` is 0, or for an index that already keeps tombstones as long). Returns
-/// since when this backfill's deletes have been kept (ms since 1970), if it raised anything.
+/// Raises `gc_deletes` of every index the backfill writes — each fixed index (created with the
+/// setting when it does not exist yet) and every index that exists of each templated one
+/// (`posts-{tenant}`: see [`watch`] for those that appear later) — for the backfill `backfill`
+/// (no-op when `keep_deletes_for` is 0, or for an index that already keeps tombstones as long).
+/// Returns since when this backfill's deletes have been kept (ms since 1970), if it raised
+/// anything.
 pub async fn keep(
     config: &Config,
     store: &CheckpointStore,
     backfill: &str,
 ) -> anyhow::Result<Option<i64>> {
     let keep_for = config.backfill.keep_deletes_for;
-    let index = config.sink.index.clone();
+    let targets = super::targets(config)?;
     if keep_for.is_zero() {
-        tracing::warn!(index = %index, "backfill.keep_deletes_for = 0: a stream delete older than index.gc_deletes can be undone by an older backfill image");
+        tracing::warn!(indices = %super::target_names(&targets), "backfill.keep_deletes_for = 0: a stream delete older than index.gc_deletes can be undone by an older backfill image");
         return Ok(None);
     }
-    // day one: an [[index]] is created as configured before anything else
-    if let Some(d) = crate::index_setup::desired(config)?
-        .into_iter()
-        .find(|d| d.alias.as_deref().unwrap_or(&d.name) == index)
-    {
-        let client = EsClient::new(&config.sink, &config.source.region).await?;
-        crate::index_setup::ensure(&client, &d).await?;
+    for (text, template) in &targets {
+        if template.as_literal().is_none() && template.wildcard().chars().all(|c| c == '*') {
+            anyhow::bail!(
+                "index `{text}` has no fixed part: the backfill cannot tell its indices from others' to keep their deletes. \
+                 Give the name a fixed part (`{{entity}}-docs`), or set backfill.keep_deletes_for = \"0s\" to accept that a delete \
+                 older than index.gc_deletes can be undone by an older backfill image"
+            );
+        }
     }
     let es = EsClient::new(&config.sink, &config.source.region).await?;
+    // day one: every [[index]] is created as configured before anything else
+    for d in crate::index_setup::desired(config)? {
+        crate::index_setup::ensure(&es, &d).await?;
+    }
+    for (_, template) in &targets {
+        raise(&es, store, keep_for, backfill, template).await?;
+    }
+    raised_since(store, backfill).await
+}
+
+/// While a backfill runs: raises, every 15 s, the indices of its templated targets that have
+/// appeared since (a stream delete creates its index, with the default `gc_deletes` of 60 s:
+/// raised within 15 s, its tombstone is kept). Returns only on an error.
+pub async fn watch(config: &Config, store: &CheckpointStore, backfill: &str) -> anyhow::Error {
+    let keep_for = config.backfill.keep_deletes_for;
+    let templated: Vec<_> = match super::targets(config) {
+        Ok(t) => t
+            .into_iter()
+            .filter(|(_, t)| t.as_literal().is_none())
+            .collect(),
+        Err(e) => return e,
+    };
+    if keep_for.is_zero() || templated.is_empty() {
+        return std::future::pending().await;
+    }
+    let es = match EsClient::new(&config.sink, &config.source.region).await {
+        Ok(es) => es,
+        Err(e) => return e.into(),
+    };
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        for (_, template) in &templated {
+            if let Err(e) = raise(&es, store, keep_for, backfill, template).await {
+                return e;
+            }
+        }
+    }
+}
+
+/// How often [`watch`] looks for new indices: well within the default `gc_deletes` (60 s).
+const WATCH_EVERY: Duration = Duration::from_secs(15);
+
+/// Raises `gc_deletes` of the indices `target` names: the index itself when it is fixed
+/// (created with the setting when missing), those that exist when it is a template.
+async fn raise(
+    es: &EsClient,
+    store: &CheckpointStore,
+    keep_for: Duration,
+    backfill: &str,
+    target: &Template,
+) -> anyhow::Result<()> {
     let value = format!("{}s", keep_for.as_secs().max(1));
-    let answer = call(&es, "GET", &format!("/{index}/_settings"), None).await?;
+    let fixed = target.as_literal();
+    let expression = target.wildcard();
+    let answer = call(es, "GET", &format!("/{expression}/_settings"), None).await?;
     let current: Vec<(String, Option<String>)> = match answer.status {
-        404 => {
+        404 if fixed.is_some() => {
             // the index does not exist yet: create it with the setting (templates apply)
             let create = json!({"settings": {"index": {"gc_deletes": value}}})
                 .to_string()
                 .into_bytes();
-            let created = call(&es, "PUT", &format!("/{index}"), Some(create)).await?;
+            let created = call(es, "PUT", &format!("/{expression}"), Some(create)).await?;
             if !(200..300).contains(&created.status)
                 && !created.body.contains("resource_already_exists_exception")
             {
-                anyhow::bail!("{}", refused(&index, &value, &created));
+                anyhow::bail!("{}", refused(&expression, &value, &created));
             }
-            vec![(index.clone(), None)]
+            vec![(expression.clone(), None)]
         }
+        // no index of a template exists yet
+        404 => Vec::new(),
         200..=299 => {
             let v: Value = serde_json::from_str(&answer.body)
-                .map_err(|e| anyhow::anyhow!("index `{index}` settings: not JSON ({e})"))?;
+                .map_err(|e| anyhow::anyhow!("index `{expression}` settings: not JSON ({e})"))?;
             v.as_object()
                 .map(|m| {
                     m.iter()
+                        // a wildcard also matches indices the template cannot name
+                        .filter(|(name, _)| fixed.is_some() || target.could_render(name))
                         .map(|(name, s)| {
                             let gc = s
                                 .pointer("/settings/index/gc_deletes")
@@ -103,33 +165,33 @@ pub async fn keep(
                 })
                 .unwrap_or_default()
         }
-        _ => anyhow::bail!("{}", refused(&index, &value, &answer)),
+        _ => anyhow::bail!("{}", refused(&expression, &value, &answer)),
     };
     for (concrete, gc) in current {
         let others = rows_for(store, &concrete).await?;
+        let keeps = gc
+            .as_deref()
+            .and_then(time_value)
+            .is_some_and(|d| d >= keep_for);
         let original = match others.first() {
+            // raised already by this backfill, and still raised
+            _ if keeps && others.iter().any(|(b, _)| b == backfill) => continue,
             // raised already by another backfill of this file: its original is the index's own
             Some((_, original)) => original.clone(),
-            None if gc
-                .as_deref()
-                .and_then(time_value)
-                .is_some_and(|d| d >= keep_for) =>
-            {
-                continue
-            }
+            None if keeps => continue,
             None => gc,
         };
         remember(store, &concrete, backfill, original).await?;
         let body = json!({"index": {"gc_deletes": value}})
             .to_string()
             .into_bytes();
-        let put = call(&es, "PUT", &format!("/{concrete}/_settings"), Some(body)).await?;
+        let put = call(es, "PUT", &format!("/{concrete}/_settings"), Some(body)).await?;
         if !(200..300).contains(&put.status) {
             anyhow::bail!("{}", refused(&concrete, &value, &put));
         }
         tracing::info!(index = %concrete, gc_deletes = %value, "deletes are kept while the backfill runs");
     }
-    raised_since(store, backfill).await
+    Ok(())
 }
 
 fn refused(index: &str, value: &str, answer: &Answer) -> String {

@@ -12,14 +12,6 @@ pub async fn run(
     from_export: Option<&str>,
     keep_deletes: bool,
 ) -> anyhow::Result<String> {
-    if !status && !config.route.is_empty() {
-        // the loader writes whole items into sink.index; shaped and routed documents would be
-        // overwritten by unshaped ones (ARCHITECTURE.md, "Document shaping": not yet)
-        anyhow::bail!(
-            "backfill does not apply [[route]]s yet: it would write whole items into sink.index `{}`; load the table through the stream instead (for example, touch each item) until it does",
-            config.sink.index
-        );
-    }
     if keep_deletes {
         return crate::backfill::export::keep_deletes_ahead(config).await;
     }

@@ -75,7 +75,7 @@ fn as_json(row: &StoredDeadLetter, with_payload: bool) -> Value {
     let l = &row.letter;
     let mut v = json!({
         "id": row.id, "stored_at": time(row.created_at_ms), "action": l.action,
-        "index": l.index, "doc_id": l.doc_id, "version": l.version, "stream": l.stream,
+        "index": l.index, "doc_id": l.doc_id, "routing": l.routing, "version": l.version, "stream": l.stream,
         "shard_id": l.shard_id, "sequence_number": l.sequence_number, "reason": l.error,
     });
     if with_payload {
@@ -192,9 +192,10 @@ fn operation(row: &StoredDeadLetter) -> Result<BulkOp, String> {
         "delete" => DocAction::Delete,
         other => return Err(format!("unknown action `{other}`")),
     };
-    Ok(BulkOp::new(
+    Ok(BulkOp::routed(
         index.as_str().into(),
         id.clone(),
+        l.routing.as_deref(),
         version,
         action,
         Origin {
@@ -207,14 +208,6 @@ fn operation(row: &StoredDeadLetter) -> Result<BulkOp, String> {
 }
 
 pub async fn replay(config: &Config, which: DeadLetterSelection) -> anyhow::Result<ReplayReport> {
-    if let Some(r) = config.route.iter().find(|r| r.routing.is_some()) {
-        // a dead letter keeps index and _id, not the routing: sent again without it, the
-        // document could land on another shard than its later delete goes to
-        anyhow::bail!(
-            "replay does not keep custom routing yet, and route `{}` sets one: replaying could leave a copy on the wrong shard",
-            r.name.as_deref().unwrap_or("(unnamed)")
-        );
-    }
     let store = open(config)?;
     let rows = store.stored_dead_letters(which).await?;
     let mut report = ReplayReport {

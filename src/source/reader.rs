@@ -568,6 +568,7 @@ impl<A: ShardApi> ShardReader<A> {
             sequence_number: record.sequence_number().to_owned(),
             index: op.map(|o| o.index.to_string()),
             doc_id: op.map(|o| o.id.clone()),
+            routing: op.and_then(|o| o.routing.clone()),
             version: Some(version),
             action: op.map_or("decode", |o| o.kind.as_str()).into(),
             payload: record.describe(),

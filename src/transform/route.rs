@@ -180,6 +180,20 @@ impl Template {
         })
     }
 
+    /// Every name it can render, as an Elasticsearch wildcard expression (`posts-{tenant}` →
+    /// `posts-*`); the text itself when there are no placeholders.
+    pub fn wildcard(&self) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Attribute(_) if out.ends_with('*') => {}
+                Part::Attribute(_) => out.push('*'),
+            }
+        }
+        out
+    }
+
     /// The text itself when there are no placeholders.
     pub fn as_literal(&self) -> Option<&str> {
         match &self.parts[..] {

@@ -162,6 +162,38 @@ fn resolve(indices: &BTreeMap<String, Index>, name: &str) -> String {
     }
 }
 
+/// The concrete indices an index expression names: a comma-separated list of index names,
+/// alias names and `*` wildcards over both. `None`: a name without a wildcard matches nothing
+/// (Elasticsearch answers 404); a wildcard that matches nothing is no error.
+fn expand(indices: &BTreeMap<String, Index>, expression: &str) -> Option<Vec<String>> {
+    fn glob(pattern: &str, name: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == name,
+            Some((head, tail)) => {
+                let Some(rest) = name.strip_prefix(head) else {
+                    return false;
+                };
+                (0..=rest.len())
+                    .filter(|i| rest.is_char_boundary(*i))
+                    .any(|i| glob(tail, &rest[i..]))
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for part in expression.split(',') {
+        let named: Vec<&String> = indices
+            .iter()
+            .filter(|(n, i)| glob(part, n) || i.aliases.keys().any(|a| glob(part, a)))
+            .map(|(n, _)| n)
+            .collect();
+        if named.is_empty() && !part.contains('*') {
+            return None;
+        }
+        out.extend(named.into_iter().cloned());
+    }
+    Some(out.into_iter().collect())
+}
+
 /// An alias with no write index: writes through it are refused (Elasticsearch's answer).
 fn alias_without_write_index(indices: &BTreeMap<String, Index>, name: &str) -> bool {
     !indices.contains_key(name) && indices.values().any(|i| i.aliases.contains_key(name))
@@ -475,6 +507,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_search", get(search).post(search))
         .route("/{index}/_mget", get(mget).post(mget))
+        .route("/_mget", get(mget_root).post(mget_root))
         .route(
             "/_search/scroll",
             get(scroll_next).post(scroll_next).delete(scroll_clear),
@@ -808,15 +841,10 @@ async fn put_index_settings(
         Err(e) => return es_error(StatusCode::BAD_REQUEST, "parse_exception", &e.to_string()),
     };
     let mut indices = s.indices.lock().unwrap();
-    // an index by its name, or every index behind an alias of that name
-    let targets: Vec<String> = indices
-        .iter()
-        .filter(|(n, i)| **n == index || i.aliases.contains_key(&index))
-        .map(|(n, _)| n.clone())
-        .collect();
-    if targets.is_empty() {
+    // an index by its name, every index behind an alias of that name, or a wildcard's
+    let Some(targets) = expand(&indices, &index) else {
         return not_found_index(&index);
-    }
+    };
     for name in targets {
         let idx = indices.get_mut(&name).expect("listed above");
         if let Err(answer) = apply_settings(idx, &req) {
@@ -884,16 +912,17 @@ async fn get_index_settings(
         return forward(&s, method, &uri, body).await;
     }
     let indices = s.indices.lock().unwrap();
-    let answer: Map<String, Value> = indices
-        .iter()
-        .filter(|(n, i)| **n == index || i.aliases.contains_key(&index))
-        .map(|(n, i)| (n.clone(), json!({ "settings": i.settings })))
+    let Some(names) = expand(&indices, &index) else {
+        return not_found_index(&index);
+    };
+    let answer: Map<String, Value> = names
+        .into_iter()
+        .map(|n| {
+            let settings = json!({ "settings": indices[&n].settings });
+            (n, settings)
+        })
         .collect();
-    if answer.is_empty() {
-        not_found_index(&index)
-    } else {
-        es_json(StatusCode::OK, Value::Object(answer))
-    }
+    es_json(StatusCode::OK, Value::Object(answer))
 }
 
 /// An Elasticsearch time value: `500ms`, `60s`, `10m`, `24h`, `2d` (`-1`: never).
@@ -1008,6 +1037,26 @@ async fn mget(
     uri: Uri,
     body: Bytes,
 ) -> Response {
+    mget_in(s, Some(index), method, uri, body).await
+}
+
+/// `GET|POST /_mget` with `{"docs": [{"_index": …, "_id": …, "routing": …}]}`.
+async fn mget_root(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    mget_in(s, None, method, uri, body).await
+}
+
+async fn mget_in(
+    s: Arc<Shared>,
+    index: Option<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     if s.upstream.is_some() {
         return forward(&s, method, &uri, body).await;
     }
@@ -1015,44 +1064,61 @@ async fn mget(
         Ok(v) => v,
         Err(e) => return es_error(StatusCode::BAD_REQUEST, "parsing_exception", &e.to_string()),
     };
-    let ids: Vec<String> = match (req.get("ids"), req.get("docs")) {
-        (Some(Value::Array(ids)), _) => ids
+    // (index, id) of each document asked for
+    let wanted: Vec<(Option<String>, String)> = match (req.get("ids"), req.get("docs")) {
+        (Some(Value::Array(ids)), _) if index.is_some() => ids
             .iter()
-            .filter_map(|i| i.as_str().map(str::to_owned))
+            .filter_map(|i| Some((index.clone(), i.as_str()?.to_owned())))
             .collect(),
         (_, Some(Value::Array(docs))) => docs
             .iter()
-            .filter_map(|d| d.get("_id").and_then(Value::as_str).map(str::to_owned))
+            .filter_map(|d| {
+                let named = d.get("_index").and_then(Value::as_str).map(str::to_owned);
+                Some((
+                    named.or_else(|| index.clone()),
+                    d.get("_id")?.as_str()?.to_owned(),
+                ))
+            })
             .collect(),
-        _ => {
-            return es_error(
-                StatusCode::BAD_REQUEST,
-                "action_request_validation_exception",
-                "Validation Failed: 1: no documents to get;",
-            )
-        }
+        _ => Vec::new(),
     };
+    if wanted.is_empty() {
+        return es_error(
+            StatusCode::BAD_REQUEST,
+            "action_request_validation_exception",
+            "Validation Failed: 1: no documents to get;",
+        );
+    }
+    if wanted.iter().any(|(i, _)| i.is_none()) {
+        return es_error(
+            StatusCode::BAD_REQUEST,
+            "action_request_validation_exception",
+            "Validation Failed: 1: index is missing for doc 0;",
+        );
+    }
     let indices = s.indices.lock().unwrap();
-    let index = resolve(&indices, &index);
-    let Some(idx) = indices.get(&index) else {
-        // each document fails on its own, the request as a whole succeeds
-        let reason = format!("no such index [{index}]");
-        let docs: Vec<Value> = ids
-            .iter()
-            .map(|id| json!({"_index": index, "_id": id, "error": {
-                "root_cause": [{"type": "index_not_found_exception", "reason": reason, "index": index}],
-                "type": "index_not_found_exception", "reason": reason, "index": index}}))
-            .collect();
-        return es_json(StatusCode::OK, json!({ "docs": docs }));
-    };
-    let docs: Vec<Value> = ids
-        .iter()
-        .map(|id| match idx.docs.get(id) {
-            Some(d) => {
-                json!({"_index": index, "_id": id, "_version": d.version, "_seq_no": d.seq_no,
-                              "_primary_term": 1, "found": true, "_source": d.source})
+    let docs: Vec<Value> = wanted
+        .into_iter()
+        .map(|(named, id)| {
+            let index = resolve(&indices, &named.expect("checked above"));
+            let Some(idx) = indices.get(&index) else {
+                // each document fails on its own, the request as a whole succeeds
+                let reason = format!("no such index [{index}]");
+                return json!({"_index": index, "_id": id, "error": {
+                    "root_cause": [{"type": "index_not_found_exception", "reason": reason, "index": index}],
+                    "type": "index_not_found_exception", "reason": reason, "index": index}});
+            };
+            match idx.docs.get(&id) {
+                Some(d) => {
+                    let mut doc = json!({"_index": index, "_id": id, "_version": d.version, "_seq_no": d.seq_no,
+                                  "_primary_term": 1, "found": true, "_source": d.source});
+                    if let Some(r) = &d.routing {
+                        doc["_routing"] = json!(r);
+                    }
+                    doc
+                }
+                None => json!({"_index": index, "_id": id, "found": false}),
             }
-            None => json!({"_index": index, "_id": id, "found": false}),
         })
         .collect();
     es_json(StatusCode::OK, json!({ "docs": docs }))
@@ -1249,15 +1315,27 @@ async fn search(
         );
     }
     let indices = s.indices.lock().unwrap();
-    let index = resolve(&indices, &index);
-    let Some(idx) = indices.get(&index) else {
+    // a name, an alias, a list, or wildcards (one that matches nothing finds nothing)
+    let Some(names) = expand(&indices, &index) else {
         return not_found_index(&index);
     };
-    let matching: Vec<(&String, &Doc)> =
-        idx.docs.iter().filter(|(id, d)| m(id, &d.source)).collect();
+    let matching: Vec<(&String, &String, &Doc)> = names
+        .iter()
+        .flat_map(|name| {
+            let m = &m;
+            indices[name]
+                .docs
+                .iter()
+                .filter(move |(id, d)| m(id, &d.source))
+                .map(move |(id, d)| (name, id, d))
+        })
+        .collect();
     let with_source = req.get("_source") != Some(&Value::Bool(false));
-    let hit = |(id, d): &(&String, &Doc)| {
+    let hit = |(index, id, d): &(&String, &String, &Doc)| {
         let mut h = json!({"_index": index, "_id": id, "_score": 1.0});
+        if let Some(r) = &d.routing {
+            h["_routing"] = json!(r);
+        }
         if with_source {
             h["_source"] = d.source.clone();
         }

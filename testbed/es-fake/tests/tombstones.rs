@@ -87,3 +87,47 @@ async fn an_older_write_is_refused_only_while_the_tombstone_lives() {
         "{settings}"
     );
 }
+
+#[tokio::test]
+async fn index_settings_are_read_and_set_through_wildcards_and_lists() {
+    let es = FakeEs::start().await.unwrap();
+    let http = reqwest::Client::new();
+    for name in ["posts-acme", "posts-globex", "people"] {
+        http.put(format!("{}/{name}", es.url()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, settings) = get(format!("{}/posts-*/_settings", es.url())).await;
+    assert_eq!(status, 200);
+    let names: Vec<&String> = settings.as_object().unwrap().keys().collect();
+    assert_eq!(names, ["posts-acme", "posts-globex"]);
+    let (status, settings) = get(format!("{}/nothing-*/_settings", es.url())).await;
+    assert_eq!(
+        (status, settings),
+        (200, json!({})),
+        "a wildcard matching nothing is no error"
+    );
+    let (status, _) = get(format!("{}/people,missing/_settings", es.url())).await;
+    assert_eq!(status, 404, "a name without a wildcard must exist");
+    let r = http
+        .put(format!("{}/posts-*/_settings", es.url()))
+        .json(&json!({"index": {"gc_deletes": "24h"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (_, settings) = get(format!("{}/posts-globex,people/_settings", es.url())).await;
+    assert_eq!(
+        settings["posts-globex"]["settings"]["index"]["gc_deletes"],
+        "24h"
+    );
+    assert!(settings["people"]["settings"]["index"]["gc_deletes"].is_null());
+}
