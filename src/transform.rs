@@ -108,6 +108,39 @@ pub fn join_id(parts: &[String], separator: &str) -> Result<String, DecodeError>
     Ok(id)
 }
 
+/// The `n` parts [`join_id`] joined into `id`, when it is such a join (`None` otherwise).
+pub fn split_id(id: &str, n: usize, separator: &str) -> Option<Vec<String>> {
+    if n == 1 {
+        return Some(vec![id.to_owned()]);
+    }
+    if separator.is_empty() {
+        return None;
+    }
+    let mut parts = vec![String::new()];
+    let mut rest = id;
+    while let Some(c) = rest.chars().next() {
+        if let Some(after) = rest.strip_prefix('\\') {
+            // an escaped `\` or separator
+            if let Some(tail) = after.strip_prefix('\\') {
+                parts.last_mut()?.push('\\');
+                rest = tail;
+            } else if let Some(tail) = after.strip_prefix(separator) {
+                parts.last_mut()?.push_str(separator);
+                rest = tail;
+            } else {
+                return None;
+            }
+        } else if let Some(tail) = rest.strip_prefix(separator) {
+            parts.push(String::new());
+            rest = tail;
+        } else {
+            parts.last_mut()?.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    (parts.len() == n).then_some(parts)
+}
+
 /// Why a record could not be turned into a document operation. Goes to the dead-letter table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -677,6 +710,29 @@ mod tests {
             .unwrap_err()
             .0
             .contains("NEW_IMAGE"));
+    }
+
+    #[test]
+    fn a_joined_id_splits_back_into_its_parts() {
+        let sep = "|";
+        for parts in [
+            vec!["POST#1", "COMMENT#2"],
+            vec!["a|b", "c"],
+            vec!["a", "b|c"],
+            vec!["back\\slash|", "\\|"],
+            vec!["é", ""],
+        ] {
+            let parts: Vec<String> = parts.into_iter().map(str::to_owned).collect();
+            let id = join_id(&parts, sep).unwrap();
+            assert_eq!(split_id(&id, parts.len(), sep), Some(parts), "{id}");
+        }
+        assert_eq!(split_id("one", 1, sep), Some(vec!["one".to_string()]));
+        assert_eq!(split_id("a|b|c", 2, sep), None, "three parts, not two");
+        assert_eq!(
+            split_id("a\\x|b", 2, sep),
+            None,
+            "not an escape join_id writes"
+        );
     }
 
     #[test]

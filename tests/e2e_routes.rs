@@ -647,3 +647,205 @@ async fn a_routed_dead_letter_is_replayed_with_its_routing() {
     assert_index_equals(&es, "comments", &BTreeMap::new(), Duration::from_secs(60)).await;
     assert_eq!(es.fake.stats().routing_mismatches, 0);
 }
+
+/// `sluice verify`'s exit code, and its report (with `--json`: the JSON alone).
+fn verify(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["verify", "--config"])
+        .arg(config)
+        .args(args)
+        .envs(aws_env())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if args.contains(&"--json") {
+        // the report alone; what went wrong is on stderr
+        assert!(
+            !stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return (out.status.code(), stdout);
+    }
+    (
+        out.status.code(),
+        stdout + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Writes straight into the indices, as someone behind sluice's back would.
+async fn tamper(es: &Es, lines: Vec<Value>) {
+    let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/_bulk?refresh=true", es.url()))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["errors"], json!(false), "{answer}");
+}
+
+/// `verify` through the routes: each item is compared with its shaped document where its route
+/// puts it (a tenant's index, with its routing), items no route takes are not missing, and
+/// `--extra` finds documents no item has — a ghost, a stale copy in another tenant's index —
+/// reading the item's key back from `_id` or the document. `--repair` fixes each at its place;
+/// a route whose documents cannot lead back to their item is refused `--extra`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_compares_each_item_with_its_routed_document_and_repair_puts_it_right() {
+    let moto = Moto::start();
+    let ddb = moto.dynamodb().await;
+    let es = Es::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    create_app_table(&ddb, StreamViewType::NewAndOldImages).await;
+    let routes = SINGLE_TABLE_ROUTES.replace("index = \"posts\"", "index = \"posts-{tenant}\"");
+    let extra = format!("{routes}\n[backfill]\nclock_skew_allowance = \"2s\"\n");
+    let db = dir.path().join("sluice.db");
+    let es_url = es.url();
+    let options = SluiceOptions {
+        moto: &moto.url,
+        es: &es_url,
+        table: "App",
+        index: "unused",
+        db: &db,
+        extra: &extra,
+    };
+    let http_port = free_port();
+    let config = dir.path().join("sluice.toml");
+    let text =
+        config_toml(&options, http_port).replace("[source]\n", "[source]\nold_images = true\n");
+    std::fs::write(&config, &text).unwrap();
+    let sluice = Sluice::start_with_config(&config, http_port, dir.path());
+    sluice.wait_ready(Duration::from_secs(30)).await;
+    for p in 1..=6 {
+        let pk = format!("POST#{p}");
+        put(
+            &ddb,
+            vec![
+                ("PK", s(&pk)),
+                ("SK", s(&pk)),
+                ("tenant", s(if p <= 3 { "acme" } else { "beta" })),
+                ("title", s(&format!("Post {p}"))),
+                (
+                    "blocks",
+                    AttributeValue::L(vec![block("paragraph", "text", "Hello.")]),
+                ),
+            ],
+        )
+        .await;
+        put(
+            &ddb,
+            vec![("PK", s(&pk)), ("SK", s("COMMENT#1")), ("body", s("first"))],
+        )
+        .await;
+    }
+    put(&ddb, vec![("PK", s("USER#1")), ("SK", s("PROFILE"))]).await;
+    let table = items(&ddb).await;
+    assert_index_equals(
+        &es,
+        "posts-acme",
+        &expected_posts_of(&table, "acme"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_index_equals(
+        &es,
+        "posts-beta",
+        &expected_posts_of(&table, "beta"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_index_equals(
+        &es,
+        "comments",
+        &expected_comments(&table),
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let (code, out) = verify(&config, &["--extra"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("13 items checked, 1 taken by no route")
+            && out.contains("0 missing, 0 different, 0 extra — the index equals the table"),
+        "{out}"
+    );
+
+    // behind sluice's back: a post deleted, a comment altered (under its routing), a ghost post,
+    // a ghost comment, and a copy of an acme post in beta's index
+    let acme = es.documents("posts-acme").await;
+    let mut altered = es.documents("comments").await["POST#2|COMMENT#1"].clone();
+    altered["text"] = json!("changed behind sluice's back");
+    tamper(
+        &es,
+        vec![
+            json!({"delete": {"_index": "posts-acme", "_id": "POST#2"}}),
+            json!({"index": {"_index": "comments", "_id": "POST#2|COMMENT#1", "routing": "POST#2"}}),
+            altered,
+            json!({"index": {"_index": "posts-beta", "_id": "POST#999"}}),
+            json!({"PK": "POST#999", "SK": "POST#999", "title": "no such item"}),
+            json!({"index": {"_index": "comments", "_id": "POST#1|COMMENT#9", "routing": "POST#1"}}),
+            json!({"PK": "POST#1", "SK": "COMMENT#9", "text": "no such item"}),
+            json!({"index": {"_index": "posts-beta", "_id": "POST#1"}}),
+            acme["POST#1"].clone(),
+        ],
+    )
+    .await;
+    let (code, out) = verify(&config, &["--extra", "--json"]);
+    assert_eq!(code, Some(1), "{out}");
+    let found: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        (&found["missing"], &found["different"], &found["extra"]),
+        (&json!(1), &json!(1), &json!(3)),
+        "{found:#}"
+    );
+    assert_eq!(found["examples"]["missing"], json!(["posts-acme/POST#2"]));
+    let extra: Vec<&str> = found["examples"]["extra"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for ghost in [
+        "posts-beta/POST#999",
+        "comments/POST#1|COMMENT#9",
+        "posts-beta/POST#1",
+    ] {
+        assert!(extra.contains(&ghost), "{ghost}: {found:#}");
+    }
+
+    let (code, out) = verify(&config, &["--extra", "--repair", "--json"]);
+    assert_eq!(code, Some(1), "{out}");
+    let repaired: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(repaired["repair"]["indexed"], json!(2), "{repaired:#}");
+    assert_eq!(repaired["repair"]["deleted"], json!(3), "{repaired:#}");
+    let (code, out) = verify(&config, &["--extra"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_index_equals(
+        &es,
+        "posts-beta",
+        &expected_posts_of(&table, "beta"),
+        Duration::from_secs(10),
+    )
+    .await;
+    // the repaired comment went back under its routing
+    assert_eq!(es.fake.routings("comments")["POST#2|COMMENT#1"], "POST#2");
+    assert_eq!(es.fake.stats().routing_mismatches, 0);
+
+    // posts that keep only their title cannot lead back to their item: no --extra for them
+    let titles = dir.path().join("titles.toml");
+    std::fs::write(
+        &titles,
+        text.replace("exclude = [\"blocks\"]", "include = [\"title\"]"),
+    )
+    .unwrap();
+    let (code, out) = verify(&titles, &["--extra"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("--extra cannot tell which item a document of route `posts` belongs to"),
+        "{out}"
+    );
+}

@@ -38,7 +38,7 @@ use crate::lease::Fence;
 use crate::metrics::Metrics;
 use crate::sink::{BulkOp, BulkSink, Origin};
 use crate::transform::route::{Routes, RowChange, Template};
-use crate::transform::{item_to_json, DecodeError, Decoded, DocIdSpec};
+use crate::transform::{item_to_json, DecodeError, Decoded};
 
 /// Where one segment stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -397,18 +397,6 @@ pub(crate) async fn client(config: &Config) -> aws_sdk_dynamodb::Client {
 pub async fn table_keys(config: &Config) -> anyhow::Result<Vec<String>> {
     let table = table_name(config)?;
     Ok(describe(&client(config).await, &table).await?.keys)
-}
-
-/// How `_id` is built: `sink.document_id`, else the table's key attributes.
-pub(crate) fn doc_ids(config: &Config, key_attributes: Vec<String>) -> DocIdSpec {
-    DocIdSpec {
-        attributes: if config.sink.document_id.is_empty() {
-            key_attributes
-        } else {
-            config.sink.document_id.clone()
-        },
-        separator: config.sink.document_id_separator.clone(),
-    }
 }
 
 /// Where a backfill's operations go: a batcher's router, and the fence its sink checks (the
@@ -946,19 +934,6 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
         // (and so never ages past index.gc_deletes) because of the pace
         shared.pace.consumed(units).await;
     }
-}
-
-/// A table item as the stream would index it: its `_id` and its document.
-pub(crate) fn document(
-    ids: &DocIdSpec,
-    item: &HashMap<String, AttributeValue>,
-) -> Result<(String, Value), crate::transform::DecodeError> {
-    let stream_item: HashMap<String, _> = item
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), to_stream_value(v)?)))
-        .collect::<Result<_, String>>()
-        .map_err(crate::transform::DecodeError)?;
-    Ok((ids.render(&stream_item)?, item_to_json(&stream_item)?))
 }
 
 /// Throttling, server errors and transport trouble pass; a missing table, missing permission or

@@ -102,7 +102,7 @@ pub async fn watch(config: &Config, store: &CheckpointStore, backfill: &str) -> 
     }
     let es = match EsClient::new(&config.sink, &config.source.region).await {
         Ok(es) => es,
-        Err(e) => return e.into(),
+        Err(e) => return e,
     };
     loop {
         tokio::time::sleep(WATCH_EVERY).await;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity, ScalarAttributeType};
 use rusqlite::params;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::backfill::{self, ReadPace};
 use crate::checkpoint::{now_ms, CheckpointStore};
@@ -25,7 +25,8 @@ use crate::config::{Config, KinesisFormat, SourceType};
 use crate::es_client::EsClient;
 use crate::metrics::{result, Metrics};
 use crate::sink::{BulkOp, Origin};
-use crate::transform::{DocAction, DocIdSpec};
+use crate::transform::route::{IdRule, Place, Route, Routes, Template};
+use crate::transform::{split_id, DecodeError, DocAction};
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -48,6 +49,8 @@ pub struct Report {
     pub extra: u64,
     /// Items that cannot be made documents (dead-lettered by the stream too).
     pub unreadable: u64,
+    /// Items no route takes (skipped by the stream too).
+    pub skipped: u64,
     pub examples: Examples,
     pub repair: Option<Repair>,
     pub seconds: f64,
@@ -106,8 +109,20 @@ impl Report {
             self.sample
                 .map(|n| format!(" (sample of {n})"))
                 .unwrap_or_default(),
-            if self.unreadable > 0 {
-                format!(", {} unreadable", self.unreadable)
+            if self.unreadable > 0 || self.skipped > 0 {
+                format!(
+                    "{}{}",
+                    if self.unreadable > 0 {
+                        format!(", {} unreadable", self.unreadable)
+                    } else {
+                        String::new()
+                    },
+                    if self.skipped > 0 {
+                        format!(", {} taken by no route", self.skipped)
+                    } else {
+                        String::new()
+                    },
+                )
             } else {
                 String::new()
             },
@@ -136,9 +151,13 @@ enum Class {
     Extra,
 }
 
-/// A document that did not match: its key (to read the item again), and what the table holds now.
+/// A document that did not match: where it is, its item's key (to read the item again), and
+/// what the table holds now.
 struct Suspect {
-    id: String,
+    place: Place,
+    /// `place.index` is the concrete index a search found the document in (an extra candidate),
+    /// not the name sluice writes to (which may be an alias of it).
+    concrete: bool,
     key: Option<HashMap<String, AttributeValue>>,
     class: Class,
     /// The table's document now (`None`: no such item).
@@ -150,24 +169,24 @@ struct Ctx {
     client: aws_sdk_dynamodb::Client,
     es: EsClient,
     table: String,
-    index: String,
-    ids: DocIdSpec,
+    /// The stream's routes: where each item's documents are, and what they hold.
+    routes: Routes,
+    /// Where a route without an index of its own writes (`sink.index`).
+    default_index: Arc<str>,
+    /// The indices the routes write (fixed names and templates).
+    targets: Vec<(String, Template)>,
     key_names: Vec<String>,
     key_types: HashMap<String, ScalarAttributeType>,
     consistent_read: bool,
     pace: ReadPace,
+    /// Concrete indices behind a name (itself, or an alias's), asked once.
+    behind: tokio::sync::Mutex<HashMap<String, Vec<String>>>,
 }
 
 pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
     if config.source.kind == SourceType::Kinesis && config.source.format == Some(KinesisFormat::Dms)
     {
         anyhow::bail!("verify compares a DynamoDB table with its index; this configuration follows RDS tables through DMS");
-    }
-    if !config.route.is_empty() {
-        anyhow::bail!(
-            "verify does not apply [[route]]s yet: it compares whole items with sink.index `{}`",
-            config.sink.index
-        );
     }
     if opts.extra && opts.sample.is_some() {
         anyhow::bail!("--extra needs the whole table scanned: it cannot be combined with --sample");
@@ -186,27 +205,50 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
         size,
         ..
     } = backfill::describe(&client, &table).await?;
+    let routes = backfill::routes(config, &key_names)?;
+    let targets = backfill::targets(config)?;
+    if opts.extra {
+        // an extra document is read back to its item by the key: its `_id` or its fields
+        for route in &routes.routes {
+            if key_from_id_rule(route, &routes, &key_names).is_none()
+                && !key_names.iter().all(|k| route.document_keeps(k))
+            {
+                anyhow::bail!(
+                    "--extra cannot tell which item a document of route `{}` belongs to: its `_id` is not the table's key ({}) and its documents do not carry it. \
+                     Keep the key attributes in the documents, or verify without --extra",
+                    route.name,
+                    key_names.join(", ")
+                );
+            }
+        }
+    }
     let ctx = Arc::new(Ctx {
         es: EsClient::new(&config.sink, &config.source.region).await?,
-        ids: backfill::doc_ids(config, key_names.clone()),
+        routes,
+        default_index: config.sink.index.as_str().into(),
+        targets,
         key_names,
         key_types,
         client,
         table: table.clone(),
-        index: config.sink.index.clone(),
         consistent_read: config.backfill.consistent_read,
         pace: ReadPace::new(config.backfill.max_read_units_per_second.unwrap_or(0.0)),
+        behind: Default::default(),
     });
-    let exists = es_call(&ctx, "GET", &format!("/{}", ctx.index), None).await?;
-    if exists.status == 404 {
-        anyhow::bail!(
-            "index `{}` does not exist: every item would be missing — load it with `sluice backfill` first",
-            ctx.index
-        );
+    for (name, template) in &ctx.targets {
+        if template.as_literal().is_none() {
+            continue;
+        }
+        let exists = es_call(&ctx, "GET", &format!("/{name}"), None).await?;
+        if exists.status == 404 {
+            anyhow::bail!(
+                "index `{name}` does not exist: every item would be missing — load it with `sluice backfill` first"
+            );
+        }
     }
     let mut report = Report {
         table,
-        index: config.sink.index.clone(),
+        index: backfill::target_names(&ctx.targets),
         sample: opts.sample,
         extra_checked: opts.extra,
         ..Report::default()
@@ -224,7 +266,7 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
     }
     // a sample takes a share from each random segment, so it spreads over the key space
     let per_segment = opts.sample.map(|n| n.div_ceil(8).max(1));
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen: Seen = HashSet::new();
     let mut suspects: Vec<Suspect> = Vec::new();
     for segment in order {
         let left = opts.sample.map(|n| n.saturating_sub(report.checked));
@@ -257,22 +299,26 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
         None
     };
     recheck(&ctx, &mut suspects, repairer.as_mut()).await?;
+    // one fixed index: its `_id`s; several, or a template: `index/_id`
+    let one_index = matches!(&ctx.targets[..], [(_, t)] if t.as_literal().is_some());
     for s in &suspects {
+        let label = if one_index {
+            s.place.id.clone()
+        } else {
+            format!("{}/{}", s.place.index, s.place.id)
+        };
         match s.class {
             Class::Missing => {
                 report.missing += 1;
-                report.examples.missing.push(s.id.clone());
+                report.examples.missing.push(label);
             }
             Class::Different => {
                 report.different += 1;
-                report
-                    .examples
-                    .different
-                    .push((s.id.clone(), s.fields.clone()));
+                report.examples.different.push((label, s.fields.clone()));
             }
             Class::Extra => {
                 report.extra += 1;
-                report.examples.extra.push(s.id.clone());
+                report.examples.extra.push(label);
             }
         }
     }
@@ -294,6 +340,9 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// A document found: the concrete index that holds it (an alias names another), and `_id`.
+type Seen = HashSet<(String, String)>;
+
 #[allow(clippy::too_many_arguments)]
 async fn scan_segment(
     ctx: &Ctx,
@@ -301,7 +350,7 @@ async fn scan_segment(
     total: u32,
     quota: Option<u64>,
     report: &mut Report,
-    seen: &mut HashSet<String>,
+    seen: &mut Seen,
     suspects: &mut Vec<Suspect>,
     remember_ids: bool,
 ) -> anyhow::Result<()> {
@@ -336,24 +385,32 @@ async fn scan_segment(
             ),
         };
         attempt = 0;
-        let mut docs: Vec<(String, HashMap<String, AttributeValue>, Value)> = Vec::new();
+        let mut docs: Vec<(Place, HashMap<String, AttributeValue>, Value)> = Vec::new();
         for item in page.items() {
-            match backfill::document(&ctx.ids, item) {
-                Ok((id, doc)) => docs.push((id, key_of(item, &ctx.key_names), doc)),
+            match documents(ctx, item) {
+                Ok(None) => report.skipped += 1,
+                Ok(Some(placed)) => docs.extend(
+                    placed
+                        .into_iter()
+                        .map(|(place, doc)| (place, key_of(item, &ctx.key_names), doc)),
+                ),
                 Err(_) => report.unreadable += 1,
             }
         }
         report.checked += page.items().len() as u64;
         taken += page.items().len() as u64;
-        let found = mget(ctx, docs.iter().map(|(id, ..)| id.clone()).collect()).await?;
-        for (id, key, doc) in docs {
-            if remember_ids {
-                seen.insert(id.clone());
-            }
-            let have = found.get(&id).cloned().flatten();
+        let found = mget(ctx, docs.iter().map(|(p, ..)| p)).await?;
+        for ((place, key, doc), have) in docs.into_iter().zip(found) {
+            let have = have.map(|(concrete, source)| {
+                if remember_ids {
+                    seen.insert((concrete, place.id.clone()));
+                }
+                source
+            });
             if let Some((class, fields)) = judge(Some(&doc), have.as_ref()) {
                 suspects.push(Suspect {
-                    id,
+                    place,
+                    concrete: false,
                     key: Some(key),
                     class,
                     expected: Some(doc),
@@ -371,6 +428,39 @@ async fn scan_segment(
         }
         ctx.pace.consumed(units).await;
     }
+}
+
+/// An item's documents as the stream writes them, each where the routes put it; `None`: no
+/// route takes the item.
+fn documents(
+    ctx: &Ctx,
+    item: &HashMap<String, AttributeValue>,
+) -> Result<Option<Vec<(Place, Value)>>, DecodeError> {
+    let row = backfill::item_row(item)?;
+    let decoded = backfill::item_changes(&ctx.routes, &ctx.table, &ctx.key_names, row)?;
+    if let Some(e) = decoded.refused {
+        return Err(e);
+    }
+    if decoded.skipped.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(
+        decoded
+            .changes
+            .into_iter()
+            .filter_map(|c| match c.action {
+                DocAction::Index(doc) => Some((
+                    Place {
+                        index: c.index.unwrap_or_else(|| ctx.default_index.clone()),
+                        id: c.id,
+                        routing: c.routing,
+                    },
+                    doc,
+                )),
+                DocAction::Delete => None,
+            })
+            .collect(),
+    ))
 }
 
 fn key_of(
@@ -423,31 +513,51 @@ fn short(v: &Value) -> String {
     }
 }
 
-/// `_id` → `_source` (`None`: not found), in chunks of 500.
-async fn mget(ctx: &Ctx, ids: Vec<String>) -> anyhow::Result<HashMap<String, Option<Value>>> {
-    let mut out = HashMap::new();
-    for chunk in ids.chunks(500) {
-        if chunk.is_empty() {
-            continue;
-        }
-        let body = json!({ "ids": chunk }).to_string().into_bytes();
-        let answer = es_call(ctx, "POST", &format!("/{}/_mget", ctx.index), Some(body)).await?;
-        if answer.status == 404 {
-            // no index at all: everything is missing
-            out.extend(chunk.iter().map(|id| (id.clone(), None)));
-            continue;
-        }
+/// Each document's concrete index and `_source` (`None`: not found), in order, in chunks of 500.
+async fn mget<'a>(
+    ctx: &Ctx,
+    places: impl Iterator<Item = &'a Place>,
+) -> anyhow::Result<Vec<Option<(String, Value)>>> {
+    let places: Vec<&Place> = places.collect();
+    let mut out = Vec::with_capacity(places.len());
+    for chunk in places.chunks(500) {
+        let docs: Vec<Value> = chunk
+            .iter()
+            .map(|p| {
+                let mut d = json!({"_index": &*p.index, "_id": p.id});
+                if let Some(r) = &p.routing {
+                    d["routing"] = json!(r);
+                }
+                d
+            })
+            .collect();
+        let body = json!({ "docs": docs }).to_string().into_bytes();
+        let answer = es_call(ctx, "POST", "/_mget", Some(body)).await?;
         let v: Value = parse(&answer, "_mget")?;
-        for d in v["docs"].as_array().cloned().unwrap_or_default() {
-            let id = d["_id"].as_str().unwrap_or_default().to_string();
+        let answers = v["docs"].as_array().cloned().unwrap_or_default();
+        anyhow::ensure!(
+            answers.len() == chunk.len(),
+            "_mget answered {} documents of {}",
+            answers.len(),
+            chunk.len()
+        );
+        for (p, d) in chunk.iter().zip(answers) {
             if let Some(e) = d.get("error") {
-                // the index went away meanwhile: missing; anything else cannot be judged
+                // no such index (yet, or any more): missing; anything else cannot be judged
                 if e["type"] != "index_not_found_exception" {
-                    anyhow::bail!("_mget of `{id}`: {}: {}", e["type"], e["reason"]);
+                    anyhow::bail!(
+                        "_mget of `{}` in `{}`: {}: {}",
+                        p.id,
+                        p.index,
+                        e["type"],
+                        e["reason"]
+                    );
                 }
             }
-            let source = (d["found"] == true).then(|| d["_source"].clone());
-            out.insert(id, source);
+            out.push((d["found"] == true).then(|| {
+                let concrete = d["_index"].as_str().unwrap_or(&p.index).to_string();
+                (concrete, d["_source"].clone())
+            }));
         }
     }
     Ok(out)
@@ -495,66 +605,122 @@ fn parse(answer: &crate::es_client::Answer, what: &str) -> anyhow::Result<Value>
     serde_json::from_str(&answer.body).map_err(|e| anyhow::anyhow!("{what}: not JSON: {e}"))
 }
 
-/// Documents of the index whose `_id` the scan did not see: read the index's ids with a scroll.
-async fn extra_candidates(ctx: &Ctx, seen: &HashSet<String>) -> anyhow::Result<Vec<Suspect>> {
+/// Documents of the indices the routes write whose `_id` the scan did not find there: each
+/// index's ids read with a scroll.
+async fn extra_candidates(ctx: &Ctx, seen: &Seen) -> anyhow::Result<Vec<Suspect>> {
     let mut out = Vec::new();
-    let first = es_call(
-        ctx,
-        "POST",
-        &format!("/{}/_search?scroll=2m", ctx.index),
-        Some(
-            json!({"size": 1000, "sort": ["_doc"], "query": {"match_all": {}}})
-                .to_string()
-                .into_bytes(),
-        ),
-    )
-    .await?;
-    if first.status == 404 {
-        return Ok(out);
-    }
-    let mut page = parse(&first, "reading the index's ids")?;
-    loop {
-        let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
-        if hits.is_empty() {
-            break;
-        }
-        for h in hits {
-            let id = h["_id"].as_str().unwrap_or_default().to_string();
-            if !seen.contains(&id) {
-                out.push(Suspect {
-                    key: key_from_source(&h["_source"], &ctx.key_names, &ctx.key_types),
-                    id,
-                    class: Class::Extra,
-                    expected: None,
-                    fields: Vec::new(),
-                });
-            }
-        }
-        let scroll_id = page["_scroll_id"].as_str().unwrap_or_default().to_string();
-        let next = es_call(
+    for (text, template) in &ctx.targets {
+        let routes: Vec<&Route> = ctx
+            .routes
+            .routes
+            .iter()
+            .filter(|r| r.index.as_literal().unwrap_or_default() == text || r.index == *template)
+            .collect();
+        let first = es_call(
             ctx,
             "POST",
-            "/_search/scroll",
+            &format!("/{}/_search?scroll=2m", template.wildcard()),
             Some(
-                json!({"scroll": "2m", "scroll_id": scroll_id})
+                json!({"size": 1000, "sort": ["_doc"], "query": {"match_all": {}}})
                     .to_string()
                     .into_bytes(),
             ),
         )
         .await?;
-        page = parse(&next, "reading the index's ids")?;
-    }
-    if let Some(id) = page["_scroll_id"].as_str() {
-        let _ = ctx
-            .es
-            .call(
-                "DELETE",
+        if first.status == 404 {
+            continue;
+        }
+        let mut page = parse(&first, "reading the index's ids")?;
+        loop {
+            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                break;
+            }
+            for h in hits {
+                let id = h["_id"].as_str().unwrap_or_default().to_string();
+                let concrete = h["_index"].as_str().unwrap_or_default().to_string();
+                // a wildcard also matches indices the template cannot name
+                if template.as_literal().is_none() && !template.could_render(&concrete) {
+                    continue;
+                }
+                if seen.contains(&(concrete.clone(), id.clone())) {
+                    continue;
+                }
+                out.push(Suspect {
+                    key: routes
+                        .iter()
+                        .find_map(|r| document_key(ctx, r, &id, &h["_source"])),
+                    place: Place {
+                        index: concrete.into(),
+                        id,
+                        routing: h["_routing"].as_str().map(str::to_owned),
+                    },
+                    concrete: true,
+                    class: Class::Extra,
+                    expected: None,
+                    fields: Vec::new(),
+                });
+            }
+            let scroll_id = page["_scroll_id"].as_str().unwrap_or_default().to_string();
+            let next = es_call(
+                ctx,
+                "POST",
                 "/_search/scroll",
-                Some(json!({"scroll_id": id}).to_string().into_bytes()),
+                Some(
+                    json!({"scroll": "2m", "scroll_id": scroll_id})
+                        .to_string()
+                        .into_bytes(),
+                ),
             )
-            .await;
+            .await?;
+            page = parse(&next, "reading the index's ids")?;
+        }
+        if let Some(id) = page["_scroll_id"].as_str() {
+            let _ = ctx
+                .es
+                .call(
+                    "DELETE",
+                    "/_search/scroll",
+                    Some(json!({"scroll_id": id}).to_string().into_bytes()),
+                )
+                .await;
+        }
     }
     Ok(out)
+}
+
+/// The attributes a route's `_id` joins, when they are the table's key (so the key can be read
+/// back from the `_id`).
+fn key_from_id_rule(route: &Route, routes: &Routes, key_names: &[String]) -> Option<Vec<String>> {
+    let attributes = match &route.id {
+        IdRule::Key => routes.key.clone()?,
+        IdRule::Attributes(a) => a.clone(),
+        IdRule::Template(_) => return None,
+    };
+    (attributes == key_names).then_some(attributes)
+}
+
+/// The key of the item a document of `route` was made from: split from its `_id`, or read
+/// from its fields.
+fn document_key(
+    ctx: &Ctx,
+    route: &Route,
+    id: &str,
+    source: &Value,
+) -> Option<HashMap<String, AttributeValue>> {
+    if let Some(names) = key_from_id_rule(route, &ctx.routes, &ctx.key_names) {
+        let parts = split_id(id, names.len(), &ctx.routes.separator)?;
+        let values: Map<String, Value> = names
+            .iter()
+            .cloned()
+            .zip(parts.into_iter().map(Value::String))
+            .collect();
+        return key_from_source(&Value::Object(values), &ctx.key_names, &ctx.key_types);
+    }
+    if ctx.key_names.iter().all(|k| route.document_keeps(k)) {
+        return key_from_source(source, &ctx.key_names, &ctx.key_types);
+    }
+    None
 }
 
 /// The item key held in a document (documents carry every attribute of their item).
@@ -608,15 +774,15 @@ async fn recheck(
         let mut chunks = pending.into_iter().peekable();
         while chunks.peek().is_some() {
             let chunk: Vec<Suspect> = chunks.by_ref().take(CHUNK).collect();
-            let found = mget(ctx, chunk.iter().map(|s| s.id.clone()).collect()).await?;
+            let found = mget(ctx, chunk.iter().map(|s| &s.place)).await?;
             let mut differing = Vec::new();
-            for mut s in chunk {
+            for (mut s, have) in chunk.into_iter().zip(found) {
                 s.expected = match &s.key {
-                    Some(key) => current_document(ctx, key, &s.id).await?,
+                    Some(key) => current_document(ctx, key, &s).await?,
                     // a document without its item's key cannot belong to any item
                     None => None,
                 };
-                let have = found.get(&s.id).cloned().flatten();
+                let have = have.map(|(_, source)| source);
                 if let Some((class, fields)) = judge(s.expected.as_ref(), have.as_ref()) {
                     s.class = class;
                     s.fields = fields;
@@ -635,12 +801,13 @@ async fn recheck(
     Ok(())
 }
 
-/// The table's document for `key` now (consistent read) — `None` when there is no such item, or
-/// when the item's `_id` is not `id` (that document is then one no item has: extra).
+/// The table's document at the suspect's place now (consistent read) — `None` when there is no
+/// such item, or when the item's documents are elsewhere (that document is then one no item
+/// has: extra).
 async fn current_document(
     ctx: &Ctx,
     key: &HashMap<String, AttributeValue>,
-    id: &str,
+    suspect: &Suspect,
 ) -> anyhow::Result<Option<Value>> {
     let item = ctx
         .client
@@ -657,11 +824,49 @@ async fn current_document(
                 aws_smithy_types::error::display::DisplayErrorContext(e)
             )
         })?;
-    Ok(item
-        .item()
-        .and_then(|i| backfill::document(&ctx.ids, i).ok())
-        .filter(|(rendered, _)| rendered == id)
-        .map(|(_, doc)| doc))
+    let Some(placed) = item.item().and_then(|i| documents(ctx, i).ok().flatten()) else {
+        return Ok(None);
+    };
+    for (place, doc) in placed {
+        if place.id != suspect.place.id {
+            continue;
+        }
+        let here = if suspect.concrete {
+            // found by a search in a concrete index: the item's place is the same document
+            // when its index is that one or an alias of it
+            place.index == suspect.place.index
+                || concrete_indices(ctx, &place.index)
+                    .await?
+                    .contains(&suspect.place.index.to_string())
+        } else {
+            place.index == suspect.place.index
+        };
+        if here {
+            return Ok(Some(doc));
+        }
+    }
+    Ok(None)
+}
+
+/// The concrete indices `name` stands for: itself, or those behind an alias of that name.
+async fn concrete_indices(ctx: &Ctx, name: &str) -> anyhow::Result<Vec<String>> {
+    if let Some(known) = ctx.behind.lock().await.get(name) {
+        return Ok(known.clone());
+    }
+    let answer = es_call(ctx, "GET", &format!("/{name}/_settings"), None).await?;
+    let names: Vec<String> = if answer.status == 404 {
+        Vec::new()
+    } else {
+        parse(&answer, "index settings")?
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    ctx.behind
+        .lock()
+        .await
+        .insert(name.to_owned(), names.clone());
+    Ok(names)
 }
 
 /// Writes the table's image of missing and different items and deletes extra documents, all
@@ -672,7 +877,6 @@ struct Repairer {
     tracker: crate::ack::AckTracker,
     part: crate::ack::ShardId,
     origin: Origin,
-    index: Arc<str>,
     version: u64,
     metrics: Metrics,
 }
@@ -695,7 +899,6 @@ impl Repairer {
                 epoch: 1,
             },
             part,
-            index: ctx.index.as_str().into(),
             version,
             metrics,
         })
@@ -708,9 +911,10 @@ impl Repairer {
                 Some(doc) if s.class != Class::Extra => DocAction::Index(doc.clone()),
                 _ => DocAction::Delete,
             };
-            let mut op = BulkOp::new(
-                self.index.clone(),
-                s.id.clone(),
+            let mut op = BulkOp::routed(
+                s.place.index.clone(),
+                s.place.id.clone(),
+                s.place.routing.as_deref(),
                 self.version,
                 action,
                 self.origin.clone(),

@@ -317,6 +317,23 @@ impl Route {
         out
     }
 
+    /// Whether its documents carry `attribute` as the row holds it: not left out by `include`,
+    /// excluded, renamed, or replaced by a computed field.
+    pub fn document_keeps(&self, attribute: &str) -> bool {
+        let shape = &self.shape;
+        let touches = |path: &[String]| path.first().is_some_and(|p| p == attribute);
+        shape
+            .include
+            .as_ref()
+            .is_none_or(|paths| paths.iter().any(|p| p.len() == 1 && p[0] == attribute))
+            && !shape.exclude.iter().any(|p| touches(p))
+            && !shape
+                .rename
+                .iter()
+                .any(|(from, to)| touches(from) || touches(to))
+            && !shape.compute.iter().any(|(_, path, _)| touches(path))
+    }
+
     /// The attributes `_id` is made of; `None` for the table's key.
     pub fn id_attributes(&self) -> Option<Vec<String>> {
         match &self.id {
