@@ -393,89 +393,101 @@ pub async fn run(
     let shown = tokio::spawn(report.clone().show(Display::for_stderr(), showing.clone()));
     let mut items = 0u64;
     let mut left = (files.len() - skipped) as u32;
-    for name in &files {
-        if done.contains(name) {
-            continue;
-        }
-        report.set_part_states(left, 1);
-        let mut lines = lines_of(location.open(&format!("data/{name}")).await?, name.clone());
-        let mut in_file = 0u64;
-        let mut n = 0usize;
-        let mut dead = Vec::new();
-        while let Some(line) = lines.recv().await {
-            let line = line.map_err(|e| anyhow::anyhow!("{location}/data/{e}"))?;
-            n += 1;
-            if line.trim().is_empty() {
+    let load = async {
+        for name in &files {
+            if done.contains(name) {
                 continue;
             }
-            let sequence_number = format!("{name}:{n}");
-            let placed = item_row(&line).and_then(|row| {
-                super::item_changes(&routes, &table, &key_attributes, row).map_err(|e| e.0)
-            });
-            let refusal = match placed {
-                Ok(decoded) => {
-                    if let Some(skip) = &decoded.skipped {
-                        metrics
-                            .records_skipped
-                            .with_label_values(&[skip.reason])
-                            .inc();
-                    }
-                    let acks = tracker.register(
-                        &part,
-                        1,
-                        ShardCheckpoint::default(),
-                        1,
-                        decoded.changes.len(),
-                    );
-                    for (change, ack) in decoded.changes.into_iter().zip(acks) {
-                        let mut op = BulkOp::routed(
-                            change.index.unwrap_or_else(|| default_index.clone()),
-                            change.id,
-                            change.routing.as_deref(),
-                            version,
-                            change.action,
-                            Origin {
-                                stream: origin_stream.clone(),
-                                shard: part.clone(),
-                                sequence_number: sequence_number.clone(),
-                                epoch: 1,
-                            },
-                        );
-                        op.acks.push(ack);
-                        if router.send(op).await.is_err() {
-                            anyhow::bail!("the sink stopped");
-                        }
-                        in_file += 1;
-                    }
-                    decoded.refused.map(|e| e.0)
+            report.set_part_states(left, 1);
+            let mut lines = lines_of(location.open(&format!("data/{name}")).await?, name.clone());
+            let mut in_file = 0u64;
+            let mut n = 0usize;
+            let mut dead = Vec::new();
+            while let Some(line) = lines.recv().await {
+                let line = line.map_err(|e| anyhow::anyhow!("{location}/data/{e}"))?;
+                n += 1;
+                if line.trim().is_empty() {
+                    continue;
                 }
-                Err(e) => Some(e),
-            };
-            if let Some(e) = refusal {
-                tracing::error!(file = %name, line = n, error = %e, "exported item cannot be made a document: dead-lettered");
-                metrics.decode_errors.inc();
-                dead.push(DeadLetter {
-                    stream: origin_stream.to_string(),
-                    shard_id: part.to_string(),
-                    sequence_number,
-                    index: None,
-                    doc_id: None,
-                    routing: None,
-                    version: Some(version),
-                    action: "decode".into(),
-                    payload: line,
-                    error: e,
+                let sequence_number = format!("{name}:{n}");
+                let placed = item_row(&line).and_then(|row| {
+                    super::item_changes(&routes, &table, &key_attributes, row).map_err(|e| e.0)
                 });
+                let refusal = match placed {
+                    Ok(decoded) => {
+                        if let Some(skip) = &decoded.skipped {
+                            metrics
+                                .records_skipped
+                                .with_label_values(&[skip.reason])
+                                .inc();
+                        }
+                        let acks = tracker.register(
+                            &part,
+                            1,
+                            ShardCheckpoint::default(),
+                            1,
+                            decoded.changes.len(),
+                        );
+                        for (change, ack) in decoded.changes.into_iter().zip(acks) {
+                            let mut op = BulkOp::routed(
+                                change.index.unwrap_or_else(|| default_index.clone()),
+                                change.id,
+                                change.routing.as_deref(),
+                                version,
+                                change.action,
+                                Origin {
+                                    stream: origin_stream.clone(),
+                                    shard: part.clone(),
+                                    sequence_number: sequence_number.clone(),
+                                    epoch: 1,
+                                },
+                            );
+                            op.acks.push(ack);
+                            if router.send(op).await.is_err() {
+                                anyhow::bail!("the sink stopped");
+                            }
+                            in_file += 1;
+                        }
+                        decoded.refused.map(|e| e.0)
+                    }
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = refusal {
+                    tracing::error!(file = %name, line = n, error = %e, "exported item cannot be made a document: dead-lettered");
+                    metrics.decode_errors.inc();
+                    dead.push(DeadLetter {
+                        stream: origin_stream.to_string(),
+                        shard_id: part.to_string(),
+                        sequence_number,
+                        index: None,
+                        doc_id: None,
+                        routing: None,
+                        version: Some(version),
+                        action: "decode".into(),
+                        payload: line,
+                        error: e,
+                    });
+                }
             }
+            store.dead_letter_durably(dead).await;
+            acknowledged(&tracker, &part).await;
+            mark_done(&store, &export_id, name, in_file).await?;
+            items += in_file;
+            left -= 1;
+            report.acknowledged(in_file, true);
+            report.set_part_states(left, 0);
+            tracing::debug!(file = %name, items = in_file, "export data file loaded");
         }
-        store.dead_letter_durably(dead).await;
-        acknowledged(&tracker, &part).await;
-        mark_done(&store, &export_id, name, in_file).await?;
-        items += in_file;
-        left -= 1;
-        report.acknowledged(in_file, true);
-        report.set_part_states(left, 0);
-        tracing::debug!(file = %name, items = in_file, "export data file loaded");
+        anyhow::Ok(())
+    };
+    // indices of templated targets appear while the load runs: their deletes are kept too
+    let loaded = tokio::select! {
+        r = load => r,
+        e = super::tombstones::watch(config, &store, &key) => Err(e.context("keeping the deletes of a new index")),
+    };
+    if let Err(e) = loaded {
+        showing.cancel();
+        return Err(e);
     }
     showing.cancel();
     let _ = shown.await;
