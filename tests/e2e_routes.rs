@@ -791,6 +791,9 @@ async fn verify_compares_each_item_with_its_routed_document_and_repair_puts_it_r
             json!({"PK": "POST#1", "SK": "COMMENT#9", "text": "no such item"}),
             json!({"index": {"_index": "posts-beta", "_id": "POST#1"}}),
             acme["POST#1"].clone(),
+            // someone else's index that the template's wildcard (`posts-*`) also matches
+            json!({"index": {"_index": "posts-archive", "_id": "POST#1"}}),
+            acme["POST#1"].clone(),
         ],
     )
     .await;
@@ -831,6 +834,11 @@ async fn verify_compares_each_item_with_its_routed_document_and_repair_puts_it_r
         Duration::from_secs(10),
     )
     .await;
+    assert_eq!(
+        es.documents("posts-archive").await.len(),
+        1,
+        "an index no item is placed in is not sluice's to repair"
+    );
     // the repaired comment went back under its routing
     assert_eq!(es.fake.routings("comments")["POST#2|COMMENT#1"], "POST#2");
     assert_eq!(es.fake.stats().routing_mismatches, 0);

@@ -360,12 +360,6 @@ pub async fn run(
     } else {
         config.sink.document_id.clone()
     };
-    let routes = super::routes(config, &key_attributes)?;
-    anyhow::ensure!(
-        routes.key.is_some() || routes.routes.iter().all(|r| r.id != IdRule::Key),
-        "the export has no key schema: set sink.document_id (or give access to the table)"
-    );
-    let default_index: Arc<str> = config.sink.index.clone().into();
     // the table the export is of (routes may take one table only): its ARN, else the config's
     let table = summary
         .get("tableArn")
@@ -374,6 +368,14 @@ pub async fn run(
         .map(|(_, name)| name.to_owned())
         .or_else(|| super::table_name(config).ok())
         .unwrap_or_default();
+    let routes = super::routes(config, &table, &key_attributes)?;
+    anyhow::ensure!(
+        routes.key.is_some()
+            || key_attributes.len() == 1
+            || routes.routes.iter().all(|r| r.id != IdRule::Key),
+        "the export has no key schema: set sink.document_id (or give access to the table)"
+    );
+    let default_index: Arc<str> = config.sink.index.clone().into();
     let origin_stream: Arc<str> = format!("export:{export_id}").into();
     let skipped = files.iter().filter(|f| done.contains(*f)).count();
     let estimate = summary

@@ -37,7 +37,7 @@ use crate::http::Health;
 use crate::lease::Fence;
 use crate::metrics::Metrics;
 use crate::sink::{BulkOp, BulkSink, Origin};
-use crate::transform::route::{Routes, RowChange, Template};
+use crate::transform::route::{IdRule, Routes, RowChange, Template};
 use crate::transform::{item_to_json, DecodeError, Decoded};
 
 /// Where one segment stands.
@@ -290,10 +290,42 @@ pub(crate) fn target_names(targets: &[(String, Template)]) -> String {
         .join(", ")
 }
 
-/// The routes a backfill applies: the stream's, so that an item lands where the stream puts it.
-pub(crate) fn routes(config: &Config, key_attributes: &[String]) -> anyhow::Result<Routes> {
-    let key = (!key_attributes.is_empty()).then_some(key_attributes);
-    Ok(Routes::from_config(config, key)?)
+/// The routes a backfill applies: the stream's, with what the stream knows of the key, so that
+/// an item lands where the stream puts it — and is refused where the stream refuses it.
+/// DynamoDB Streams knows the key from DescribeTable; DynamoDB→Kinesis records carry their keys
+/// unordered, and the stream presumes the key from the routes' ids (`Routes::from_config`).
+pub(crate) fn routes(
+    config: &Config,
+    table: &str,
+    key_attributes: &[String],
+) -> anyhow::Result<Routes> {
+    let key = match config.source.kind {
+        crate::config::SourceType::Kinesis => None,
+        _ => (!key_attributes.is_empty()).then_some(key_attributes),
+    };
+    let routes = Routes::from_config(config, key)?;
+    if routes.key.is_none()
+        && key_attributes.len() > 1
+        && routes.routes.iter().any(|r| r.id == IdRule::Key)
+    {
+        anyhow::bail!(
+            "table `{table}` has a composite key ({}): DynamoDB→Kinesis records carry it without its order, so the stream cannot build `_id` from it — set sink.document_id = [{}]",
+            key_attributes.join(", "),
+            key_attributes.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    // a route on another table would take nothing, and the backfill would say it is complete
+    if let Some((route, other)) = routes
+        .routes
+        .iter()
+        .find_map(|r| Some((r, r.table.as_deref().filter(|t| *t != table)?)))
+    {
+        anyhow::bail!(
+            "route `{}` takes table `{other}`, but the backfill reads table `{table}`: remove `table` or correct it",
+            route.name
+        );
+    }
+    Ok(routes)
 }
 
 /// A table item as the stream would write it (the INSERT of the item): its documents, placed by
@@ -661,7 +693,7 @@ pub async fn run(
     let segment_ids: Vec<ShardId> = (0..total).map(segment_id).collect();
     out.hold(&segment_ids);
     tombstones::keep(config, store, &key).await?;
-    let routes = routes(config, &key_attributes)?;
+    let routes = routes(config, &table, &key_attributes)?;
     let starts: Vec<SegmentProgress> = (0..total)
         .map(|s| {
             saved

@@ -52,8 +52,8 @@ pub fn time_value(text: &str) -> Option<Duration> {
 /// setting when it does not exist yet) and every index that exists of each templated one
 /// (`posts-{tenant}`: see [`watch`] for those that appear later) — for the backfill `backfill`
 /// (no-op when `keep_deletes_for` is 0, or for an index that already keeps tombstones as long).
-/// Returns since when this backfill's deletes have been kept (ms since 1970), if it raised
-/// anything.
+/// Returns since when every index this backfill raised has kept its deletes (ms since 1970),
+/// if it raised anything.
 pub async fn keep(
     config: &Config,
     store: &CheckpointStore,
@@ -85,40 +85,43 @@ pub async fn keep(
     raised_since(store, backfill).await
 }
 
-/// While a backfill runs: raises, every 15 s, the indices of its templated targets that have
-/// appeared since (a stream delete creates its index, with the default `gc_deletes` of 60 s:
-/// raised within 15 s, its tombstone is kept). Returns only on an error.
+/// While a backfill runs: every 15 s, [`sweep`]. Returns only on an error.
 pub async fn watch(config: &Config, store: &CheckpointStore, backfill: &str) -> anyhow::Error {
-    let keep_for = config.backfill.keep_deletes_for;
-    let templated: Vec<_> = match super::targets(config) {
-        Ok(t) => t
-            .into_iter()
-            .filter(|(_, t)| t.as_literal().is_none())
-            .collect(),
-        Err(e) => return e,
-    };
-    if keep_for.is_zero() || templated.is_empty() {
+    if config.backfill.keep_deletes_for.is_zero() {
         return std::future::pending().await;
     }
-    let es = match EsClient::new(&config.sink, &config.source.region).await {
-        Ok(es) => es,
-        Err(e) => return e,
-    };
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        for (_, template) in &templated {
-            if let Err(e) = raise(&es, store, keep_for, backfill, template).await {
-                return e;
-            }
+        if let Err(e) = sweep(config, store, backfill).await {
+            return e;
         }
     }
+}
+
+/// Raises again what the backfill's targets name now: the indices of a template that appeared
+/// since (a stream delete creates its index, with the default `gc_deletes` of 60 s: raised
+/// within 15 s, its tombstone is kept), a fixed name's index recreated or an alias moved to
+/// another index. Indices this backfill keeps raised already are left as they are.
+pub async fn sweep(config: &Config, store: &CheckpointStore, backfill: &str) -> anyhow::Result<()> {
+    let keep_for = config.backfill.keep_deletes_for;
+    if keep_for.is_zero() {
+        return Ok(());
+    }
+    let es = EsClient::new(&config.sink, &config.source.region).await?;
+    for (_, template) in super::targets(config)? {
+        raise(&es, store, keep_for, backfill, &template).await?;
+    }
+    Ok(())
 }
 
 /// How often [`watch`] looks for new indices: well within the default `gc_deletes` (60 s).
 const WATCH_EVERY: Duration = Duration::from_secs(15);
 
 /// Raises `gc_deletes` of the indices `target` names: the index itself when it is fixed
-/// (created with the setting when missing), those that exist when it is a template.
+/// (created with the setting when missing), every index its wildcard names when it is a
+/// template — aliases resolved, and some the template may not write (`posts-archive` for
+/// `posts-{tenant}`): keeping their tombstones a while longer costs little, missing one of
+/// ours (an alias `posts-acme` over `acme-v1`) would undo a delete.
 async fn raise(
     es: &EsClient,
     store: &CheckpointStore,
@@ -152,8 +155,6 @@ async fn raise(
             v.as_object()
                 .map(|m| {
                     m.iter()
-                        // a wildcard also matches indices the template cannot name
-                        .filter(|(name, _)| fixed.is_some() || target.could_render(name))
                         .map(|(name, s)| {
                             let gc = s
                                 .pointer("/settings/index/gc_deletes")
@@ -297,7 +298,8 @@ async fn own_rows(
         .await?)
 }
 
-/// Since when `backfill` has kept deletes (its earliest raise).
+/// Since when every index `backfill` raised has kept its deletes (its latest raise: an index
+/// first raised late, found by a template's wildcard, has kept them only since then).
 async fn raised_since(store: &CheckpointStore, backfill: &str) -> anyhow::Result<Option<i64>> {
     let backfill = backfill.to_string();
     Ok(store
@@ -305,7 +307,7 @@ async fn raised_since(store: &CheckpointStore, backfill: &str) -> anyhow::Result
             conn.execute_batch(SCHEMA)?;
             Ok(conn
                 .query_row(
-                    "SELECT MIN(raised_at_ms) FROM backfill_keep_deletes WHERE backfill = ?1",
+                    "SELECT MAX(raised_at_ms) FROM backfill_keep_deletes WHERE backfill = ?1",
                     params![backfill],
                     |r| r.get::<_, Option<i64>>(0),
                 )

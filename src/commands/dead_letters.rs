@@ -19,6 +19,7 @@ use crate::checkpoint::{CheckpointStore, DeadLetterSelection, ShardCheckpoint, S
 use crate::config::Config;
 use crate::metrics::{result, Metrics};
 use crate::sink::{BulkOp, Origin};
+use crate::transform::route::Template;
 use crate::transform::DocAction;
 
 /// Rows sent, then acknowledged and removed, per round.
@@ -178,12 +179,25 @@ impl ReplayReport {
     }
 }
 
-/// The operation a row stores, or why it holds none.
-fn operation(row: &StoredDeadLetter) -> Result<BulkOp, String> {
+/// The operation a row stores, or why it holds none. `routed`: each route that sets a
+/// `routing`, with the index it writes.
+fn operation(row: &StoredDeadLetter, routed: &[(String, Template)]) -> Result<BulkOp, String> {
     let l = &row.letter;
     let (Some(index), Some(id), Some(version)) = (&l.index, &l.doc_id, l.version) else {
         return Err(format!("a `{}` row holds no operation (the record could not be read): fix the source, then purge it", l.action));
     };
+    if l.routing.is_none() {
+        // stored before dead letters kept their routing: sent without it, the document could
+        // land on another shard than the one its later delete goes to
+        if let Some((route, _)) = routed
+            .iter()
+            .find(|(_, t)| t.as_literal() == Some(index.as_str()) || t.could_render(index))
+        {
+            return Err(format!(
+                "it was stored without the custom routing route `{route}` gives documents of `{index}`: replayed, it could leave a copy on another shard. Purge it, and write the item again (change it, or `sluice verify --repair`)"
+            ));
+        }
+    }
     let action = match l.action.as_str() {
         "index" => DocAction::Index(
             serde_json::from_str(&l.payload)
@@ -215,8 +229,19 @@ pub async fn replay(config: &Config, which: DeadLetterSelection) -> anyhow::Resu
         ..ReplayReport::default()
     };
     let mut ready = Vec::new();
+    let routed: Vec<(String, Template)> = config
+        .route
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.routing.is_some())
+        .filter_map(|(i, r)| {
+            let index = r.index.as_deref().unwrap_or(&config.sink.index);
+            let name = r.name.clone().unwrap_or_else(|| format!("route[{i}]"));
+            Some((name, Template::parse(index).ok()?))
+        })
+        .collect();
     for row in rows {
-        match operation(&row) {
+        match operation(&row, &routed) {
             Ok(op) => ready.push((row.id, op)),
             Err(why) => report.not_replayable.push((row.id, why)),
         }
@@ -256,4 +281,47 @@ pub async fn replay(config: &Config, which: DeadLetterSelection) -> anyhow::Resu
     report.stale = count(result::STALE);
     report.dead_lettered_again = count(result::DEAD_LETTERED);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::DeadLetter;
+
+    fn row(index: &str, routing: Option<&str>) -> StoredDeadLetter {
+        StoredDeadLetter {
+            id: 1,
+            created_at_ms: 0,
+            letter: DeadLetter {
+                stream: "s".into(),
+                shard_id: "shard-1".into(),
+                sequence_number: "42".into(),
+                index: Some(index.into()),
+                doc_id: Some("POST#1|COMMENT#1".into()),
+                routing: routing.map(str::to_owned),
+                version: Some(7),
+                action: "delete".into(),
+                payload: String::new(),
+                error: "refused".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_row_without_the_routing_its_route_gives_is_not_replayed() {
+        let routed = vec![
+            ("comments".to_string(), Template::parse("comments").unwrap()),
+            (
+                "tenants".to_string(),
+                Template::parse("posts-{tenant}").unwrap(),
+            ),
+        ];
+        let why = operation(&row("comments", None), &routed).unwrap_err();
+        assert!(why.contains("route `comments`"), "{why}");
+        assert!(operation(&row("posts-acme", None), &routed).is_err());
+        // with its routing, or in an index no routing applies to: replayed
+        let op = operation(&row("comments", Some("POST#1")), &routed).unwrap();
+        assert!(String::from_utf8_lossy(&op.lines).contains("\"routing\":\"POST#1\""));
+        assert!(operation(&row("people", None), &routed).is_ok());
+    }
 }

@@ -158,7 +158,9 @@ struct Suspect {
     /// `place.index` is the concrete index a search found the document in (an extra candidate),
     /// not the name sluice writes to (which may be an alias of it).
     concrete: bool,
-    key: Option<HashMap<String, AttributeValue>>,
+    /// The keys of the items it may be of (one for what the scan compared; for an extra
+    /// candidate, what each route writing its index reads back from it; none: no item).
+    keys: Vec<HashMap<String, AttributeValue>>,
     class: Class,
     /// The table's document now (`None`: no such item).
     expected: Option<Value>,
@@ -205,7 +207,7 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
         size,
         ..
     } = backfill::describe(&client, &table).await?;
-    let routes = backfill::routes(config, &key_names)?;
+    let routes = backfill::routes(config, &table, &key_names)?;
     let targets = backfill::targets(config)?;
     if opts.extra {
         // an extra document is read back to its item by the key: its `_id` or its fields
@@ -266,7 +268,7 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
     }
     // a sample takes a share from each random segment, so it spreads over the key space
     let per_segment = opts.sample.map(|n| n.div_ceil(8).max(1));
-    let mut seen: Seen = HashSet::new();
+    let mut seen = Found::default();
     let mut suspects: Vec<Suspect> = Vec::new();
     for segment in order {
         let left = opts.sample.map(|n| n.saturating_sub(report.checked));
@@ -340,8 +342,18 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// A document found: the concrete index that holds it (an alias names another), and `_id`.
-type Seen = HashSet<(String, String)>;
+/// A document found: the concrete index that holds it (an alias names another), `_id` and
+/// routing (two copies under two routings are two documents, on two shards).
+type Seen = HashSet<(String, String, Option<String>)>;
+
+/// What the scan saw of the index, for `--extra`: the documents it found, and the index names
+/// its items were placed in (the indices of a template that are sluice's — not every index the
+/// template's wildcard would match).
+#[derive(Default)]
+struct Found {
+    documents: Seen,
+    placed_in: std::collections::BTreeSet<String>,
+}
 
 #[allow(clippy::too_many_arguments)]
 async fn scan_segment(
@@ -350,7 +362,7 @@ async fn scan_segment(
     total: u32,
     quota: Option<u64>,
     report: &mut Report,
-    seen: &mut Seen,
+    seen: &mut Found,
     suspects: &mut Vec<Suspect>,
     remember_ids: bool,
 ) -> anyhow::Result<()> {
@@ -401,17 +413,21 @@ async fn scan_segment(
         taken += page.items().len() as u64;
         let found = mget(ctx, docs.iter().map(|(p, ..)| p)).await?;
         for ((place, key, doc), have) in docs.into_iter().zip(found) {
-            let have = have.map(|(concrete, source)| {
+            if remember_ids && !seen.placed_in.contains(&*place.index) {
+                seen.placed_in.insert(place.index.to_string());
+            }
+            let have = have.map(|found| {
                 if remember_ids {
-                    seen.insert((concrete, place.id.clone()));
+                    seen.documents
+                        .insert((found.index, place.id.clone(), found.routing));
                 }
-                source
+                found.source
             });
             if let Some((class, fields)) = judge(Some(&doc), have.as_ref()) {
                 suspects.push(Suspect {
                     place,
                     concrete: false,
-                    key: Some(key),
+                    keys: vec![key],
                     class,
                     expected: Some(doc),
                     fields,
@@ -513,11 +529,19 @@ fn short(v: &Value) -> String {
     }
 }
 
-/// Each document's concrete index and `_source` (`None`: not found), in order, in chunks of 500.
+/// A document as `_mget` found it.
+struct FoundDocument {
+    /// The concrete index that holds it.
+    index: String,
+    routing: Option<String>,
+    source: Value,
+}
+
+/// Each document as found (`None`: not found), in order, in chunks of 500.
 async fn mget<'a>(
     ctx: &Ctx,
     places: impl Iterator<Item = &'a Place>,
-) -> anyhow::Result<Vec<Option<(String, Value)>>> {
+) -> anyhow::Result<Vec<Option<FoundDocument>>> {
     let places: Vec<&Place> = places.collect();
     let mut out = Vec::with_capacity(places.len());
     for chunk in places.chunks(500) {
@@ -554,9 +578,10 @@ async fn mget<'a>(
                     );
                 }
             }
-            out.push((d["found"] == true).then(|| {
-                let concrete = d["_index"].as_str().unwrap_or(&p.index).to_string();
-                (concrete, d["_source"].clone())
+            out.push((d["found"] == true).then(|| FoundDocument {
+                index: d["_index"].as_str().unwrap_or(&p.index).to_string(),
+                routing: d["_routing"].as_str().map(str::to_owned),
+                source: d["_source"].clone(),
             }));
         }
     }
@@ -605,21 +630,39 @@ fn parse(answer: &crate::es_client::Answer, what: &str) -> anyhow::Result<Value>
     serde_json::from_str(&answer.body).map_err(|e| anyhow::anyhow!("{what}: not JSON: {e}"))
 }
 
-/// Documents of the indices the routes write whose `_id` the scan did not find there: each
-/// index's ids read with a scroll.
-async fn extra_candidates(ctx: &Ctx, seen: &Seen) -> anyhow::Result<Vec<Suspect>> {
+/// Documents of the indices the routes write that the scan did not find there: each index's
+/// ids read with a scroll. A fixed index is read whole; of a template's indices, those the
+/// table's items were placed in (its wildcard also matches indices that are not sluice's).
+async fn extra_candidates(ctx: &Ctx, seen: &Found) -> anyhow::Result<Vec<Suspect>> {
+    let mut names: Vec<String> = ctx
+        .targets
+        .iter()
+        .filter_map(|(_, t)| t.as_literal().map(str::to_owned))
+        .collect();
+    names.extend(
+        seen.placed_in
+            .iter()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     let mut out = Vec::new();
-    for (text, template) in &ctx.targets {
+    let mut listed: Seen = HashSet::new();
+    for name in names {
+        // the routes that write this index: an item of any of them may own a document in it
         let routes: Vec<&Route> = ctx
             .routes
             .routes
             .iter()
-            .filter(|r| r.index.as_literal().unwrap_or_default() == text || r.index == *template)
+            .filter(|r| match r.index.as_literal() {
+                Some(fixed) => fixed == name,
+                None => r.index.could_render(&name),
+            })
             .collect();
         let first = es_call(
             ctx,
             "POST",
-            &format!("/{}/_search?scroll=2m", template.wildcard()),
+            &format!("/{name}/_search?scroll=2m"),
             Some(
                 json!({"size": 1000, "sort": ["_doc"], "query": {"match_all": {}}})
                     .to_string()
@@ -639,21 +682,21 @@ async fn extra_candidates(ctx: &Ctx, seen: &Seen) -> anyhow::Result<Vec<Suspect>
             for h in hits {
                 let id = h["_id"].as_str().unwrap_or_default().to_string();
                 let concrete = h["_index"].as_str().unwrap_or_default().to_string();
-                // a wildcard also matches indices the template cannot name
-                if template.as_literal().is_none() && !template.could_render(&concrete) {
+                let routing = h["_routing"].as_str().map(str::to_owned);
+                let found = (concrete, id, routing);
+                if seen.documents.contains(&found) || !listed.insert(found.clone()) {
                     continue;
                 }
-                if seen.contains(&(concrete.clone(), id.clone())) {
-                    continue;
-                }
+                let (concrete, id, routing) = found;
                 out.push(Suspect {
-                    key: routes
+                    keys: routes
                         .iter()
-                        .find_map(|r| document_key(ctx, r, &id, &h["_source"])),
+                        .filter_map(|r| document_key(ctx, r, &id, &h["_source"]))
+                        .collect(),
                     place: Place {
                         index: concrete.into(),
                         id,
-                        routing: h["_routing"].as_str().map(str::to_owned),
+                        routing,
                     },
                     concrete: true,
                     class: Class::Extra,
@@ -777,12 +820,9 @@ async fn recheck(
             let found = mget(ctx, chunk.iter().map(|s| &s.place)).await?;
             let mut differing = Vec::new();
             for (mut s, have) in chunk.into_iter().zip(found) {
-                s.expected = match &s.key {
-                    Some(key) => current_document(ctx, key, &s).await?,
-                    // a document without its item's key cannot belong to any item
-                    None => None,
-                };
-                let have = have.map(|(_, source)| source);
+                // a document without its item's key cannot belong to any item
+                s.expected = current_document(ctx, &s).await?;
+                let have = have.map(|found| found.source);
                 if let Some((class, fields)) = judge(s.expected.as_ref(), have.as_ref()) {
                     s.class = class;
                     s.fields = fields;
@@ -801,48 +841,46 @@ async fn recheck(
     Ok(())
 }
 
-/// The table's document at the suspect's place now (consistent read) — `None` when there is no
-/// such item, or when the item's documents are elsewhere (that document is then one no item
-/// has: extra).
-async fn current_document(
-    ctx: &Ctx,
-    key: &HashMap<String, AttributeValue>,
-    suspect: &Suspect,
-) -> anyhow::Result<Option<Value>> {
-    let item = ctx
-        .client
-        .get_item()
-        .table_name(&ctx.table)
-        .set_key(Some(key.clone()))
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "GetItem on `{}`: {}",
-                ctx.table,
-                aws_smithy_types::error::display::DisplayErrorContext(e)
-            )
-        })?;
-    let Some(placed) = item.item().and_then(|i| documents(ctx, i).ok().flatten()) else {
-        return Ok(None);
-    };
-    for (place, doc) in placed {
-        if place.id != suspect.place.id {
+/// The table's document at the suspect's place now (consistent reads) — `None` when none of
+/// the items it may be of exists, or places its document there (same index, `_id` and
+/// routing): that document is then one no item has (extra).
+async fn current_document(ctx: &Ctx, suspect: &Suspect) -> anyhow::Result<Option<Value>> {
+    for key in &suspect.keys {
+        let item = ctx
+            .client
+            .get_item()
+            .table_name(&ctx.table)
+            .set_key(Some(key.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "GetItem on `{}`: {}",
+                    ctx.table,
+                    aws_smithy_types::error::display::DisplayErrorContext(e)
+                )
+            })?;
+        let Some(placed) = item.item().and_then(|i| documents(ctx, i).ok().flatten()) else {
             continue;
-        }
-        let here = if suspect.concrete {
-            // found by a search in a concrete index: the item's place is the same document
-            // when its index is that one or an alias of it
-            place.index == suspect.place.index
-                || concrete_indices(ctx, &place.index)
-                    .await?
-                    .contains(&suspect.place.index.to_string())
-        } else {
-            place.index == suspect.place.index
         };
-        if here {
-            return Ok(Some(doc));
+        for (place, doc) in placed {
+            if place.id != suspect.place.id || place.routing != suspect.place.routing {
+                continue;
+            }
+            let here = if suspect.concrete {
+                // found by a search in a concrete index: the item's place is the same document
+                // when its index is that one or an alias of it
+                place.index == suspect.place.index
+                    || concrete_indices(ctx, &place.index)
+                        .await?
+                        .contains(&suspect.place.index.to_string())
+            } else {
+                place.index == suspect.place.index
+            };
+            if here {
+                return Ok(Some(doc));
+            }
         }
     }
     Ok(None)

@@ -1100,7 +1100,19 @@ async fn mget_in(
     let docs: Vec<Value> = wanted
         .into_iter()
         .map(|(named, id)| {
-            let index = resolve(&indices, &named.expect("checked above"));
+            let named = named.expect("checked above");
+            if alias_without_write_index(&indices, &named) {
+                let behind: Vec<&String> = indices
+                    .iter()
+                    .filter(|(_, i)| i.aliases.contains_key(&named))
+                    .map(|(n, _)| n)
+                    .collect();
+                let reason = format!("alias [{named}] has more than one index associated with it {behind:?}, can't execute a single index op");
+                return json!({"_index": named, "_id": id, "error": {
+                    "root_cause": [{"type": "illegal_argument_exception", "reason": reason}],
+                    "type": "illegal_argument_exception", "reason": reason}});
+            }
+            let index = resolve(&indices, &named);
             let Some(idx) = indices.get(&index) else {
                 // each document fails on its own, the request as a whole succeeds
                 let reason = format!("no such index [{index}]");
