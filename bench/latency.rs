@@ -1,8 +1,9 @@
 //! Change → index latency at 1,000 changes/s with default settings: each change is written to
 //! the source fake (a new item, so each has its own id) and the Elasticsearch test server (fast
 //! mode) notes when a write for that id was first acknowledged. p50/p99/max over 20 s of
-//! changes, for (a) DynamoDB Streams (4 shards) and (b) DMS rows on Kinesis (4 shards); three
-//! runs, min/median/max. "Acknowledged" is what sluice controls: a real cluster adds its refresh
+//! changes, for (a) DynamoDB Streams (4 shards), (b) DMS rows on Kinesis (4 shards) polled, and
+//! (c) the same read with enhanced fan-out (SubscribeToShard, pushed); three runs,
+//! min/median/max. "Acknowledged" is what sluice controls: a real cluster adds its refresh
 //! interval (1 s by default) before a search sees the document.
 //! Run: `cargo bench --bench latency` (SLUICE_BENCH_SECONDS: the length of the load, default 20).
 
@@ -24,24 +25,38 @@ fn main() {
     }
     let seconds: u64 = env_or("SLUICE_BENCH_SECONDS", 20);
     let rt = runtime();
-    for kinesis in [false, true] {
-        let runs: Vec<(f64, f64, f64)> =
-            (0..3).map(|_| rt.block_on(run(kinesis, seconds))).collect();
+    for read in [Read::Streams, Read::KinesisPolling, Read::KinesisFanOut] {
+        let runs: Vec<(f64, f64, f64)> = (0..3).map(|_| rt.block_on(run(read, seconds))).collect();
         let (a0, a1, a2) = spread(runs.iter().map(|r| r.0).collect());
         let (b0, b1, b2) = spread(runs.iter().map(|r| r.1).collect());
         let (c0, c1, c2) = spread(runs.iter().map(|r| r.2).collect());
         println!(
             "{}, {RATE} changes/s for {seconds} s, default settings: p50 {a0:.0} / {a1:.0} / {a2:.0} ms, p99 {b0:.0} / {b1:.0} / {b2:.0} ms, max {c0:.0} / {c1:.0} / {c2:.0} ms (min/median/max of 3 runs)",
-            if kinesis { "(b) DMS rows on Kinesis" } else { "(a) DynamoDB Streams" }
+            match read {
+                Read::Streams => "(a) DynamoDB Streams",
+                Read::KinesisPolling => "(b) DMS rows on Kinesis, polling",
+                Read::KinesisFanOut => "(c) DMS rows on Kinesis, enhanced fan-out",
+            }
         );
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    Streams,
+    KinesisPolling,
+    KinesisFanOut,
+}
+
 /// (p50, p99, max) in milliseconds.
-async fn run(kinesis: bool, seconds: u64) -> (f64, f64, f64) {
+async fn run(read: Read, seconds: u64) -> (f64, f64, f64) {
+    let kinesis = read != Read::Streams;
     let bed = Bed::start(4).await;
     let (fake, es) = (&bed.fake, &bed.es);
-    let source = if kinesis {
+    let source = if read == Read::KinesisFanOut {
+        fake.create_kinesis_stream("changes", 4).unwrap();
+        "type = \"kinesis\"\nstream = \"changes\"\nformat = \"dms\"\nconsumer = \"enhanced_fan_out\""
+    } else if kinesis {
         fake.create_kinesis_stream("changes", 4).unwrap();
         "type = \"kinesis\"\nstream = \"changes\"\nformat = \"dms\""
     } else {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckTracker, Committer};
 use crate::batch;
 use crate::checkpoint::CheckpointStore;
-use crate::config::{Config, KinesisFormat, LeaseBackend, SourceType, StartPosition};
+use crate::config::{Config, Consumer, KinesisFormat, LeaseBackend, SourceType, StartPosition};
 use crate::http::{self, Health};
 use crate::lease::dynamodb::DynamoDbLeases;
 use crate::lease::keeper::{LeaseKeeper, LeaseView};
@@ -26,6 +26,7 @@ use crate::retry::Backoff;
 use crate::sink::BulkSink;
 use crate::source::coordinator::Coordinator;
 use crate::source::dynamodb_streams::{DynamoDbStreams, SetupError, StreamMeta};
+use crate::source::fan_out::FanOut;
 use crate::source::kinesis::Kinesis;
 use crate::source::reader::{Decoder, ReaderContext};
 use crate::source::{ApiError, ShardApi, StartAt};
@@ -137,7 +138,49 @@ async fn run_kinesis(
         }
     };
     let arn = api.arn.clone();
-    run_pipeline(config, services, api, arn, decode, shutdown).await
+    match config.source.consumer {
+        Consumer::Polling => run_pipeline(config, services, api, arn, decode, shutdown).await,
+        Consumer::EnhancedFanOut => {
+            let name = consumer_name(config);
+            let fan_out = tokio::select! {
+                r = FanOut::connect(api, &name, config.source.subscription_renewal, services.metrics.clone()) => r?,
+                _ = &mut shutdown => return Ok(()),
+            };
+            tracing::info!(stream = %arn, consumer = %name, consumer_arn = %fan_out.consumer_arn, "reading with enhanced fan-out");
+            run_pipeline(config, services, Arc::new(fan_out), arn, decode, shutdown).await
+        }
+    }
+}
+
+/// The enhanced fan-out consumer's name: `source.consumer_name`, else `sluice-` and the indices
+/// this configuration writes — the same across restarts and deploys of one configuration, and
+/// different for a deployment that fills other indices.
+pub fn consumer_name(config: &Config) -> String {
+    if let Some(name) = &config.source.consumer_name {
+        return name.clone();
+    }
+    let targets = crate::backfill::targets(config)
+        .map(|t| crate::backfill::target_names(&t))
+        .unwrap_or_else(|_| config.sink.index.clone());
+    let mut name: String = format!("sluice-{targets}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.len() > 128 {
+        // long lists of indices: a prefix and a digest of the whole (FNV-1a: the same in every
+        // build, unlike std's hasher)
+        let digest = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        name = format!("{}-{digest:016x}", &name[..100]);
+    }
+    name
 }
 
 /// The name of the table a DynamoDB stream belongs to, from the stream's ARN

@@ -158,6 +158,16 @@ choices!(LogFormat { "text" => Text, "json" => Json });
 choices!(LeaseBackend { "sqlite" => Sqlite, "dynamodb" => Dynamodb });
 choices!(SinkAuth { "none" => None, "basic" => Basic, "api_key" => ApiKey, "aws_sigv4" => AwsSigv4 });
 choices!(Compression { "none" => None, "gzip" => Gzip });
+choices!(Consumer { "polling" => Polling, "enhanced_fan_out" => EnhancedFanOut });
+
+/// How a Kinesis stream's shards are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {
+    /// GetRecords, sharing each shard's 5 calls and 2 MB per second with every polling reader.
+    Polling,
+    /// SubscribeToShard through a registered consumer: its own 2 MB/s per shard, pushed.
+    EnhancedFanOut,
+}
 
 /// What the records in a Kinesis stream are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +250,21 @@ pub struct SourceConfig {
     /// DynamoDB Streams.
     #[serde(default = "default_idle_polls_per_second")]
     pub idle_polls_per_second: u32,
+    /// Kinesis: `polling` (GetRecords) or `enhanced_fan_out` (SubscribeToShard).
+    #[serde(default = "default_consumer")]
+    pub consumer: Consumer,
+    /// Enhanced fan-out: the stream consumer's name (registered if it does not exist, reused
+    /// if it does). Default: `sluice-` and the indices written, which stays the same across
+    /// restarts and deploys of one configuration.
+    #[serde(default)]
+    pub consumer_name: Option<String>,
+    /// Enhanced fan-out: a subscription is renewed (from where it stopped) after this long;
+    /// the service ends every subscription after 5 minutes.
+    #[serde(
+        default = "default_subscription_renewal",
+        deserialize_with = "duration"
+    )]
+    pub subscription_renewal: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -660,6 +685,12 @@ fn default_records_per_call() -> u32 {
 fn default_idle_polls_per_second() -> u32 {
     200
 }
+fn default_consumer() -> Consumer {
+    Consumer::Polling
+}
+fn default_subscription_renewal() -> Duration {
+    Duration::from_secs(270)
+}
 fn default_sink_url() -> String {
     "http://127.0.0.1:9200".into()
 }
@@ -951,7 +982,36 @@ impl Config {
                 if s.records_per_call > 10_000 {
                     return err("source.records_per_call", "must be between 1 and 10000");
                 }
+                if let Some(name) = &s.consumer_name {
+                    let valid = (1..=128).contains(&name.len())
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                    if !valid {
+                        return err(
+                            "source.consumer_name",
+                            &format!("`{name}`: 1 to 128 letters, digits, `_`, `.` or `-`"),
+                        );
+                    }
+                }
+                // past 5 s (a new subscription sooner is refused), before the service's 5 min
+                if s.subscription_renewal < Duration::from_secs(6)
+                    || s.subscription_renewal >= Duration::from_secs(300)
+                {
+                    return err(
+                        "source.subscription_renewal",
+                        "must be at least 6s and under 5m (the service ends a subscription after 5 minutes)",
+                    );
+                }
             }
+        }
+        if s.kind != SourceType::Kinesis
+            && (s.consumer != Consumer::Polling || s.consumer_name.is_some())
+        {
+            return err(
+                "source.consumer",
+                "enhanced fan-out is a Kinesis consumer: it does not apply to DynamoDB Streams",
+            );
         }
         match (s.start_position, &s.start_timestamp) {
             (StartPosition::AtTimestamp, None) => {

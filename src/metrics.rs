@@ -47,6 +47,10 @@ pub struct Metrics {
     pub verify_last_run: prometheus::Gauge,
     pub verify_last_checked: IntGauge,
     pub verify_last_differences: IntGaugeVec,
+    pub fan_out_subscriptions: IntGauge,
+    pub fan_out_renewals: IntCounter,
+    pub fan_out_failures: IntCounterVec,
+    pub fan_out_redelivered: IntCounter,
 }
 
 /// Results of document operations (`sluice_documents_total{result}`).
@@ -93,6 +97,19 @@ pub mod labels {
         "index_closed",
         "index_target",
         "security",
+    ];
+    /// `sluice_fan_out_subscription_failures_total{reason}`.
+    pub const FAN_OUT_FAILURES: [&str; 6] = [
+        // another SubscribeToShard within 5 s, or another worker took the shard over
+        "resource_in_use",
+        // the calls-per-second limit
+        "limit_exceeded",
+        "not_found",
+        // the consumer is not ACTIVE (deleted, or being re-created)
+        "consumer_not_active",
+        // connection lost, timeouts, a broken event stream
+        "network",
+        "other",
     ];
     /// Item retries for an error type sluice does not know (retried, loudly).
     pub const ITEM_UNKNOWN: &str = "item_unknown";
@@ -192,7 +209,7 @@ impl Metrics {
         let behind_latest = reg!(prometheus::GaugeVec::new(
             Opts::new(
                 "sluice_behind_latest_seconds",
-                "Kinesis MillisBehindLatest of the last GetRecords, in seconds, per shard"
+                "Kinesis MillisBehindLatest of the last GetRecords answer or fan-out event, in seconds, per shard"
             ),
             &["shard"]
         ));
@@ -339,6 +356,28 @@ impl Metrics {
             "sluice_backfill_complete",
             "1 once every segment of the backfill is done (0 while it runs, or when none ran)"
         ));
+        let fan_out_subscriptions = reg!(IntGauge::new(
+            "sluice_fan_out_subscriptions",
+            "Enhanced fan-out: SubscribeToShard subscriptions open now (one per shard read)"
+        ));
+        let fan_out_renewals = reg!(IntCounter::new(
+            "sluice_fan_out_renewals_total",
+            "Enhanced fan-out: subscriptions renewed from their continuation (before the 5-minute limit, or when the service ended one)"
+        ));
+        let fan_out_failures = reg!(IntCounterVec::new(
+            Opts::new(
+                "sluice_fan_out_subscription_failures_total",
+                "Enhanced fan-out: subscriptions that could not be made or broke, by reason; each is retried with backoff from the last record handed on"
+            ),
+            &["reason"]
+        ));
+        let fan_out_redelivered = reg!(IntCounter::new(
+            "sluice_fan_out_redelivered_total",
+            "Enhanced fan-out: records a new subscription delivered again (at or before the last one handed on), dropped"
+        ));
+        for r in labels::FAN_OUT_FAILURES {
+            fan_out_failures.with_label_values(&[r]);
+        }
         for state in labels::BACKFILL_SEGMENT_STATES {
             backfill_segments.with_label_values(&[state]);
         }
@@ -387,6 +426,10 @@ impl Metrics {
             verify_last_run,
             verify_last_checked,
             verify_last_differences,
+            fan_out_subscriptions,
+            fan_out_renewals,
+            fan_out_failures,
+            fan_out_redelivered,
         }
     }
 

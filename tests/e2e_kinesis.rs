@@ -123,19 +123,69 @@ async fn put(k: &aws_sdk_kinesis::Client, stream: &str, partition_key: &str, dat
         .expect("put record");
 }
 
-/// kinesalite with one stream, Elasticsearch without the test's indices, a scratch folder.
+/// What serves the Kinesis API: kinesalite, or the project's source fake (enhanced fan-out).
+enum KinesisSource {
+    Kinesalite(KinesisEmulator),
+    Fake(source_fake::SourceFake),
+}
+
+impl KinesisSource {
+    fn url(&self) -> String {
+        match self {
+            KinesisSource::Kinesalite(k) => k.url.clone(),
+            KinesisSource::Fake(f) => f.url(),
+        }
+    }
+}
+
+/// A Kinesis stream, Elasticsearch without the test's indices, a scratch folder, and what
+/// `[source]` says besides (how it is read).
 struct StreamBed {
-    kinesis: KinesisEmulator,
+    kinesis: KinesisSource,
     k: aws_sdk_kinesis::Client,
     es: Es,
     dir: tempfile::TempDir,
     stream: &'static str,
+    source_extra: String,
 }
 
 impl StreamBed {
+    /// On kinesalite.
     async fn new(stream: &'static str, shards: i32, indices: &[&str]) -> StreamBed {
-        let kinesis = KinesisEmulator::kinesalite();
-        let k = kinesis.client();
+        Self::on(
+            KinesisSource::Kinesalite(KinesisEmulator::kinesalite()),
+            stream,
+            shards,
+            indices,
+        )
+        .await
+    }
+
+    /// On the source fake, read with enhanced fan-out: a subscription lasts `lifetime` there
+    /// and is renewed by sluice after `renewal`.
+    async fn fan_out(
+        stream: &'static str,
+        shards: i32,
+        indices: &[&str],
+        options: source_fake::Options,
+        renewal: &str,
+    ) -> StreamBed {
+        let fake = source_fake::SourceFake::start_with(options)
+            .await
+            .expect("start the source fake");
+        let mut bed = Self::on(KinesisSource::Fake(fake), stream, shards, indices).await;
+        bed.source_extra =
+            format!("consumer = \"enhanced_fan_out\"\nsubscription_renewal = \"{renewal}\"\n");
+        bed
+    }
+
+    async fn on(
+        kinesis: KinesisSource,
+        stream: &'static str,
+        shards: i32,
+        indices: &[&str],
+    ) -> StreamBed {
+        let k = KinesisEmulator::client_for(&kinesis.url());
         let es = Es::start().await;
         create_stream(&k, stream, shards).await;
         for index in indices {
@@ -147,6 +197,14 @@ impl StreamBed {
             es,
             dir: tempfile::tempdir().unwrap(),
             stream,
+            source_extra: String::new(),
+        }
+    }
+
+    fn fake(&self) -> &source_fake::SourceFake {
+        match &self.kinesis {
+            KinesisSource::Fake(f) => f,
+            KinesisSource::Kinesalite(_) => panic!("this bed runs on kinesalite"),
         }
     }
 
@@ -157,14 +215,14 @@ impl StreamBed {
         let config = dir.join(format!("sluice-{http_port}.toml"));
         let db = dir.join("sluice.db");
         let toml = kinesis_config_toml(
-            &self.kinesis.url,
+            &self.kinesis.url(),
             &self.es.url(),
             self.stream,
             format,
             &db,
             http_port,
             routes,
-            "",
+            &self.source_extra,
         );
         std::fs::write(&config, toml).unwrap();
         Sluice::start_with_config(&config, http_port, dir)
@@ -183,6 +241,22 @@ impl StreamBed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
     let bed = StreamBed::new("rds-changes", 4, &TABLES.map(|t| t.index)).await;
+    let sluice = dms_workload(&bed).await;
+    let (_, metrics) = sluice.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("sluice_behind_latest_seconds{shard=\"shardId-"),
+        "MillisBehindLatest per shard:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_records_read_total{shard=\"shardId-"),
+        "records read per shard:\n{metrics}"
+    );
+}
+
+/// The DMS workload of acceptance 1: 5,000 random changes of three tables into the bed's
+/// 4-shard stream, a split at 1,500, a kill -9 and restart at 2,500, a merge at 3,000; returns
+/// the running sluice once every index equals its table.
+async fn dms_workload(bed: &StreamBed) -> Sluice {
     let (k, es) = (&bed.k, &bed.es);
     let mut sluice = bed.start_sluice("dms", ROUTES);
     sluice.wait_ready(Duration::from_secs(30)).await;
@@ -283,17 +357,9 @@ async fn dms_changes_through_split_merge_and_kill_9_match_every_table() {
             .collect();
         assert_index_equals(es, t.index, &expected, Duration::from_secs(180)).await;
     }
-    let (_, metrics) = sluice.get("/metrics").await.unwrap();
-    assert!(
-        metrics.contains("sluice_behind_latest_seconds{shard=\"shardId-"),
-        "MillisBehindLatest per shard:\n{metrics}"
-    );
-    assert!(
-        metrics.contains("sluice_records_read_total{shard=\"shardId-"),
-        "records read per shard:\n{metrics}"
-    );
     let shards = open_shards(k, "rds-changes").await.len();
     println!("DMS: {changes} changes, 3 tables, split + merge ({shards} open shards at the end), kill -9 once: every index equals its table");
+    sluice
 }
 
 /// Acceptance 2: an update that changes the primary key moves the document when DMS sends a
@@ -526,4 +592,235 @@ async fn malformed_dms_messages_are_dead_lettered_and_the_shard_keeps_going() {
         errors[3].contains("route `public.customers`") && errors[3].contains("`customer_id`"),
         "{errors:?}"
     );
+}
+
+/// The fake's enhanced fan-out, with quick consumer activation and `lifetime`-long
+/// subscriptions; GetRecords limited to 5 calls a second per shard, as the service does for
+/// every polling consumer together.
+fn fan_out_options(lifetime: Duration) -> source_fake::Options {
+    source_fake::Options {
+        consumer_activation: Duration::from_millis(300),
+        subscription_lifetime: lifetime,
+        kinesis_read_limits: true,
+        ..source_fake::Options::default()
+    }
+}
+
+/// Enhanced fan-out, acceptance 1: the DMS workload — split, merge, kill -9 and restart (whose
+/// new subscriptions meet the killed process's: ResourceInUseException, retried) — read with
+/// SubscribeToShard from the source fake → every index equals its table, and no GetRecords.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dms_changes_read_with_enhanced_fan_out_through_split_merge_and_kill_9_match_every_table() {
+    let bed = StreamBed::fan_out(
+        "rds-changes",
+        4,
+        &TABLES.map(|t| t.index),
+        fan_out_options(Duration::from_secs(300)),
+        "270s",
+    )
+    .await;
+    let sluice = dms_workload(&bed).await;
+    assert_eq!(
+        bed.fake().calls("GetRecords"),
+        0,
+        "read by subscriptions only"
+    );
+    assert!(sluice.metric("sluice_fan_out_subscriptions", "").await >= 1.0);
+    assert!(bed.fake().fan_out_stats().subscriptions >= 4);
+}
+
+/// Enhanced fan-out, acceptance 2: subscriptions the service ends after 9 s and sluice renews
+/// after 6 s, over a steady 25 s of changes → at least three renewals, and every record sent
+/// exactly once (the fake counts what it sends again; sluice what it drops as read before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_subscriptions_renewed_again_and_again_skip_and_repeat_nothing() {
+    let bed = StreamBed::fan_out(
+        "renewals",
+        2,
+        &["customers"],
+        fan_out_options(Duration::from_secs(9)),
+        "6s",
+    )
+    .await;
+    let routes =
+        "[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"customer_id\"]\n";
+    let sluice = bed.start_sluice("dms", routes);
+    sluice.wait_ready(Duration::from_secs(30)).await;
+    let t = &TABLES[0];
+    let mut rng = fastrand::Rng::with_seed(13);
+    let mut model: BTreeMap<String, Value> = BTreeMap::new();
+    let started = std::time::Instant::now();
+    let mut written = 0u64;
+    while started.elapsed() < Duration::from_secs(25) {
+        let key = rng.u64(1..200);
+        let data = row(t, &[key], written, &mut rng);
+        let msg = dms_message(t, "update", &data, None);
+        put(&bed.k, "renewals", &format!("public.customers.{key}"), &msg).await;
+        model.insert(id_of(&[key]), data);
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_index_equals(&bed.es, "customers", &model, Duration::from_secs(60)).await;
+    let renewals = sluice.metric("sluice_fan_out_renewals_total", "").await;
+    assert!(
+        renewals >= 3.0,
+        "{renewals} renewals\n{}",
+        sluice.log_text()
+    );
+    assert_eq!(
+        sluice.metric("sluice_fan_out_redelivered_total", "").await,
+        0.0
+    );
+    let stats = bed.fake().fan_out_stats();
+    assert_eq!(stats.records_sent_again, 0, "{stats:?}");
+    let sent: u64 = stats.records_sent.values().sum();
+    assert_eq!(sent, written, "every record sent once: {stats:?}");
+    let read = sluice.metric("sluice_records_read_total", "").await;
+    assert_eq!(read, written as f64);
+    println!("fan-out: {written} changes, {renewals} renewals, 0 skipped, 0 sent again");
+}
+
+/// Enhanced fan-out, acceptance 3: two deployments on one stream, one polling and one with
+/// fan-out, each into its own cluster → both converge; the fan-out one is never throttled (the
+/// fake limits GetRecords to 5 calls a second per shard, for all polling readers together).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_and_a_fan_out_deployment_on_one_stream_both_converge() {
+    let bed = StreamBed::fan_out(
+        "shared",
+        2,
+        &["customers"],
+        fan_out_options(Duration::from_secs(300)),
+        "270s",
+    )
+    .await;
+    let routes =
+        "[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"customer_id\"]\n";
+    let fan_out = bed.start_sluice("dms", routes);
+    // the polling deployment: its own checkpoint file and cluster
+    let other_es = Es::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("polling.toml");
+    std::fs::write(
+        &config,
+        kinesis_config_toml(
+            &bed.kinesis.url(),
+            &other_es.url(),
+            "shared",
+            "dms",
+            &dir.path().join("polling.db"),
+            port,
+            routes,
+            "",
+        ),
+    )
+    .unwrap();
+    let polling = Sluice::start_with_config(&config, port, dir.path());
+    fan_out.wait_ready(Duration::from_secs(30)).await;
+    polling.wait_ready(Duration::from_secs(30)).await;
+    let t = &TABLES[0];
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut model: BTreeMap<String, Value> = BTreeMap::new();
+    for n in 0..600u64 {
+        let key = rng.u64(1..300);
+        let data = row(t, &[key], n, &mut rng);
+        put(
+            &bed.k,
+            "shared",
+            &format!("public.customers.{key}"),
+            &dms_message(t, "update", &data, None),
+        )
+        .await;
+        model.insert(id_of(&[key]), data);
+    }
+    assert_index_equals(&bed.es, "customers", &model, Duration::from_secs(60)).await;
+    assert_index_equals(&other_es, "customers", &model, Duration::from_secs(60)).await;
+    assert_eq!(
+        fan_out
+            .metric("sluice_retries_total", "reason=\"source_throttled\"")
+            .await,
+        0.0,
+        "{}",
+        fan_out.log_text()
+    );
+    println!(
+        "polling deployment throttled {} times, fan-out 0",
+        polling
+            .metric("sluice_retries_total", "reason=\"source_throttled\"")
+            .await
+    );
+}
+
+/// Enhanced fan-out, acceptance 5: a restart finds its consumer registered and reuses it; the
+/// same deployment switched back to polling continues from the checkpoints the fan-out one
+/// committed, reading only what came after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reuses_the_consumer_and_switching_to_polling_continues_from_the_checkpoints() {
+    let mut bed = StreamBed::fan_out(
+        "switch",
+        2,
+        &["customers"],
+        fan_out_options(Duration::from_secs(300)),
+        "270s",
+    )
+    .await;
+    let routes =
+        "[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"customer_id\"]\n";
+    let t = &TABLES[0];
+    let mut rng = fastrand::Rng::with_seed(9);
+    let mut model: BTreeMap<String, Value> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut write = |n: u64, model: &mut BTreeMap<String, Value>| {
+        (0..n)
+            .map(|_| {
+                next += 1;
+                let data = row(t, &[next], next, &mut rng);
+                model.insert(id_of(&[next]), data.clone());
+                (
+                    format!("public.customers.{next}"),
+                    dms_message(t, "insert", &data, None),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    for round in 0..2 {
+        let mut sluice = bed.start_sluice("dms", routes);
+        sluice.wait_ready(Duration::from_secs(30)).await;
+        for (key, msg) in write(100, &mut model) {
+            put(&bed.k, "switch", &key, &msg).await;
+        }
+        assert_index_equals(&bed.es, "customers", &model, Duration::from_secs(60)).await;
+        // everything read was read once: nothing from before the restart again
+        assert_eq!(sluice.metric("sluice_records_read_total", "").await, 100.0);
+        if round == 1 {
+            assert!(
+                sluice.log_text().contains("reusing the stream consumer"),
+                "{}",
+                sluice.log_text()
+            );
+        }
+        sluice.sigterm();
+        assert_eq!(sluice.wait_exit(Duration::from_secs(20)).0, Some(0));
+    }
+    assert_eq!(
+        bed.fake().consumer_registrations(),
+        1,
+        "registered once, then reused"
+    );
+
+    bed.source_extra.clear();
+    let mut polling = bed.start_sluice("dms", routes);
+    polling.wait_ready(Duration::from_secs(30)).await;
+    for (key, msg) in write(30, &mut model) {
+        put(&bed.k, "switch", &key, &msg).await;
+    }
+    assert_index_equals(&bed.es, "customers", &model, Duration::from_secs(60)).await;
+    assert_eq!(
+        polling.metric("sluice_records_read_total", "").await,
+        30.0,
+        "polling continues where fan-out stopped"
+    );
+    assert!(bed.fake().calls("GetRecords") > 0);
+    polling.sigterm();
+    assert_eq!(polling.wait_exit(Duration::from_secs(20)).0, Some(0));
 }

@@ -132,6 +132,10 @@ impl<R: SourceRecord + Clone> ShardApi for ScriptedStreams<R> {
         self.pacing.1
     }
 
+    fn pushes(&self) -> bool {
+        false
+    }
+
     async fn retention(&self) -> Result<Duration, ApiError> {
         Ok(Duration::from_secs(24 * 3600))
     }

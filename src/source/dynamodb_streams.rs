@@ -171,6 +171,10 @@ impl ShardApi for DynamoDbStreams {
         None
     }
 
+    fn pushes(&self) -> bool {
+        false
+    }
+
     /// Fixed by the service: a stream record is kept for 24 hours.
     async fn retention(&self) -> Result<Duration, ApiError> {
         Ok(Duration::from_secs(24 * 3600))

@@ -28,6 +28,10 @@ pub struct Kinesis {
 }
 
 impl Kinesis {
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Finds the stream (by name or ARN) and returns its ARN.
     pub async fn connect(cfg: &SourceConfig) -> Result<Arc<Self>, ApiError> {
         let sdk = sdk_config(cfg).await;
@@ -182,6 +186,10 @@ impl ShardApi for Kinesis {
 
     fn max_read_bytes_per_sec(&self) -> Option<u64> {
         Some(2 * 1024 * 1024)
+    }
+
+    fn pushes(&self) -> bool {
+        false
     }
 
     /// The stream's `RetentionPeriodHours` (24 h to 365 days; it can be changed at any time, so

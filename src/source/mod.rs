@@ -4,6 +4,7 @@
 
 pub mod coordinator;
 pub mod dynamodb_streams;
+pub mod fan_out;
 pub mod kinesis;
 pub mod reader;
 
@@ -109,6 +110,10 @@ pub trait ShardApi: Send + Sync + 'static {
 
     /// Read throughput per shard the service allows, in bytes per second (None: no pacing).
     fn max_read_bytes_per_sec(&self) -> Option<u64>;
+
+    /// Whether records are pushed (enhanced fan-out): `get_records` waits for what arrives, so
+    /// an empty answer is no reason to back off before asking again.
+    fn pushes(&self) -> bool;
 
     /// How long the service keeps a record: past it, an unread record is lost to sluice.
     fn retention(&self) -> impl Future<Output = Result<Duration, ApiError>> + Send;

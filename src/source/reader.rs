@@ -218,7 +218,8 @@ impl<A: ShardApi> ShardReader<A> {
                     // An empty Kinesis page behind the tip is not idleness: records lie further
                     // on ("it might take multiple calls"), so read on at the shard's pace.
                     let behind = page.millis_behind_latest.is_some_and(|ms| ms > 0);
-                    if read == 0 && !behind {
+                    // A pushed (fan-out) source waits for records itself.
+                    if read == 0 && !behind && !self.api.pushes() {
                         // Idle shard: back off (see idle_pause). After a non-empty page the
                         // next poll follows at once.
                         empty_polls = (empty_polls + 1).min(16);

@@ -885,12 +885,17 @@ impl KinesisEmulator {
     }
 
     pub fn client(&self) -> aws_sdk_kinesis::Client {
+        Self::client_for(&self.url)
+    }
+
+    /// A Kinesis client for any endpoint of this host (an emulator, the source fake).
+    pub fn client_for(url: &str) -> aws_sdk_kinesis::Client {
         let creds =
             aws_credential_types::Credentials::new("test", "test", None, None, "sluice-tests");
         let conf = aws_sdk_kinesis::Config::builder()
             .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
             .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-            .endpoint_url(&self.url)
+            .endpoint_url(url)
             .credentials_provider(creds)
             .build();
         aws_sdk_kinesis::Client::from_conf(conf)

@@ -11,11 +11,11 @@ use crate::{reply, string, AwsError, Stream, StreamKind, World};
 const MAX_HASH: u128 = u128::MAX;
 
 /// Kinesis sequence numbers read as the service's: 56 digits, beginning `49`.
-fn sequence_text(seq: u128) -> String {
+pub(crate) fn sequence_text(seq: u128) -> String {
     format!("49{seq:054}")
 }
 
-fn parse_sequence(text: &str) -> Option<u128> {
+pub(crate) fn parse_sequence(text: &str) -> Option<u128> {
     let digits = text.strip_prefix("49").filter(|d| d.len() == 54)?;
     digits.parse().ok()
 }

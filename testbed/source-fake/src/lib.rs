@@ -20,12 +20,12 @@
 //!   MergeShards, GetShardIterator (also AT_TIMESTAMP), GetRecords (≤ 10,000 records, 10 MB,
 //!   MillisBehindLatest, ChildShards at a closed shard's end), and optionally the 5 reads per
 //!   second per shard that all consumers share (ProvisionedThroughputExceededException).
+//! - Kinesis enhanced fan-out: consumers and SubscribeToShard event streams ([`fan_out`]).
 //! - Iterators expire (5 min on Kinesis, 15 min on DynamoDB Streams, or as configured).
 //! - Scripted errors: the next N calls of an operation (on a shard) answer a given error.
 //!
 //! Not modelled: condition expressions, filter and projection expressions, indexes, shard
-//! filters, trimming by retention, enhanced fan-out (refused: ValidationException or
-//! UnknownOperationException, never silently misread); eventually consistent reads (every read
+//! filters, trimming by retention; eventually consistent reads (every read
 //! is current); empty pages before data; the per-shard byte limits and GetShardIterator rates;
 //! ItemCount and TableSizeBytes are live, not six-hourly. Item sizes follow the documented
 //! formula. One lock holds the whole state: in benchmarks the fake runs beside sluice, whose
@@ -45,11 +45,13 @@ use axum::Router;
 use serde_json::{json, Value};
 
 mod dynamodb;
+mod fan_out;
 mod kinesis;
 mod shards;
 mod update;
 
 pub use dynamodb::StreamViewType;
+pub use fan_out::FanOutStats;
 
 /// An error as the services answer it: an HTTP status, the error's type, a message.
 #[derive(Debug, Clone)]
@@ -104,6 +106,10 @@ pub struct Options {
     /// Open shards of a table's new stream (the service decides this from the table's
     /// partitions; 1 unless a test asks for more).
     pub stream_shards: usize,
+    /// How long a registered consumer stays CREATING.
+    pub consumer_activation: Duration,
+    /// How long a SubscribeToShard subscription lasts: 5 minutes.
+    pub subscription_lifetime: Duration,
 }
 
 impl Default for Options {
@@ -115,6 +121,8 @@ impl Default for Options {
             streams_iterator_ttl: Duration::from_secs(900),
             kinesis_read_limits: false,
             stream_shards: 1,
+            consumer_activation: Duration::from_millis(500),
+            subscription_lifetime: Duration::from_secs(300),
         }
     }
 }
@@ -129,6 +137,10 @@ pub(crate) struct World {
     pub calls: HashMap<String, u64>,
     /// Sequence numbers increase across every stream, as a clock would.
     pub next_seq: u128,
+    /// Enhanced fan-out consumers by ARN.
+    pub consumers: HashMap<String, fan_out::Consumer>,
+    pub consumer_registrations: u64,
+    pub fan_out: FanOutStats,
 }
 
 pub(crate) struct Stream {
@@ -227,6 +239,9 @@ impl SourceFake {
                 faults: Vec::new(),
                 calls: HashMap::new(),
                 next_seq: 100_000_000_000_000_000_000,
+                consumers: HashMap::new(),
+                consumer_registrations: 0,
+                fan_out: FanOutStats::default(),
             }),
         });
         // PutRecords takes up to 5 MiB of records (base64 on the wire), BatchWriteItem 16 MB
@@ -369,6 +384,44 @@ impl SourceFake {
             .collect()
     }
 
+    /// What enhanced fan-out has sent (see [`FanOutStats`]).
+    pub fn fan_out_stats(&self) -> FanOutStats {
+        self.world().fan_out.clone()
+    }
+
+    /// RegisterStreamConsumer calls that created a consumer.
+    pub fn consumer_registrations(&self) -> u64 {
+        self.world().consumer_registrations
+    }
+
+    /// Closes every open shard of a Kinesis stream (by name) into two children each (a split at
+    /// the middle of its hash range), as SplitShard would: for resharding under fan-out.
+    pub fn kinesis_split_all(&self, stream: &str) -> Result<Vec<String>, AwsError> {
+        let mut world = self.world();
+        let arn = world
+            .kinesis_names
+            .get(stream)
+            .cloned()
+            .ok_or_else(|| AwsError::not_found(format!("Stream {stream} not found.")))?;
+        let open: Vec<(String, (u128, u128))> = world.streams[&arn]
+            .shards
+            .iter()
+            .filter(|s| s.is_open())
+            .map(|s| (s.id.clone(), s.hash_range))
+            .collect();
+        for (id, (lo, hi)) in open {
+            let middle = lo + (hi - lo) / 2 + 1;
+            let request = json!({"StreamName": stream, "ShardToSplit": id, "NewStartingHashKey": middle.to_string()});
+            kinesis::call(&mut world, "SplitShard", &request)?;
+        }
+        Ok(world.streams[&arn]
+            .shards
+            .iter()
+            .filter(|s| s.is_open())
+            .map(|s| s.id.clone())
+            .collect())
+    }
+
     /// The ARN of a Kinesis stream, by name.
     pub fn kinesis_stream_arn(&self, stream: &str) -> Option<String> {
         self.world().kinesis_names.get(stream).cloned()
@@ -386,6 +439,21 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     } else {
         "application/x-amz-json-1.0"
     };
+    if service == "Kinesis_20131202" && operation == "SubscribeToShard" {
+        // an event stream, not a JSON answer
+        let subscribed = serde_json::from_slice::<Value>(&body)
+            .map_err(|e| {
+                AwsError::bad_request(
+                    "SerializationException",
+                    format!("the request body is not JSON: {e}"),
+                )
+            })
+            .and_then(|request| fan_out::subscribe(&shared, &request));
+        match subscribed {
+            Ok(r) => return r,
+            Err(e) => return error_response(&e, content_type),
+        }
+    }
     let answer = match serde_json::from_slice::<Value>(&body) {
         Err(e) => Err(AwsError::bad_request(
             "SerializationException",
@@ -398,6 +466,9 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
                 "DynamoDBStreams_20120810" => {
                     dynamodb::stream_call(&mut world, operation, &request)
                 }
+                "Kinesis_20131202" if operation.contains("StreamConsumer") => {
+                    fan_out::call(&mut world, operation, &request)
+                }
                 "Kinesis_20131202" => kinesis::call(&mut world, operation, &request),
                 _ => Err(AwsError::bad_request(
                     "UnknownOperationException",
@@ -406,28 +477,36 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             }
         }
     };
-    let mut response = match answer {
-        Ok(body) => (StatusCode::OK, body).into_response(),
-        Err(e) => {
-            let body = json!({"__type": e.code, "message": e.message});
-            let mut r = (
-                StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-                serde_json::to_vec(&body).unwrap_or_default(),
-            )
-                .into_response();
-            if let Ok(v) = HeaderValue::from_str(&e.code) {
-                r.headers_mut().insert("x-amzn-errortype", v);
-            }
-            r
+    match answer {
+        Ok(body) => {
+            let mut response = (StatusCode::OK, body).into_response();
+            response
+                .headers_mut()
+                .insert("content-type", HeaderValue::from_static(content_type));
+            response
+                .headers_mut()
+                .insert("x-amzn-requestid", HeaderValue::from_static("source-fake"));
+            response
         }
-    };
-    response
-        .headers_mut()
+        Err(e) => error_response(&e, content_type),
+    }
+}
+
+fn error_response(e: &AwsError, content_type: &'static str) -> Response {
+    let body = json!({"__type": e.code, "message": e.message});
+    let mut r = (
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&e.code) {
+        r.headers_mut().insert("x-amzn-errortype", v);
+    }
+    r.headers_mut()
         .insert("content-type", HeaderValue::from_static(content_type));
-    response
-        .headers_mut()
+    r.headers_mut()
         .insert("x-amzn-requestid", HeaderValue::from_static("source-fake"));
-    response
+    r
 }
 
 /// A required string member of a request.
