@@ -146,23 +146,31 @@ async fn run_kinesis(
                 r = FanOut::connect(api, &name, config.source.subscription_renewal, services.metrics.clone()) => r?,
                 _ = &mut shutdown => return Ok(()),
             };
-            tracing::info!(stream = %arn, consumer = %name, consumer_arn = %fan_out.consumer_arn, "reading with enhanced fan-out");
+            tracing::info!(stream = %arn, consumer = %name, consumer_arn = %fan_out.consumer_arn(), "reading with enhanced fan-out");
             run_pipeline(config, services, Arc::new(fan_out), arn, decode, shutdown).await
         }
     }
 }
 
-/// The enhanced fan-out consumer's name: `source.consumer_name`, else `sluice-` and the indices
-/// this configuration writes — the same across restarts and deploys of one configuration, and
-/// different for a deployment that fills other indices.
+/// The enhanced fan-out consumer's name: `source.consumer_name`, else `sluice-`, the indices
+/// this configuration writes and a digest of the cluster it writes them to — the same across
+/// restarts and deploys of one configuration, different for a deployment that fills other
+/// indices or another cluster (two deployments sharing a consumer would take each other's
+/// subscriptions over). Adding a route changes it: set `consumer_name` to keep one.
 pub fn consumer_name(config: &Config) -> String {
     if let Some(name) = &config.source.consumer_name {
         return name.clone();
     }
+    // FNV-1a: the same in every build, unlike std's hasher
+    let digest = |text: &str| {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
     let targets = crate::backfill::targets(config)
         .map(|t| crate::backfill::target_names(&t))
         .unwrap_or_else(|_| config.sink.index.clone());
-    let mut name: String = format!("sluice-{targets}")
+    let readable: String = format!("sluice-{targets}")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "_.-".contains(c) {
@@ -172,15 +180,12 @@ pub fn consumer_name(config: &Config) -> String {
             }
         })
         .collect();
-    if name.len() > 128 {
-        // long lists of indices: a prefix and a digest of the whole (FNV-1a: the same in every
-        // build, unlike std's hasher)
-        let digest = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        name = format!("{}-{digest:016x}", &name[..100]);
+    let cluster = format!("{:08x}", digest(&config.sink.url) as u32);
+    if readable.len() + 9 > 128 {
+        // long lists of indices: a prefix and a digest of the whole
+        return format!("{}-{:016x}-{cluster}", &readable[..100], digest(&readable));
     }
-    name
+    format!("{readable}-{cluster}")
 }
 
 /// The name of the table a DynamoDB stream belongs to, from the stream's ARN

@@ -1452,6 +1452,43 @@ mod tests {
     const DMS: &str = "[source]\ntype = \"kinesis\"\nstream = \"rds-changes\"\nformat = \"dms\"\n\n[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"customer_id\"]\n";
 
     #[test]
+    fn enhanced_fan_out_is_a_kinesis_consumer_with_a_valid_name_and_renewal() {
+        let fan_out = |extra: &str| {
+            Config::from_toml(
+                &DMS.replace("format = \"dms\"\n", &format!("format = \"dms\"\n{extra}")),
+            )
+        };
+        let c = fan_out("consumer = \"enhanced_fan_out\"\n").unwrap();
+        assert_eq!(c.source.consumer, Consumer::EnhancedFanOut);
+        assert_eq!(c.source.subscription_renewal, Duration::from_secs(270));
+        assert_eq!(
+            Config::from_toml(DMS).unwrap().source.consumer,
+            Consumer::Polling
+        );
+        let e = fan_out("consumer = \"push\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("`push` is not one of polling, enhanced_fan_out"),
+            "{e}"
+        );
+        let e = fan_out("consumer = \"enhanced_fan_out\"\nconsumer_name = \"my consumer\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source.consumer_name"), "{e}");
+        for renewal in ["5s", "5m"] {
+            let e = fan_out(&format!("subscription_renewal = \"{renewal}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("source.subscription_renewal"), "{renewal}: {e}");
+        }
+        let streams = "[source]\ntype = \"dynamodb_streams\"\ntable = \"Posts\"\nconsumer = \"enhanced_fan_out\"\n";
+        let e = Config::from_toml(streams).unwrap_err().to_string();
+        assert!(
+            e.contains("source.consumer") && e.contains("DynamoDB Streams"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn kinesis_dms_config_with_routes() {
         let c = load(DMS, &[]).unwrap();
         assert_eq!(c.source.format, Some(KinesisFormat::Dms));

@@ -249,3 +249,60 @@ async fn kinesis_local_paging_and_child_shards() {
         );
     }
 }
+
+/// kinesis-local (the emulator with the highest fidelity, and its own SubscribeToShard over
+/// HTTP/1.1 on loopback): sluice's fan-out reader registers its consumer and waits until it is
+/// ACTIVE, reads records pushed through SubscribeToShard, and a second start reuses the consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_local_serves_sluice_fan_out_and_a_restart_reuses_the_consumer() {
+    let emulator = KinesisEmulator::kinesis_local();
+    let c = emulator.client();
+    create_stream(&c, "pushed", 1).await;
+    let k = Arc::new(Kinesis::with_client(c.clone(), "pushed").await.unwrap());
+    let fan_out = sluice::source::fan_out::FanOut::connect(
+        k.clone(),
+        "sluice-probe",
+        Duration::from_secs(270),
+        sluice::metrics::Metrics::new(),
+    )
+    .await
+    .unwrap();
+    for i in 0..3 {
+        c.put_record()
+            .stream_name("pushed")
+            .partition_key(format!("p{i}"))
+            .data(aws_sdk_kinesis::primitives::Blob::new(format!("r{i}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    let shard = k.list_shards().await.unwrap()[0].id.to_string();
+    let mut it = fan_out
+        .shard_iterator(&shard, &StartAt::TrimHorizon)
+        .await
+        .unwrap();
+    let mut read = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while read < 3 && std::time::Instant::now() < until {
+        let page = fan_out.get_records(&it, 100).await.unwrap();
+        read += page.records.len();
+        it = page.next_iterator.unwrap();
+    }
+    assert_eq!(read, 3);
+    let again = sluice::source::fan_out::FanOut::connect(
+        k.clone(),
+        "sluice-probe",
+        Duration::from_secs(270),
+        sluice::metrics::Metrics::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.consumer_arn(), fan_out.consumer_arn());
+    let listed = c
+        .list_stream_consumers()
+        .stream_arn(&k.arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.consumers().len(), 1, "registered once");
+}

@@ -136,6 +136,8 @@ impl<R: SourceRecord + Clone> ShardApi for ScriptedStreams<R> {
         false
     }
 
+    fn reader_stopped(&self, _shard: &str) {}
+
     async fn retention(&self) -> Result<Duration, ApiError> {
         Ok(Duration::from_secs(24 * 3600))
     }

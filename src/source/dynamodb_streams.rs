@@ -175,6 +175,9 @@ impl ShardApi for DynamoDbStreams {
         false
     }
 
+    /// Nothing is held per shard: an iterator is only a string.
+    fn reader_stopped(&self, _shard: &str) {}
+
     /// Fixed by the service: a stream record is kept for 24 hours.
     async fn retention(&self) -> Result<Duration, ApiError> {
         Ok(Duration::from_secs(24 * 3600))

@@ -44,12 +44,19 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 
 pub struct FanOut {
     kinesis: Arc<Kinesis>,
-    pub consumer_arn: String,
+    name: String,
+    consumer_arn: std::sync::RwLock<String>,
     renew_after: Duration,
     metrics: Metrics,
     /// The open subscription of each shard being read (taken out while an event is awaited).
     open: Mutex<HashMap<String, Subscription>>,
+    /// When each shard was last subscribed to: a new subscription sooner than 5 s after it is
+    /// refused (ResourceInUseException), so it waits instead.
+    subscribed: Mutex<HashMap<String, Instant>>,
 }
+
+/// The service refuses a SubscribeToShard this soon after the last for a consumer and shard.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(5_100);
 
 struct Subscription {
     events: Events,
@@ -142,6 +149,111 @@ fn classified(code: Option<&str>, err: &dyn std::error::Error) -> (ApiError, &'s
     (api, reason)
 }
 
+/// Errors of the consumer calls that waiting cannot mend.
+fn fatal(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "AccessDeniedException"
+                | "ValidationException"
+                | "InvalidArgumentException"
+                | "UnrecognizedClientException"
+                | "MissingAuthenticationTokenException"
+        )
+    )
+}
+
+/// Registers the consumer `name` on the stream unless it exists, and waits until it is ACTIVE;
+/// returns its ARN. Never deregisters anything.
+async fn ensure_consumer(kinesis: &Kinesis, name: &str) -> anyhow::Result<String> {
+    let client = kinesis.client();
+    let stream = &kinesis.arn;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut registered = false;
+    let mut attempt = 0;
+    let mut last_error = String::new();
+    loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "stream consumer `{name}` did not become ACTIVE within 5 minutes{}",
+            if last_error.is_empty() {
+                String::new()
+            } else {
+                format!(" (last error: {last_error})")
+            }
+        );
+        let described = client
+            .describe_stream_consumer()
+            .stream_arn(stream)
+            .consumer_name(name)
+            .send()
+            .await;
+        match described {
+            Ok(out) => {
+                let d = out.consumer_description().ok_or_else(|| {
+                    anyhow::anyhow!("DescribeStreamConsumer answered without a description")
+                })?;
+                match d.consumer_status() {
+                    ConsumerStatus::Active => {
+                        if !registered {
+                            tracing::info!(
+                                consumer = name,
+                                consumer_arn = d.consumer_arn(),
+                                "reusing the stream consumer"
+                            );
+                        }
+                        return Ok(d.consumer_arn().to_owned());
+                    }
+                    // being created, or deleted (then registered again below)
+                    status => tracing::info!(
+                        consumer = name,
+                        status = status.as_str(),
+                        "waiting for the stream consumer"
+                    ),
+                }
+            }
+            Err(e) if e.code() == Some("ResourceNotFoundException") => {
+                match client
+                    .register_stream_consumer()
+                    .stream_arn(stream)
+                    .consumer_name(name)
+                    .send()
+                    .await
+                {
+                    Ok(_) => {
+                        registered = true;
+                        tracing::info!(consumer = name, stream = %stream, "registered the stream consumer (sluice never deregisters it; to remove it: aws kinesis deregister-stream-consumer --stream-arn {stream} --consumer-name {name})");
+                    }
+                    // registered meanwhile by another task
+                    Err(e) if e.code() == Some("ResourceInUseException") => {}
+                    Err(e) if !fatal(e.code()) => {
+                        // LimitExceeded: the calls per second, 5 consumers CREATING, or the
+                        // stream's 20 consumers — said, and tried again
+                        last_error =
+                            aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+                        tracing::warn!(consumer = name, error = %last_error, "RegisterStreamConsumer failed; retrying");
+                    }
+                    Err(e) => anyhow::bail!(
+                        "cannot register stream consumer `{name}` on {stream}: {}",
+                        aws_smithy_types::error::display::DisplayErrorContext(e)
+                    ),
+                }
+            }
+            Err(e) if fatal(e.code()) => anyhow::bail!(
+                "cannot describe stream consumer `{name}` on {stream}: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(e)
+            ),
+            // throttling, the service's own errors, the network: try again
+            Err(e) => {
+                last_error = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+                tracing::warn!(consumer = name, error = %last_error, "DescribeStreamConsumer failed; retrying");
+            }
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(250 * attempt.min(8))).await;
+    }
+}
+
 impl FanOut {
     /// Registers the consumer `name` on the stream unless it exists, and waits until it is
     /// ACTIVE. Never deregisters anything.
@@ -151,87 +263,69 @@ impl FanOut {
         renew_after: Duration,
         metrics: Metrics,
     ) -> anyhow::Result<FanOut> {
-        let client = kinesis.client();
-        let stream = kinesis.arn.clone();
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut registered = false;
-        let mut attempt = 0;
-        let consumer_arn = loop {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "stream consumer `{name}` did not become ACTIVE within 5 minutes"
-            );
-            let described = client
-                .describe_stream_consumer()
-                .stream_arn(&stream)
-                .consumer_name(name)
-                .send()
-                .await;
-            match described {
-                Ok(out) => {
-                    let d = out.consumer_description().ok_or_else(|| {
-                        anyhow::anyhow!("DescribeStreamConsumer answered without a description")
-                    })?;
-                    match d.consumer_status() {
-                        ConsumerStatus::Active => {
-                            if !registered {
-                                tracing::info!(
-                                    consumer = name,
-                                    consumer_arn = d.consumer_arn(),
-                                    "reusing the stream consumer"
-                                );
-                            }
-                            break d.consumer_arn().to_owned();
-                        }
-                        // being created, or deleted (then registered again below)
-                        status => tracing::info!(
-                            consumer = name,
-                            status = status.as_str(),
-                            "waiting for the stream consumer"
-                        ),
-                    }
-                }
-                Err(e) if e.code() == Some("ResourceNotFoundException") => {
-                    match client
-                        .register_stream_consumer()
-                        .stream_arn(&stream)
-                        .consumer_name(name)
-                        .send()
-                        .await
-                    {
-                        Ok(_) => {
-                            registered = true;
-                            tracing::info!(consumer = name, stream = %stream, "registered the stream consumer (sluice never deregisters it; to remove it: aws kinesis deregister-stream-consumer --stream-arn {stream} --consumer-name {name})");
-                        }
-                        // registered meanwhile by another task
-                        Err(e) if e.code() == Some("ResourceInUseException") => {}
-                        Err(e) if e.code() == Some("LimitExceededException") => {}
-                        Err(e) => anyhow::bail!(
-                            "cannot register stream consumer `{name}` on {stream}: {}",
-                            aws_smithy_types::error::display::DisplayErrorContext(e)
-                        ),
-                    }
-                }
-                Err(e) if e.code() == Some("LimitExceededException") => {}
-                Err(e) if e.code().is_some() => anyhow::bail!(
-                    "cannot describe stream consumer `{name}` on {stream}: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(e)
-                ),
-                // the network: try again
-                Err(e) => {
-                    tracing::warn!(error = %aws_smithy_types::error::display::DisplayErrorContext(e), "DescribeStreamConsumer failed; retrying")
-                }
-            }
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(250 * attempt.min(8))).await;
-        };
+        let consumer_arn = ensure_consumer(&kinesis, name).await?;
         Ok(FanOut {
             kinesis,
-            consumer_arn,
+            name: name.to_owned(),
+            consumer_arn: std::sync::RwLock::new(consumer_arn),
             renew_after,
             metrics,
             open: Mutex::new(HashMap::new()),
+            subscribed: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The consumer's ARN now (a consumer deleted and registered again has a new one).
+    pub fn consumer_arn(&self) -> String {
+        self.consumer_arn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After ResourceNotFound: is it the consumer that is gone (deregistered, or re-created
+    /// with a new ARN)? Then it is registered again (or found under its new ARN) and the caller
+    /// subscribes again: `Throttled`. Otherwise it is the shard: `NotFound`, for the reader's
+    /// "is the shard still listed?" check.
+    async fn not_found(&self, api: ApiError) -> ApiError {
+        let arn = self.consumer_arn();
+        let described = self
+            .kinesis
+            .client()
+            .describe_stream_consumer()
+            .consumer_arn(&arn)
+            .send()
+            .await;
+        let active = match &described {
+            Ok(out) => out
+                .consumer_description()
+                .is_some_and(|d| d.consumer_status() == &ConsumerStatus::Active),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => false,
+            // cannot tell: let the reader retry
+            Err(_) => {
+                return ApiError::Transient(format!(
+                    "{api}; and the consumer could not be described"
+                ))
+            }
+        };
+        if active {
+            return api;
+        }
+        tracing::warn!(consumer = %self.name, consumer_arn = %arn, "the stream consumer is gone or not ACTIVE; registering it again");
+        self.metrics
+            .fan_out_failures
+            .with_label_values(&["consumer_not_active"])
+            .inc();
+        match ensure_consumer(&self.kinesis, &self.name).await {
+            Ok(new) => {
+                *self
+                    .consumer_arn
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+                ApiError::Throttled("the stream consumer was registered again".into())
+            }
+            Err(e) => ApiError::Transient(format!("the stream consumer is gone: {e:#}")),
+        }
     }
 
     fn starting_position(at: &StartAt) -> StartingPosition {
@@ -255,23 +349,42 @@ impl FanOut {
         at_token: &str,
         at: &StartAt,
     ) -> Result<Subscription, ApiError> {
+        let last = self
+            .subscribed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(shard)
+            .copied();
+        if let Some(wait) = last.and_then(|t| RESUBSCRIBE_AFTER.checked_sub(t.elapsed())) {
+            tokio::time::sleep(wait).await;
+        }
         let answer = self
             .kinesis
             .client()
             .subscribe_to_shard()
-            .consumer_arn(&self.consumer_arn)
+            .consumer_arn(self.consumer_arn())
             .shard_id(shard)
             .starting_position(Self::starting_position(at))
             .send()
             .await;
-        let out = answer.map_err(|e| {
-            let (api, reason) = failure(&e);
-            self.metrics
-                .fan_out_failures
-                .with_label_values(&[reason])
-                .inc();
-            api
-        })?;
+        let out = match answer {
+            Ok(out) => out,
+            Err(e) => {
+                let (api, reason) = failure(&e);
+                self.metrics
+                    .fan_out_failures
+                    .with_label_values(&[reason])
+                    .inc();
+                return Err(match api {
+                    ApiError::NotFound(_) => self.not_found(api).await,
+                    other => other,
+                });
+            }
+        };
+        self.subscribed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(shard.to_owned(), Instant::now());
         let gauge = self.metrics.fan_out_subscriptions.clone();
         gauge.inc();
         Ok(Subscription {
@@ -376,7 +489,29 @@ impl ShardApi for FanOut {
                             closed: false,
                         })
                         .collect();
-                    // the last event of a closed shard read to its end has no continuation
+                    // The last event of a closed shard read to its end has no continuation, and
+                    // names the children. An event without either (a continuation the SDK
+                    // filled in as empty) ends the shard only if the shard is closed: ending an
+                    // open one would pass over the rest of it. Else it is dropped, and the
+                    // reader subscribes again from where it was (its records come again).
+                    if ev.continuation_sequence_number.is_empty() && child_shards.is_empty() {
+                        let closed = match self.kinesis.list_shards().await {
+                            Ok(shards) => shards
+                                .iter()
+                                .find(|s| &*s.id == shard)
+                                .is_none_or(|s| s.closed),
+                            Err(_) => false,
+                        };
+                        if !closed {
+                            self.metrics
+                                .fan_out_failures
+                                .with_label_values(&["other"])
+                                .inc();
+                            return Err(ApiError::Transient(format!(
+                                "a fan-out event on open shard {shard} without a continuation"
+                            )));
+                        }
+                    }
                     let next = (!ev.continuation_sequence_number.is_empty()).then(|| {
                         token(
                             shard,
@@ -415,7 +550,10 @@ impl ShardApi for FanOut {
                         .fan_out_failures
                         .with_label_values(&[reason])
                         .inc();
-                    return Err(api);
+                    return Err(match api {
+                        ApiError::NotFound(_) => self.not_found(api).await,
+                        other => other,
+                    });
                 }
             }
         }
@@ -433,6 +571,15 @@ impl ShardApi for FanOut {
 
     fn pushes(&self) -> bool {
         true
+    }
+
+    /// The shard's reader is gone (lease lost or handed over, shard ended, shutdown): its
+    /// subscription is closed, not left holding a connection's flow-control window.
+    fn reader_stopped(&self, shard: &str) {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(shard);
     }
 
     async fn retention(&self) -> Result<Duration, ApiError> {

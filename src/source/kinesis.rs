@@ -192,6 +192,9 @@ impl ShardApi for Kinesis {
         false
     }
 
+    /// Nothing is held per shard: an iterator is only a string.
+    fn reader_stopped(&self, _shard: &str) {}
+
     /// The stream's `RetentionPeriodHours` (24 h to 365 days; it can be changed at any time, so
     /// it is asked again, not remembered from the start).
     async fn retention(&self) -> Result<Duration, ApiError> {

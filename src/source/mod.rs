@@ -115,6 +115,9 @@ pub trait ShardApi: Send + Sync + 'static {
     /// an empty answer is no reason to back off before asking again.
     fn pushes(&self) -> bool;
 
+    /// The reader of `shard` has stopped: anything held open for it can be let go.
+    fn reader_stopped(&self, shard: &str);
+
     /// How long the service keeps a record: past it, an unread record is lost to sluice.
     fn retention(&self) -> impl Future<Output = Result<Duration, ApiError>> + Send;
 }

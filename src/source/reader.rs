@@ -134,8 +134,10 @@ impl<A: ShardApi> ShardReader<A> {
     pub async fn run(self, hard: CancellationToken, soft: CancellationToken) -> ReaderExit {
         let tracker = self.ctx.tracker.clone();
         let shard = self.shard.clone();
+        let api = self.api.clone();
         let exit = self.read(hard, soft).await;
         tracker.reader_stopped(&shard);
+        api.reader_stopped(&shard);
         exit
     }
 
