@@ -26,7 +26,11 @@ enum Backend {
 /// server, one scratch folder (and checkpoint file) for every worker; moto for the DynamoDB
 /// lease table.
 struct Bed {
-    kinesis: KinesisEmulator,
+    /// kinesalite, or the source fake (read with enhanced fan-out)
+    _kinesalite: Option<KinesisEmulator>,
+    fake: Option<source_fake::SourceFake>,
+    url: String,
+    source_extra: &'static str,
     es: Es,
     moto: Option<Moto>,
     dir: tempfile::TempDir,
@@ -47,12 +51,47 @@ struct Writer {
 impl Bed {
     async fn new(name: &str, backend: Backend) -> Bed {
         let kinesis = KinesisEmulator::kinesalite();
-        let k = kinesis.client();
+        let url = kinesis.url.clone();
+        Self::on(name, backend, Some(kinesis), None, url, "").await
+    }
+
+    /// On the source fake, every worker reading with enhanced fan-out.
+    async fn fan_out(name: &str, backend: Backend) -> Bed {
+        let fake = source_fake::SourceFake::start_with(source_fake::Options {
+            consumer_activation: Duration::from_millis(300),
+            ..source_fake::Options::default()
+        })
+        .await
+        .expect("start the source fake");
+        let url = fake.url();
+        Self::on(
+            name,
+            backend,
+            None,
+            Some(fake),
+            url,
+            "consumer = \"enhanced_fan_out\"\n",
+        )
+        .await
+    }
+
+    async fn on(
+        name: &str,
+        backend: Backend,
+        kinesalite: Option<KinesisEmulator>,
+        fake: Option<source_fake::SourceFake>,
+        url: String,
+        source_extra: &'static str,
+    ) -> Bed {
+        let k = KinesisEmulator::client_for(&url);
         let es = Es::start().await;
         es.delete_index("customers").await;
         create_stream(&k, name, SHARDS).await;
         Bed {
-            kinesis,
+            _kinesalite: kinesalite,
+            fake,
+            url,
+            source_extra,
             es,
             moto: matches!(backend, Backend::DynamoDb).then(Moto::start),
             dir: tempfile::tempdir().unwrap(),
@@ -105,14 +144,14 @@ impl Bed {
             RENEW.as_millis()
         );
         let toml = kinesis_config_toml(
-            &self.kinesis.url,
+            &self.url,
             &self.es.url(),
             &self.stream,
             "dms",
             &self.dir.path().join("sluice.db"),
             port,
             &routes,
-            "",
+            self.source_extra,
         );
         let config = self.dir.path().join(format!("{worker}.toml"));
         std::fs::write(&config, toml).unwrap();
@@ -564,4 +603,40 @@ async fn a_rolling_deploy_hands_every_shard_over() {
     let redelivered = bed.es.fake.stats().redelivered - before;
     println!("rolling deploy: B holds every shard; re-delivered {redelivered}");
     assert_eq!(redelivered, 0);
+}
+
+/// Enhanced fan-out under leases (two ECS tasks during a deploy, and more): three workers on one
+/// checkpoint file share the shards, each subscribing only to the shards it holds; one is killed
+/// with -9 and its shards' subscriptions are taken over (ResourceInUseException until 5 s after
+/// the dead worker's, retried) → the index equals the table, and nothing was polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_fan_out_workers_share_the_shards_and_take_over_a_killed_one() {
+    let mut bed = Bed::fan_out("share-fan-out", Backend::Sqlite).await;
+    let (a, b, mut c) = (bed.start("w1"), bed.start("w2"), bed.start("w3"));
+    let workers = [("w1", &a), ("w2", &b), ("w3", &c)];
+    bed.write(300, 600, 1).await;
+    until_every_shard_held(&workers, Duration::from_secs(30)).await;
+    bed.assert_converges().await;
+    let held = per_worker(&holders(&workers).await);
+    for (name, worker) in workers {
+        let subscriptions = worker.metric("sluice_fan_out_subscriptions", "").await;
+        let holds = held.get(name).copied().unwrap_or(0) as f64;
+        assert!(
+            subscriptions <= holds,
+            "{name} subscribes to {subscriptions} shards and holds {holds}"
+        );
+    }
+    c.kill9();
+    let survivors = [("w1", &a), ("w2", &b)];
+    bed.write(300, 600, 2).await;
+    until_every_shard_held(&survivors, Duration::from_secs(30)).await;
+    bed.assert_converges().await;
+    let fake = bed.fake.as_ref().unwrap();
+    assert_eq!(fake.calls("GetRecords"), 0, "read by subscriptions only");
+    assert_eq!(
+        fake.consumer_registrations(),
+        1,
+        "one consumer, shared by the workers"
+    );
+    assert_eq!(bed.es.fake.stats().divergent, 0);
 }
