@@ -594,6 +594,10 @@ async fn malformed_dms_messages_are_dead_lettered_and_the_shard_keeps_going() {
     );
 }
 
+/// The customers table alone, of the DMS workload.
+const CUSTOMERS: &str =
+    "[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"customer_id\"]\n";
+
 /// The fake's enhanced fan-out, with quick consumer activation and `lifetime`-long
 /// subscriptions; GetRecords limited to 5 calls a second per shard, as the service does for
 /// every polling consumer together.
@@ -643,8 +647,7 @@ async fn fan_out_subscriptions_renewed_again_and_again_skip_and_repeat_nothing()
         "6s",
     )
     .await;
-    let routes =
-        "[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"customer_id\"]\n";
+    let routes = CUSTOMERS;
     let sluice = bed.start_sluice("dms", routes);
     sluice.wait_ready(Duration::from_secs(30)).await;
     let t = &TABLES[0];
@@ -694,8 +697,7 @@ async fn a_polling_and_a_fan_out_deployment_on_one_stream_both_converge() {
         "270s",
     )
     .await;
-    let routes =
-        "[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"customer_id\"]\n";
+    let routes = CUSTOMERS;
     let fan_out = bed.start_sluice("dms", routes);
     // the polling deployment: its own checkpoint file and cluster
     let other_es = Es::start().await;
@@ -765,8 +767,7 @@ async fn a_restart_reuses_the_consumer_and_switching_to_polling_continues_from_t
         "270s",
     )
     .await;
-    let routes =
-        "[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"customer_id\"]\n";
+    let routes = CUSTOMERS;
     let t = &TABLES[0];
     let mut rng = fastrand::Rng::with_seed(9);
     let mut model: BTreeMap<String, Value> = BTreeMap::new();
@@ -839,8 +840,7 @@ async fn a_consumer_deregistered_under_a_running_sluice_is_registered_again() {
         "270s",
     )
     .await;
-    let routes =
-        "[[route]]\ntable = \"public.customers\"\nindex = \"customers\"\nid = [\"customer_id\"]\n";
+    let routes = CUSTOMERS;
     let sluice = bed.start_sluice("dms", routes);
     sluice.wait_ready(Duration::from_secs(30)).await;
     let t = &TABLES[0];

@@ -479,15 +479,7 @@ impl ShardApi for FanOut {
                         .child_shards
                         .unwrap_or_default()
                         .iter()
-                        .map(|c| ShardInfo {
-                            id: c.shard_id().into(),
-                            parents: c
-                                .parent_shards()
-                                .iter()
-                                .map(|p| p.as_str().into())
-                                .collect(),
-                            closed: false,
-                        })
+                        .map(super::kinesis::child_shard)
                         .collect();
                     // The last event of a closed shard read to its end has no continuation, and
                     // names the children. An event without either (a continuation the SDK

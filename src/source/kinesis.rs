@@ -62,6 +62,19 @@ impl Kinesis {
     }
 }
 
+/// A shard that continues a closed one (GetRecords' and fan-out events' `ChildShards`).
+pub(crate) fn child_shard(c: &aws_sdk_kinesis::types::ChildShard) -> ShardInfo {
+    ShardInfo {
+        id: c.shard_id().into(),
+        parents: c
+            .parent_shards()
+            .iter()
+            .map(|p| p.as_str().into())
+            .collect(),
+        closed: false,
+    }
+}
+
 impl SourceRecord for Record {
     fn sequence_number(&self) -> &str {
         self.sequence_number()
@@ -159,19 +172,7 @@ impl ShardApi for Kinesis {
             .send()
             .await
             .map_err(classify)?;
-        let child_shards = out
-            .child_shards()
-            .iter()
-            .map(|c| ShardInfo {
-                id: c.shard_id().into(),
-                parents: c
-                    .parent_shards()
-                    .iter()
-                    .map(|p| p.as_str().into())
-                    .collect(),
-                closed: false,
-            })
-            .collect();
+        let child_shards = out.child_shards().iter().map(child_shard).collect();
         Ok(RecordPage {
             next_iterator: out.next_shard_iterator().map(str::to_owned),
             millis_behind_latest: out.millis_behind_latest(),
