@@ -888,3 +888,53 @@ async fn a_consumer_deregistered_under_a_running_sluice_is_registered_again() {
     assert!(sluice.log_text().contains("registering it again"));
     assert_eq!(sluice.metric("sluice_records_read_total", "").await, 100.0);
 }
+
+/// Enhanced fan-out, backpressure: while Elasticsearch holds every bulk request, the pipeline
+/// fills its budget and the reader stops taking events, so the service (the fake) stops sending:
+/// what it has sent stays far below what the stream holds, and stops growing; released, the
+/// index equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pipeline_holds_the_fan_out_subscription_back() {
+    let bed = StreamBed::fan_out(
+        "held",
+        1,
+        &["customers"],
+        fan_out_options(Duration::from_secs(300)),
+        "270s",
+    )
+    .await;
+    let sluice = bed.start_sluice("dms", CUSTOMERS);
+    sluice.wait_ready(Duration::from_secs(30)).await;
+    bed.es.fake.hold();
+    let t = &TABLES[0];
+    let mut rng = fastrand::Rng::with_seed(3);
+    let mut model: BTreeMap<String, Value> = BTreeMap::new();
+    let total = 30_000u64;
+    let records: Vec<(String, Vec<u8>)> = (0..total)
+        .map(|key| {
+            let mut data = row(t, &[key], key, &mut rng);
+            data["note"] = json!("x".repeat(900));
+            model.insert(id_of(&[key]), data.clone());
+            (
+                format!("public.customers.{key}"),
+                dms_message(t, "insert", &data, None).into_bytes(),
+            )
+        })
+        .collect();
+    bed.fake().kinesis_put("held", records).unwrap();
+    let sent = || -> u64 { bed.fake().fan_out_stats().records_sent.values().sum() };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let first = sent();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = sent();
+    assert!(
+        second < total / 2,
+        "{second} of {total} records sent while the pipeline is full"
+    );
+    assert_eq!(first, second, "sending stopped while held");
+    let budget = sluice.metric("sluice_pipeline_budget_bytes", "").await;
+    assert!(sluice.metric("sluice_pipeline_bytes", "").await <= budget);
+    bed.es.fake.release();
+    assert_index_equals(&bed.es, "customers", &model, Duration::from_secs(120)).await;
+    println!("held: {second} of {total} records sent while Elasticsearch held every request");
+}
