@@ -20,6 +20,7 @@ use crate::ack::ShardId;
 use crate::checkpoint::ShardCheckpoint;
 use crate::config::Config;
 
+#[derive(Clone)]
 pub struct DynamoDbLeases {
     client: Client,
     table: String,
@@ -414,6 +415,26 @@ impl LeaseTable for DynamoDbLeases {
             .send()
             .await;
         Ok(conditional(out)?.and_then(|out| out.attributes().and_then(lease_of)))
+    }
+
+    async fn renew_all(&self, held: Vec<(ShardId, u64)>) -> Vec<Result<Option<Lease>, LeaseError>> {
+        // one conditional update per lease, all at once
+        let mut calls = tokio::task::JoinSet::new();
+        for (i, (shard, epoch)) in held.into_iter().enumerate() {
+            let table = self.clone();
+            calls.spawn(async move { (i, table.renew(&shard, epoch).await) });
+        }
+        let mut answers: Vec<Option<Result<Option<Lease>, LeaseError>>> =
+            (0..calls.len()).map(|_| None).collect();
+        while let Some(joined) = calls.join_next().await {
+            if let Ok((i, answer)) = joined {
+                answers[i] = Some(answer);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(LeaseError("the renewal task failed".into()))))
+            .collect()
     }
 
     async fn release(

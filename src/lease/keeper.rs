@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -232,24 +231,25 @@ impl<L: LeaseTable> LeaseKeeper<L> {
             tracing::warn!(shard_id = %shard, "lease not renewed in time; shard stopped (it is taken again if still free)");
             self.forget(state, &shard, "renew_failed");
         }
-        let mut renewals: JoinSet<(ShardId, Instant, Result<Option<Lease>, LeaseError>)> =
-            JoinSet::new();
         let limit = self.renew_interval.max(Duration::from_millis(100));
-        for (shard, m) in &state.mine {
-            let (table, shard, epoch) = (self.table.clone(), shard.clone(), m.epoch);
-            renewals.spawn(async move {
-                let sent = Instant::now();
-                let answer = match tokio::time::timeout(limit, table.renew(&shard, epoch)).await {
-                    Ok(answer) => answer,
-                    Err(_) => Err(LeaseError("renewal timed out".into())),
-                };
-                (shard, sent, answer)
-            });
+        let held: Vec<(ShardId, u64)> = state
+            .mine
+            .iter()
+            .map(|(shard, m)| (shard.clone(), m.epoch))
+            .collect();
+        if held.is_empty() {
+            return;
         }
-        while let Some(joined) = renewals.join_next().await {
-            let Ok((shard, sent, answer)) = joined else {
-                continue;
-            };
+        // one round of heartbeats, bounded as a whole: the hold counts from when it was sent
+        let sent = Instant::now();
+        let answers = match tokio::time::timeout(limit, self.table.renew_all(held.clone())).await {
+            Ok(answers) => answers,
+            Err(_) => held
+                .iter()
+                .map(|_| Err(LeaseError("renewal timed out".into())))
+                .collect(),
+        };
+        for ((shard, _), answer) in held.into_iter().zip(answers) {
             let Some(m) = state.mine.get_mut(&shard) else {
                 continue;
             };

@@ -54,7 +54,7 @@ pub struct LeaseRow {
     pub checkpoint: Option<ShardCheckpoint>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("lease table: {0}")]
 pub struct LeaseError(pub String);
 
@@ -93,6 +93,15 @@ pub trait LeaseTable: Send + Sync + 'static {
         shard: &ShardId,
         epoch: u64,
     ) -> impl Future<Output = Result<Option<Lease>, LeaseError>> + Send;
+
+    /// [`renew`](Self::renew) of every lease this worker holds, as one round of heartbeats:
+    /// one answer per `(shard, epoch)`, in order. As cheap as the store allows — one
+    /// transaction for SQLite (a thousand leases are a thousand writes to the file otherwise),
+    /// concurrent conditional updates for DynamoDB (which has no conditional batch write).
+    fn renew_all(
+        &self,
+        held: Vec<(ShardId, u64)>,
+    ) -> impl Future<Output = Vec<Result<Option<Lease>, LeaseError>>> + Send;
 
     /// Gives the lease up if still held at `epoch`: to `to` (a handoff: epoch + 1, that worker
     /// owns it now) or to nobody.

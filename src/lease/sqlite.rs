@@ -220,6 +220,36 @@ impl LeaseTable for SqliteLeases {
         .await
     }
 
+    async fn renew_all(&self, held: Vec<(ShardId, u64)>) -> Vec<Result<Option<Lease>, LeaseError>> {
+        let n = held.len();
+        let answers = self
+            .run(move |conn, stream, me| {
+                let tx = conn.transaction()?;
+                let now = checkpoint::now_ms();
+                let mut answers = Vec::with_capacity(held.len());
+                for (shard, epoch) in &held {
+                    let changed = tx.execute(
+                        "UPDATE leases SET counter = counter + 1, updated_at_ms = ?5
+                         WHERE stream = ?1 AND shard_id = ?2 AND owner = ?3 AND epoch = ?4",
+                        params![stream, &**shard, me, *epoch as i64, now],
+                    )?;
+                    answers.push(if changed == 0 {
+                        None
+                    } else {
+                        one(&tx, stream, shard)?
+                    });
+                }
+                tx.commit()?;
+                Ok(answers)
+            })
+            .await;
+        match answers {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            // the transaction failed as a whole: no lease was renewed
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     async fn release(
         &self,
         shard: &ShardId,
@@ -403,6 +433,38 @@ mod tests {
             finished: false,
             start_at: None,
         }
+    }
+
+    #[tokio::test]
+    async fn one_round_of_heartbeats_renews_each_lease_still_held_at_its_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(&dir.path().join("r.db"), JournalMode::Wal).unwrap();
+        let worker = SqliteLeases::new(store, "s", "a");
+        let shards: Vec<ShardId> = (1..=3).map(|i| format!("shard-{i}").into()).collect();
+        worker.create_missing(&shards).await.unwrap();
+        let mut held = Vec::new();
+        for seen in worker.leases().await.unwrap() {
+            held.push(worker.take(&seen).await.unwrap().expect("taken"));
+        }
+        let before: Vec<u64> = held.iter().map(|l| l.counter).collect();
+        // the second at an epoch this worker no longer holds it at
+        let round: Vec<(ShardId, u64)> = held
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.shard.clone(), if i == 1 { l.epoch + 1 } else { l.epoch }))
+            .collect();
+        let answers = worker.renew_all(round).await;
+        assert_eq!(answers.len(), 3);
+        let renewed: Vec<Option<u64>> = answers
+            .into_iter()
+            .map(|a| a.unwrap().map(|l| l.counter))
+            .collect();
+        assert_eq!(
+            renewed,
+            vec![Some(before[0] + 1), None, Some(before[2] + 1)],
+            "in order; the lost one is None"
+        );
+        assert!(worker.renew_all(Vec::new()).await.is_empty());
     }
 
     #[tokio::test]
