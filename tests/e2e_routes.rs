@@ -673,22 +673,6 @@ fn verify(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
-/// Writes straight into the indices, as someone behind sluice's back would.
-async fn tamper(es: &Es, lines: Vec<Value>) {
-    let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{}/_bulk?refresh=true", es.url()))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["errors"], json!(false), "{answer}");
-}
-
 /// `verify` through the routes: each item is compared with its shaped document where its route
 /// puts it (a tenant's index, with its routing), items no route takes are not missing, and
 /// `--extra` finds documents no item has — a ghost, a stale copy in another tenant's index —
@@ -779,23 +763,20 @@ async fn verify_compares_each_item_with_its_routed_document_and_repair_puts_it_r
     let acme = es.documents("posts-acme").await;
     let mut altered = es.documents("comments").await["POST#2|COMMENT#1"].clone();
     altered["text"] = json!("changed behind sluice's back");
-    tamper(
-        &es,
-        vec![
-            json!({"delete": {"_index": "posts-acme", "_id": "POST#2"}}),
-            json!({"index": {"_index": "comments", "_id": "POST#2|COMMENT#1", "routing": "POST#2"}}),
-            altered,
-            json!({"index": {"_index": "posts-beta", "_id": "POST#999"}}),
-            json!({"PK": "POST#999", "SK": "POST#999", "title": "no such item"}),
-            json!({"index": {"_index": "comments", "_id": "POST#1|COMMENT#9", "routing": "POST#1"}}),
-            json!({"PK": "POST#1", "SK": "COMMENT#9", "text": "no such item"}),
-            json!({"index": {"_index": "posts-beta", "_id": "POST#1"}}),
-            acme["POST#1"].clone(),
-            // someone else's index that the template's wildcard (`posts-*`) also matches
-            json!({"index": {"_index": "posts-archive", "_id": "POST#1"}}),
-            acme["POST#1"].clone(),
-        ],
-    )
+    es.tamper(vec![
+        json!({"delete": {"_index": "posts-acme", "_id": "POST#2"}}),
+        json!({"index": {"_index": "comments", "_id": "POST#2|COMMENT#1", "routing": "POST#2"}}),
+        altered,
+        json!({"index": {"_index": "posts-beta", "_id": "POST#999"}}),
+        json!({"PK": "POST#999", "SK": "POST#999", "title": "no such item"}),
+        json!({"index": {"_index": "comments", "_id": "POST#1|COMMENT#9", "routing": "POST#1"}}),
+        json!({"PK": "POST#1", "SK": "COMMENT#9", "text": "no such item"}),
+        json!({"index": {"_index": "posts-beta", "_id": "POST#1"}}),
+        acme["POST#1"].clone(),
+        // someone else's index that the template's wildcard (`posts-*`) also matches
+        json!({"index": {"_index": "posts-archive", "_id": "POST#1"}}),
+        acme["POST#1"].clone(),
+    ])
     .await;
     let (code, out) = verify(&config, &["--extra", "--json"]);
     assert_eq!(code, Some(1), "{out}");

@@ -26,22 +26,6 @@ fn verify(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, Stri
     )
 }
 
-/// Writes straight into the index, as someone behind sluice's back would (no external version).
-async fn tamper(es: &Es, lines: Vec<Value>) {
-    let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{}/_bulk?refresh=true", es.url()))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["errors"], json!(false), "{answer}");
-}
-
 fn report(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
@@ -84,7 +68,7 @@ async fn verify_counts_each_kind_of_drift_and_repair_fixes_it_while_the_stream_r
         lines.push(json!({"index": {"_index": bed.index, "_id": ghost}}));
         lines.push(json!({"id": ghost, "title": "no such item"}));
     }
-    tamper(&bed.es, lines).await;
+    bed.es.tamper(lines).await;
 
     let (code, out, err) = verify(&sluice.config, &["--extra", "--json"]);
     assert_eq!(code, Some(1), "{out}{err}");

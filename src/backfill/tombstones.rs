@@ -90,9 +90,13 @@ pub async fn watch(config: &Config, store: &CheckpointStore, backfill: &str) -> 
     if config.backfill.keep_deletes_for.is_zero() {
         return std::future::pending().await;
     }
+    let es = match EsClient::new(&config.sink, &config.source.region).await {
+        Ok(es) => es,
+        Err(e) => return e,
+    };
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        if let Err(e) = sweep(config, store, backfill).await {
+        if let Err(e) = sweep_with(&es, config, store, backfill).await {
             return e;
         }
     }
@@ -103,13 +107,22 @@ pub async fn watch(config: &Config, store: &CheckpointStore, backfill: &str) -> 
 /// within 15 s, its tombstone is kept), a fixed name's index recreated or an alias moved to
 /// another index. Indices this backfill keeps raised already are left as they are.
 pub async fn sweep(config: &Config, store: &CheckpointStore, backfill: &str) -> anyhow::Result<()> {
+    let es = EsClient::new(&config.sink, &config.source.region).await?;
+    sweep_with(&es, config, store, backfill).await
+}
+
+async fn sweep_with(
+    es: &EsClient,
+    config: &Config,
+    store: &CheckpointStore,
+    backfill: &str,
+) -> anyhow::Result<()> {
     let keep_for = config.backfill.keep_deletes_for;
     if keep_for.is_zero() {
         return Ok(());
     }
-    let es = EsClient::new(&config.sink, &config.source.region).await?;
     for (_, template) in super::targets(config)? {
-        raise(&es, store, keep_for, backfill, &template).await?;
+        raise(es, store, keep_for, backfill, &template).await?;
     }
     Ok(())
 }

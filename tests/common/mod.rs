@@ -221,6 +221,24 @@ pub struct Es {
 }
 
 impl Es {
+    /// Writes `_bulk` lines straight into the indices, as someone behind sluice's back would
+    /// (no external version), and refreshes.
+    pub async fn tamper(&self, lines: Vec<Value>) {
+        let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+        let answer: Value = self
+            .http
+            .post(format!("{}/_bulk?refresh=true", self.url()))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["errors"], serde_json::json!(false), "{answer}");
+    }
+
     pub async fn start() -> Es {
         let real = std::env::var("SLUICE_TEST_ES_URL")
             .ok()

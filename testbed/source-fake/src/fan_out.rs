@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::kinesis::{parse_sequence, sequence_text};
+use crate::kinesis::{child_shards, parse_sequence, sequence_text};
 use crate::shards::{self, now_ms};
 use crate::{reply, string, AwsError, Shared, StreamKind, World};
 
@@ -350,14 +350,9 @@ pub(crate) fn subscribe(shared: &Arc<Shared>, request: &Value) -> Result<Respons
                                 .as_bytes(),
                         );
                         if ended {
-                            let s = &world.streams[&stream];
-                            let children: Vec<Value> = s.shards.iter().filter(|c| c.parents.contains(&shard.id)).map(|c| json!({
-                                "ShardId": c.id,
-                                "ParentShards": c.parents,
-                                "HashKeyRange": {"StartingHashKey": c.hash_range.0.to_string(), "EndingHashKey": c.hash_range.1.to_string()},
-                            })).collect();
+                            let children = child_shards(&world.streams[&stream], &shard.id);
                             body.extend_from_slice(
-                                format!(",\"ChildShards\":{}", Value::Array(children)).as_bytes(),
+                                format!(",\"ChildShards\":{children}").as_bytes(),
                             );
                         } else {
                             body.extend_from_slice(

@@ -429,13 +429,8 @@ fn get_records(world: &mut World, it: &Iterator, request: &Value) -> Result<Vec<
             );
         }
         None => {
-            let children: Vec<Value> = s.shards.iter().filter(|c| c.parents.contains(&shard.id)).map(|c| json!({
-                "ShardId": c.id,
-                "ParentShards": c.parents,
-                "HashKeyRange": {"StartingHashKey": c.hash_range.0.to_string(), "EndingHashKey": c.hash_range.1.to_string()},
-            })).collect();
             body.extend_from_slice(
-                format!(",\"ChildShards\":{}", Value::Array(children)).as_bytes(),
+                format!(",\"ChildShards\":{}", child_shards(s, &shard.id)).as_bytes(),
             );
         }
     }
@@ -449,6 +444,22 @@ fn get_records(world: &mut World, it: &Iterator, request: &Value) -> Result<Vec<
         }
     }
     Ok(body)
+}
+
+/// The `ChildShards` of a closed shard read to its end (GetRecords, fan-out events).
+pub(crate) fn child_shards(stream: &Stream, parent: &str) -> Value {
+    Value::Array(
+        stream
+            .shards
+            .iter()
+            .filter(|c| c.parents.iter().any(|p| p == parent))
+            .map(|c| json!({
+                "ShardId": c.id,
+                "ParentShards": c.parents,
+                "HashKeyRange": {"StartingHashKey": c.hash_range.0.to_string(), "EndingHashKey": c.hash_range.1.to_string()},
+            }))
+            .collect(),
+    )
 }
 
 fn hash_key(partition_key: &str, explicit: Option<&str>) -> Result<u128, AwsError> {
