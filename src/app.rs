@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::sink::BulkSink;
 use crate::source::coordinator::Coordinator;
-use crate::source::dynamodb_streams::{DynamoDbStreams, SetupError, StreamMeta};
+use crate::source::dynamodb_streams::{DynamoDbStreams, SetupError, StreamMeta, StreamRecord};
 use crate::source::fan_out::FanOut;
 use crate::source::kinesis::Kinesis;
 use crate::source::reader::{Decoder, ReaderContext};
@@ -103,8 +103,12 @@ async fn run_dynamodb_streams(
         );
     }
     tracing::info!(stream = %meta.arn, view_type = %meta.view_type, key = ?meta.key_attributes, routes = ?routes.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "following DynamoDB stream");
-    let decode: Decoder<aws_sdk_dynamodbstreams::types::Record> =
-        Arc::new(move |r| routes.apply(transform::dynamodb_row(r, table.as_deref())?));
+    let decode: Decoder<StreamRecord> = Arc::new(move |r| {
+        routes.apply(transform::dynamodb_row(
+            r.json().as_bytes(),
+            table.as_deref(),
+        )?)
+    });
     run_pipeline(config, services, api, meta.arn, decode, shutdown).await
 }
 

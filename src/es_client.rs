@@ -7,18 +7,13 @@
 //! from the standard chain, which refreshes temporary credentials before they expire).
 
 use std::io::Write as _;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_credential_types::provider::ProvideCredentials;
-use aws_credential_types::provider::SharedCredentialsProvider;
-use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
-};
-use aws_sigv4::sign::v4;
 use base64::Engine;
 use bytes::Bytes;
 
 use crate::config::{Compression, SinkAuth, SinkConfig};
+use crate::sigv4::{error_chain, Signer};
 
 /// One answer of the cluster.
 #[derive(Debug)]
@@ -43,18 +38,8 @@ enum Auth {
     None,
     /// A ready `Authorization` header value (basic or API key).
     Header(String),
-    SigV4 {
-        credentials: SharedCredentialsProvider,
-        /// The chain itself does not cache: credentials are kept until shortly before they
-        /// expire, so the ECS endpoint (or STS) is not asked at every request.
-        cached: tokio::sync::Mutex<Option<aws_credential_types::Credentials>>,
-        region: String,
-        service: String,
-    },
+    SigV4(Signer),
 }
-
-/// Temporary credentials are renewed this long before they expire (as the AWS SDK does).
-const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
 
 pub struct EsClient {
     http: reqwest::Client,
@@ -125,12 +110,8 @@ impl EsClient {
                         "sink.auth = \"aws_sigv4\": no AWS credential provider could be set up"
                     )
                 })?;
-                Auth::SigV4 {
-                    credentials,
-                    cached: tokio::sync::Mutex::default(),
-                    region,
-                    service: cfg.aws_service.clone(),
-                }
+                // OpenSearch Serverless requires the payload hash header; it is harmless for es
+                Auth::SigV4(Signer::new(credentials, &region, &cfg.aws_service, true))
             }
         };
         Ok(Self {
@@ -191,49 +172,14 @@ impl EsClient {
         match &self.auth {
             Auth::None => {}
             Auth::Header(value) => headers.push(("authorization", value.clone())),
-            Auth::SigV4 {
-                credentials,
-                cached,
-                region,
-                service,
-            } => {
-                let creds = current_credentials(credentials, cached).await?;
-                // exactly the Host the request carries (lower-case, no default port), sent
-                // explicitly so that what is signed is what goes out
-                let host = match (url.host_str(), url.port()) {
-                    (Some(h), Some(p)) => format!("{h}:{p}"),
-                    (Some(h), None) => h.to_string(),
-                    (None, _) => return Err(SendError::Signing("sink.url has no host".into())),
-                };
-                headers.push(("host", host.clone()));
-                let mut to_sign: Vec<(&str, &str)> = Vec::new();
-                to_sign.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
-                let identity = creds.into();
-                let mut settings = SigningSettings::default();
-                // OpenSearch Serverless requires the payload hash header; it is harmless for es
-                settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-                let params = v4::SigningParams::builder()
-                    .identity(&identity)
-                    .region(region)
-                    .name(service)
-                    .time(SystemTime::now())
-                    .settings(settings)
-                    .build()
-                    .map_err(|e| SendError::Signing(e.to_string()))?
-                    .into();
-                let request = SignableRequest::new(
-                    method,
-                    url.as_str(),
-                    to_sign.into_iter(),
-                    SignableBody::Bytes(&body),
-                )
-                .map_err(|e| SendError::Signing(e.to_string()))?;
-                let (instructions, _) = sign(request, &params)
-                    .map_err(|e| SendError::Signing(e.to_string()))?
-                    .into_parts();
-                for (k, v) in instructions.headers() {
-                    headers.push((static_name(k), v.to_string()));
-                }
+            Auth::SigV4(signer) => {
+                let host = crate::sigv4::host_header(&url)
+                    .ok_or_else(|| SendError::Signing("sink.url has no host".into()))?;
+                headers.push(("host", host));
+                signer
+                    .sign(method, url.as_str(), &mut headers, &body)
+                    .await
+                    .map_err(SendError::Signing)?;
             }
         }
         let mut req = self
@@ -257,61 +203,12 @@ impl EsClient {
     }
 }
 
-/// The cached credentials, or fresh ones when none are cached or they expire soon.
-async fn current_credentials(
-    provider: &SharedCredentialsProvider,
-    cached: &tokio::sync::Mutex<Option<aws_credential_types::Credentials>>,
-) -> Result<aws_credential_types::Credentials, SendError> {
-    let mut slot = cached.lock().await;
-    let fresh_enough = |c: &aws_credential_types::Credentials| {
-        c.expiry().is_none_or(|at| {
-            at.duration_since(SystemTime::now())
-                .is_ok_and(|left| left > REFRESH_BEFORE_EXPIRY)
-        })
-    };
-    if let Some(c) = slot.as_ref().filter(|c| fresh_enough(c)) {
-        return Ok(c.clone());
-    }
-    let creds = provider
-        .provide_credentials()
-        .await
-        .map_err(|e| SendError::Signing(e.to_string()))?;
-    *slot = Some(creds.clone());
-    Ok(creds)
-}
-
 fn classify(e: reqwest::Error) -> SendError {
     let text = error_chain(&e);
     if e.is_timeout() {
         SendError::Timeout(text)
     } else {
         SendError::Connection(text)
-    }
-}
-
-/// An error and its causes, in plain words ("error sending request: … : invalid peer certificate").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
-}
-
-/// The signer names the headers it adds; reqwest wants `'static` names for them.
-fn static_name(name: &str) -> &'static str {
-    match name {
-        "authorization" => "authorization",
-        "x-amz-date" => "x-amz-date",
-        "x-amz-security-token" => "x-amz-security-token",
-        "x-amz-content-sha256" => "x-amz-content-sha256",
-        other => Box::leak(other.to_string().into_boxed_str()),
     }
 }
 

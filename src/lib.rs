@@ -17,6 +17,7 @@ pub mod index_setup;
 pub mod lease;
 pub mod metrics;
 pub mod retry;
+pub mod sigv4;
 pub mod sink;
 pub mod source;
 pub mod transform;

@@ -2,6 +2,7 @@
 //! DynamoDB records (from DynamoDB Streams, or carried in Kinesis) here; DMS records in [`dms`].
 
 pub mod dms;
+mod dynamodb_json;
 pub mod expr;
 pub mod route;
 
@@ -9,7 +10,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record};
+use aws_sdk_dynamodbstreams::types::AttributeValue;
 use base64::Engine;
 use serde_json::{Map, Number, Value};
 
@@ -220,48 +221,32 @@ impl DocIdSpec {
     }
 }
 
-/// A DynamoDB Streams record → the row change it carries. `table` is the stream's table.
-pub fn dynamodb_row(record: &Record, table: Option<&str>) -> Result<RowChange, DecodeError> {
+/// A DynamoDB Streams record, as GetRecords returned it (DynamoDB JSON) → the row change.
+pub fn dynamodb_row(record: &[u8], table: Option<&str>) -> Result<RowChange, DecodeError> {
+    let record = dynamodb_json::change_record(record)?;
     let stream = record
-        .dynamodb
-        .as_ref()
+        .section
         .ok_or_else(|| DecodeError("record has no `dynamodb` section".into()))?;
     let keys = stream
         .keys
-        .as_ref()
         .ok_or_else(|| DecodeError("record has no Keys".into()))?;
-    for (name, v) in keys {
-        if !matches!(
-            v,
-            AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)
-        ) {
-            return Err(DecodeError(format!(
-                "key attribute `{name}` has type {}, not S, N or B",
-                type_name(v)
-            )));
-        }
-    }
-    let keys = object(item_to_json(keys)?);
-    let old = match &stream.old_image {
-        Some(image) => Some(Image {
-            attributes: object(item_to_json(image)?),
-            whole: true,
-        }),
-        None => None,
-    };
-    let (new, old) = match record.event_name.as_ref() {
-        Some(OperationType::Insert) | Some(OperationType::Modify) => {
-            let image = stream.new_image.as_ref().ok_or_else(|| {
+    let old = stream.old_image.map(|attributes| Image {
+        attributes,
+        whole: true,
+    });
+    let (new, old) = match record.event_name.as_deref() {
+        Some(event @ ("INSERT" | "MODIFY")) => {
+            let image = stream.new_image.ok_or_else(|| {
                 DecodeError("INSERT/MODIFY record has no NewImage (the stream view type must be NEW_IMAGE or NEW_AND_OLD_IMAGES)".into())
             })?;
             // A MODIFY without OldImage: DynamoDB keys never change, and routes that place by
             // other attributes need old images (checked against the view type at start), so
             // the old place is the new one.
-            let old = old.filter(|_| record.event_name == Some(OperationType::Modify));
-            (Some(object(item_to_json(image)?)), old)
+            let old = old.filter(|_| event == "MODIFY");
+            (Some(image), old)
         }
-        Some(OperationType::Remove) => (None, Some(old.unwrap_or_else(|| keys_only(&keys)))),
-        other => return Err(DecodeError(format!("unknown eventName {other:?}"))),
+        Some("REMOVE") => (None, Some(old.unwrap_or_else(|| keys_only(&keys)))),
+        other => return Err(unknown_event(other)),
     };
     Ok(RowChange {
         table: table.map(str::to_owned),
@@ -272,6 +257,15 @@ pub fn dynamodb_row(record: &Record, table: Option<&str>) -> Result<RowChange, D
     })
 }
 
+fn unknown_event(event: Option<&str>) -> DecodeError {
+    match event {
+        Some(e) => DecodeError(format!(
+            "unknown eventName `{e}` (INSERT, MODIFY or REMOVE)"
+        )),
+        None => DecodeError("record has no eventName".into()),
+    }
+}
+
 fn keys_only(keys: &Map<String, Value>) -> Image {
     Image {
         attributes: keys.clone(),
@@ -279,53 +273,25 @@ fn keys_only(keys: &Map<String, Value>) -> Image {
     }
 }
 
-fn object(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
 /// A DynamoDB change record carried in Kinesis ("Kinesis Data Streams for DynamoDB") → the row
 /// change, versioned by its own creation time in µs: such records may arrive out of order or
 /// twice, and the version lets Elasticsearch keep the newest.
 pub fn dynamodb_kinesis_row(payload: &[u8]) -> Result<RowChange, DecodeError> {
-    let record: Value =
-        serde_json::from_slice(payload).map_err(|e| DecodeError(format!("not JSON: {e}")))?;
+    let record = dynamodb_json::change_record(payload)?;
     let ddb = record
-        .get("dynamodb")
-        .and_then(Value::as_object)
+        .section
         .ok_or_else(|| DecodeError("record has no `dynamodb` object".into()))?;
     let keys = ddb
-        .get("Keys")
-        .and_then(Value::as_object)
+        .keys
         .ok_or_else(|| DecodeError("record has no dynamodb.Keys".into()))?;
-    for (name, v) in keys {
-        let typed = v
-            .as_object()
-            .filter(|o| o.len() == 1)
-            .and_then(|o| o.keys().next());
-        if !matches!(typed.map(String::as_str), Some("S" | "N" | "B")) {
-            return Err(DecodeError(format!(
-                "key attribute `{name}` is not an S, N or B AttributeValue: {}",
-                short(v)
-            )));
-        }
-    }
-    let keys = object(
-        attribute_json_to_json(&serde_json::json!({ "M": keys }))
-            .map_err(|e| DecodeError(format!("dynamodb.Keys: {}", e.0)))?,
-    );
     let created = ddb
-        .get("ApproximateCreationDateTime")
+        .created
+        .as_ref()
         .and_then(Value::as_u64)
         .ok_or_else(|| {
             DecodeError("dynamodb.ApproximateCreationDateTime is missing or not an integer".into())
         })?;
-    let micros = match ddb
-        .get("ApproximateCreationDateTimePrecision")
-        .and_then(Value::as_str)
-    {
+    let micros = match ddb.created_precision.as_ref().and_then(Value::as_str) {
         Some("MICROSECOND") => Some(created),
         None | Some("MILLISECOND") => created.checked_mul(1000),
         Some(other) => {
@@ -342,22 +308,13 @@ pub fn dynamodb_kinesis_row(payload: &[u8]) -> Result<RowChange, DecodeError> {
             crate::version::MAX_EXTERNAL_VERSION
         ))
     })?;
-    let image = |name: &str| -> Result<Option<Map<String, Value>>, DecodeError> {
-        match ddb.get(name) {
-            Some(m) => Ok(Some(object(
-                attribute_json_to_json(&serde_json::json!({ "M": m }))
-                    .map_err(|e| DecodeError(format!("{name}: {}", e.0)))?,
-            ))),
-            None => Ok(None),
-        }
-    };
-    let old = image("OldImage")?.map(|attributes| Image {
+    let old = ddb.old_image.map(|attributes| Image {
         attributes,
         whole: true,
     });
-    let (new, old) = match record.get("eventName").and_then(Value::as_str) {
+    let (new, old) = match record.event_name.as_deref() {
         Some(event @ ("INSERT" | "MODIFY")) => {
-            let new = image("NewImage")?.ok_or_else(|| {
+            let new = ddb.new_image.ok_or_else(|| {
                 DecodeError("INSERT/MODIFY record has no NewImage (the table's stream view type must include the new image)".into())
             })?;
             let old = match event {
@@ -367,13 +324,10 @@ pub fn dynamodb_kinesis_row(payload: &[u8]) -> Result<RowChange, DecodeError> {
             (Some(new), old)
         }
         Some("REMOVE") => (None, Some(old.unwrap_or_else(|| keys_only(&keys)))),
-        other => return Err(DecodeError(format!("unknown eventName {other:?}"))),
+        other => return Err(unknown_event(other)),
     };
     Ok(RowChange {
-        table: record
-            .get("tableName")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        table: record.table_name,
         new,
         old,
         keys: Some(keys),
@@ -544,7 +498,6 @@ impl DecodeError {
 mod tests {
     use super::*;
     use aws_sdk_dynamodbstreams::primitives::Blob;
-    use aws_sdk_dynamodbstreams::types::StreamRecord;
     use route::Routes;
     use serde_json::json;
 
@@ -553,8 +506,8 @@ mod tests {
         let key = (!ids.attributes.is_empty()).then(|| ids.attributes.clone());
         Routes::single("posts", key, &ids.separator)
     }
-    fn dynamodb_change(r: &Record, ids: &DocIdSpec) -> Result<Decoded, DecodeError> {
-        single(ids).apply(dynamodb_row(r, Some("posts"))?)
+    fn dynamodb_change(r: &Value, ids: &DocIdSpec) -> Result<Decoded, DecodeError> {
+        single(ids).apply(dynamodb_row(r.to_string().as_bytes(), Some("posts"))?)
     }
     fn dynamodb_kinesis_change(p: &[u8], ids: &DocIdSpec) -> Result<Decoded, DecodeError> {
         single(ids).apply(dynamodb_kinesis_row(p)?)
@@ -663,26 +616,13 @@ mod tests {
             .contains("`Q`"));
     }
 
-    fn record(
-        event: OperationType,
-        keys: &[(&str, AttributeValue)],
-        new_image: Option<&[(&str, AttributeValue)]>,
-    ) -> Record {
-        let map = |kv: &[(&str, AttributeValue)]| {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect::<HashMap<_, _>>()
-        };
-        Record::builder()
-            .event_name(event)
-            .dynamodb(
-                StreamRecord::builder()
-                    .set_keys(Some(map(keys)))
-                    .set_new_image(new_image.map(map))
-                    .sequence_number("400000000000000499660")
-                    .build(),
-            )
-            .build()
+    /// A GetRecords record, as the service sends it.
+    fn record(event: &str, keys: Value, new_image: Option<Value>) -> Value {
+        let mut section = json!({"Keys": keys, "SequenceNumber": "400000000000000499660"});
+        if let Some(image) = new_image {
+            section["NewImage"] = image;
+        }
+        json!({"eventName": event, "dynamodb": section})
     }
 
     #[test]
@@ -691,25 +631,31 @@ mod tests {
             attributes: vec!["id".into()],
             separator: "|".into(),
         };
+        let key = json!({"id": {"S": "p1"}});
         let insert = record(
-            OperationType::Insert,
-            &[("id", s("p1"))],
-            Some(&[("id", s("p1")), ("title", s("Hi"))]),
+            "INSERT",
+            key.clone(),
+            Some(json!({"id": {"S": "p1"}, "title": {"S": "Hi"}})),
         );
         assert_eq!(
             dynamodb_change(&insert, &ids).unwrap(),
             at_posts("p1", DocAction::Index(json!({"id": "p1", "title": "Hi"})))
         );
-        let remove = record(OperationType::Remove, &[("id", s("p1"))], None);
+        let remove = record("REMOVE", key.clone(), None);
         assert_eq!(
             dynamodb_change(&remove, &ids).unwrap(),
             at_posts("p1", DocAction::Delete)
         );
-        let keys_only = record(OperationType::Modify, &[("id", s("p1"))], None);
+        let keys_only = record("MODIFY", key.clone(), None);
         assert!(dynamodb_change(&keys_only, &ids)
             .unwrap_err()
             .0
             .contains("NEW_IMAGE"));
+        let unknown = record("UPSERT", key, None);
+        assert_eq!(
+            dynamodb_change(&unknown, &ids).unwrap_err().0,
+            "unknown eventName `UPSERT` (INSERT, MODIFY or REMOVE)"
+        );
     }
 
     #[test]

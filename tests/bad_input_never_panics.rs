@@ -2,10 +2,7 @@
 //! decoder and the `_bulk` answer parser. A decoder either produces operations or refuses the
 //! record with a reason (which the reader stores in the dead-letter table with the record).
 
-use std::collections::HashMap;
-
-use aws_sdk_dynamodbstreams::primitives::Blob;
-use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record, StreamRecord};
+use base64::Engine;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use sluice::config::Config;
@@ -46,7 +43,7 @@ fn single(key: &[&str]) -> Routes {
     Routes::single("posts", Some(key), "|")
 }
 
-fn dynamodb_change(r: &Record, routes: &Routes) -> Result<Decoded, DecodeError> {
+fn dynamodb_change(r: &[u8], routes: &Routes) -> Result<Decoded, DecodeError> {
     routes.apply(dynamodb_row(r, Some("t"))?)
 }
 
@@ -140,57 +137,68 @@ fn ddb_kinesis_like() -> impl Strategy<Value = Value> {
         })
 }
 
-/// Any DynamoDB AttributeValue, nested.
-fn any_attribute() -> impl Strategy<Value = AttributeValue> {
+/// Any DynamoDB AttributeValue in its wire form, nested — and now and then any JSON at all
+/// where an AttributeValue belongs.
+fn any_attribute() -> impl Strategy<Value = Value> {
+    let base64 = |b: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(b);
     let leaf = prop_oneof![
-        "\\PC{0,12}".prop_map(AttributeValue::S),
-        "[-+]?[0-9.eE]{0,20}".prop_map(AttributeValue::N),
-        prop::collection::vec(any::<u8>(), 0..8).prop_map(|b| AttributeValue::B(Blob::new(b))),
-        any::<bool>().prop_map(AttributeValue::Bool),
-        any::<bool>().prop_map(AttributeValue::Null),
-        prop::collection::vec("\\PC{0,5}", 0..3).prop_map(AttributeValue::Ss),
-        prop::collection::vec("[0-9x.]{0,5}", 0..3).prop_map(AttributeValue::Ns),
+        "\\PC{0,12}".prop_map(|s| json!({ "S": s })),
+        "[-+]?[0-9.eE]{0,20}".prop_map(|n| json!({ "N": n })),
+        prop::collection::vec(any::<u8>(), 0..8).prop_map(move |b| json!({ "B": base64(b) })),
+        any::<bool>().prop_map(|b| json!({ "BOOL": b })),
+        any::<bool>().prop_map(|b| json!({ "NULL": b })),
+        prop::collection::vec("\\PC{0,5}", 0..3).prop_map(|ss| json!({ "SS": ss })),
+        prop::collection::vec("[0-9x.]{0,5}", 0..3).prop_map(|ns| json!({ "NS": ns })),
+        any_json(),
+        (
+            any_json(),
+            prop::sample::select(vec![
+                "S", "N", "B", "BOOL", "NULL", "M", "L", "SS", "NS", "BS", "Q"
+            ])
+        )
+            .prop_map(|(v, tag)| json!({ tag: v })),
     ];
     leaf.prop_recursive(3, 32, 4, |inner| {
         prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(AttributeValue::L),
-            prop::collection::hash_map("[a-z]{0,6}", inner, 0..4).prop_map(AttributeValue::M),
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|l| json!({ "L": l })),
+            prop::collection::btree_map("[a-z]{0,6}", inner, 0..4).prop_map(|m| json!({ "M": m })),
         ]
     })
 }
 
-fn any_stream_record() -> impl Strategy<Value = Record> {
+/// A GetRecords record: every part present or not, right or wrong.
+fn any_stream_record() -> impl Strategy<Value = Vec<u8>> {
     (
-        prop::option::of(prop::collection::hash_map(
+        prop::option::of(prop::collection::btree_map(
             "(id|[a-z]{0,3})",
             any_attribute(),
             0..3,
         )),
-        prop::option::of(prop::collection::hash_map(
+        prop::option::of(prop::collection::btree_map(
             "[a-z]{0,6}",
             any_attribute(),
             0..5,
         )),
         prop::option::of(prop::sample::select(vec![
-            OperationType::Insert,
-            OperationType::Modify,
-            OperationType::Remove,
-            OperationType::from("UNKNOWN"),
+            "INSERT", "MODIFY", "REMOVE", "UNKNOWN",
         ])),
         any::<bool>(),
     )
         .prop_map(|(keys, image, event, has_section)| {
-            let mut b = Record::builder().set_event_name(event);
-            if has_section {
-                b = b.dynamodb(
-                    StreamRecord::builder()
-                        .set_keys(keys)
-                        .set_new_image(image)
-                        .sequence_number("1")
-                        .build(),
-                );
+            let mut r = json!({});
+            if let Some(e) = event {
+                r["eventName"] = json!(e);
             }
-            b.build()
+            if has_section {
+                r["dynamodb"] = json!({"SequenceNumber": "1"});
+                if let Some(k) = keys {
+                    r["dynamodb"]["Keys"] = json!(k);
+                }
+                if let Some(i) = image {
+                    r["dynamodb"]["NewImage"] = json!(i);
+                }
+            }
+            r.to_string().into_bytes()
         })
 }
 
@@ -209,6 +217,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_any_decoder(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         refused_with_a_reason(dynamodb_kinesis_change(&bytes, &ids()))?;
+        refused_with_a_reason(dynamodb_change(&bytes, &ids()))?;
         refused_with_a_reason(routes().decode(&bytes))?;
         let _ = parse_bulk_response(&String::from_utf8_lossy(&bytes));
     }
@@ -217,6 +226,7 @@ proptest! {
     fn arbitrary_json_never_panics_any_decoder(v in any_json()) {
         let bytes = v.to_string().into_bytes();
         refused_with_a_reason(dynamodb_kinesis_change(&bytes, &ids()))?;
+        refused_with_a_reason(dynamodb_change(&bytes, &ids()))?;
         refused_with_a_reason(routes().decode(&bytes))?;
         let _ = parse_bulk_response(&v.to_string());
     }
@@ -263,17 +273,7 @@ proptest! {
 
 #[test]
 fn key_attributes_of_the_wrong_kind_are_refused_with_their_name() {
-    let keys: HashMap<String, AttributeValue> =
-        [("id".to_string(), AttributeValue::Bool(true))].into();
-    let r = Record::builder()
-        .event_name(OperationType::Remove)
-        .dynamodb(
-            StreamRecord::builder()
-                .set_keys(Some(keys))
-                .sequence_number("1")
-                .build(),
-        )
-        .build();
-    let e = dynamodb_change(&r, &ids()).unwrap_err();
+    let r = json!({"eventName": "REMOVE", "dynamodb": {"Keys": {"id": {"BOOL": true}}, "SequenceNumber": "1"}});
+    let e = dynamodb_change(r.to_string().as_bytes(), &ids()).unwrap_err();
     assert!(e.0.contains("`id`"), "{e}");
 }

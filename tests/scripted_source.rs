@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record, StreamRecord};
 use aws_smithy_types::DateTime;
 use es_fake::{FakeEs, Faults};
 use serde_json::{json, Value};
@@ -17,6 +16,7 @@ use sluice::checkpoint::{read_checkpoints, CheckpointStore, ShardCheckpoint};
 use sluice::config::Config;
 use sluice::http::Health;
 use sluice::metrics::Metrics;
+use sluice::source::dynamodb_streams::StreamRecord;
 use sluice::source::reader::Decoder;
 use sluice::source::{ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt};
 use sluice::transform::route::Routes;
@@ -25,7 +25,7 @@ use sluice::transform::{dynamodb_kinesis_row, dynamodb_row, Decoded, Skip};
 const STREAM: &str = "arn:aws:dynamodb:us-east-1:000000000000:table/Posts/stream/scripted";
 
 /// One scripted shard: its records and whether it is closed.
-struct ScriptedShard<R = Record> {
+struct ScriptedShard<R = StreamRecord> {
     info: ShardInfo,
     records: Vec<R>,
 }
@@ -46,7 +46,7 @@ enum Call {
 /// A shard API that plays a script: records per shard, and errors to return on given
 /// GetRecords calls (counted per shard, 1-based). A shard that is not in the script answers
 /// ResourceNotFound, as a shard that aged out of the stream does.
-struct ScriptedStreams<R = Record> {
+struct ScriptedStreams<R = StreamRecord> {
     shards: Vec<ScriptedShard<R>>,
     /// Listed, but GetShardIterator answers ResourceNotFound (gone between list and read).
     gone: std::collections::HashSet<String>,
@@ -238,26 +238,18 @@ impl<R: SourceRecord + Clone> ShardApi for ScriptedStreams<R> {
 }
 
 /// An INSERT/MODIFY of item `id` with `n` as its content, at second `t`.
-fn put(seq: u64, id: &str, n: u64, t: i64) -> Record {
-    let key: HashMap<String, AttributeValue> =
-        [("id".to_string(), AttributeValue::S(id.into()))].into();
-    let mut image = key.clone();
-    image.insert("n".into(), AttributeValue::N(n.to_string()));
-    Record::builder()
-        .event_name(if n == 1 {
-            OperationType::Insert
-        } else {
-            OperationType::Modify
-        })
-        .dynamodb(
-            StreamRecord::builder()
-                .set_keys(Some(key))
-                .set_new_image(Some(image))
-                .sequence_number(format!("{seq:030}"))
-                .approximate_creation_date_time(DateTime::from_secs(t))
-                .build(),
-        )
-        .build()
+fn put(seq: u64, id: &str, n: u64, t: i64) -> StreamRecord {
+    let key = json!({"id": {"S": id}});
+    let record = json!({
+        "eventName": if n == 1 { "INSERT" } else { "MODIFY" },
+        "dynamodb": {
+            "Keys": key,
+            "NewImage": {"id": {"S": id}, "n": {"N": n.to_string()}},
+            "SequenceNumber": format!("{seq:030}"),
+            "ApproximateCreationDateTime": t,
+        }
+    });
+    StreamRecord::from_json(&record.to_string()).expect("a stream record")
 }
 
 fn shard<R>(id: &str, parents: &[&str], closed: bool, records: Vec<R>) -> ScriptedShard<R> {
@@ -319,7 +311,7 @@ fn start(api: Arc<ScriptedStreams>, config: Config) -> Run {
     start_with(
         api,
         config,
-        Arc::new(move |r| routes.apply(dynamodb_row(r, None)?)),
+        Arc::new(move |r| routes.apply(dynamodb_row(r.json().as_bytes(), None)?)),
     )
 }
 
@@ -412,10 +404,10 @@ async fn child_shards_wait_for_their_parents_acknowledgements() {
     });
     let dir = tempfile::tempdir().unwrap();
     let t = 1_700_000_000;
-    let p1: Vec<Record> = (1..=30).map(|i| put(i, "a", i, t)).collect();
-    let p2: Vec<Record> = (31..=40).map(|i| put(i, "b", i - 30, t)).collect();
+    let p1: Vec<StreamRecord> = (1..=30).map(|i| put(i, "a", i, t)).collect();
+    let p2: Vec<StreamRecord> = (31..=40).map(|i| put(i, "b", i - 30, t)).collect();
     // the merge child: "a" continues from 31, "b" from 11 — in the same second as the parents
-    let child: Vec<Record> = (41..=50)
+    let child: Vec<StreamRecord> = (41..=50)
         .map(|i| put(i, if i % 2 == 0 { "a" } else { "b" }, i - 10, t))
         .collect();
     let shards = vec![
@@ -474,7 +466,7 @@ async fn child_shards_wait_for_their_parents_acknowledgements() {
 async fn expired_iterator_renews_after_the_last_record_read() {
     let es = FakeEs::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let records: Vec<Record> = (1..=30)
+    let records: Vec<StreamRecord> = (1..=30)
         .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000 + i as i64))
         .collect();
     let api = Arc::new(
@@ -511,7 +503,7 @@ async fn expired_iterator_renews_after_the_last_record_read() {
 async fn trimmed_data_is_reported_and_reading_resumes() {
     let es = FakeEs::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let records: Vec<Record> = (1..=30)
+    let records: Vec<StreamRecord> = (1..=30)
         .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000))
         .collect();
     // records 11..=20 age out while the reader is away: its second call sees TrimmedData and
@@ -544,7 +536,7 @@ async fn trimmed_data_is_reported_and_reading_resumes() {
 async fn throttling_backs_off_and_recovers() {
     let es = FakeEs::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let records: Vec<Record> = (1..=5)
+    let records: Vec<StreamRecord> = (1..=5)
         .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000))
         .collect();
     let throttled = (1..=4)
@@ -644,7 +636,7 @@ async fn a_parent_that_aged_out_unfinished_is_recorded_as_lost_and_its_child_sta
         .await
         .unwrap();
     drop(store);
-    let child: Vec<Record> = (20..=24)
+    let child: Vec<StreamRecord> = (20..=24)
         .map(|i| put(i, &format!("c{i}"), 1, 1_700_000_100))
         .collect();
     let api = Arc::new(ScriptedStreams::new(
@@ -685,8 +677,8 @@ async fn a_parent_that_aged_out_unfinished_is_recorded_as_lost_and_its_child_sta
 async fn a_parent_whose_iterator_is_not_found_ends_and_its_children_start() {
     let es = FakeEs::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let parent: Vec<Record> = (1..=3).map(|i| put(i, "p", i, 1_700_000_000)).collect();
-    let child: Vec<Record> = (10..=12)
+    let parent: Vec<StreamRecord> = (1..=3).map(|i| put(i, "p", i, 1_700_000_000)).collect();
+    let child: Vec<StreamRecord> = (10..=12)
         .map(|i| put(i, &format!("c{i}"), 1, 1_700_000_100))
         .collect();
     let mut api = ScriptedStreams::new(
@@ -718,7 +710,7 @@ async fn a_parent_whose_iterator_is_not_found_ends_and_its_children_start() {
 async fn not_found_for_a_shard_still_listed_as_open_is_retried_not_lost() {
     let es = FakeEs::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let records: Vec<Record> = (1..=4)
+    let records: Vec<StreamRecord> = (1..=4)
         .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000))
         .collect();
     let api = ScriptedStreams::new(
@@ -863,7 +855,7 @@ async fn pages_without_operations_do_not_pile_up_while_elasticsearch_is_down() {
     let es = FakeEs::start().await.unwrap();
     es.hold();
     let dir = tempfile::tempdir().unwrap();
-    let records: Vec<Record> = std::iter::once(put(1, "kept", 1, 1_700_000_000))
+    let records: Vec<StreamRecord> = std::iter::once(put(1, "kept", 1, 1_700_000_000))
         .chain((2..=3000).map(|i| put(i, &format!("skip{i}"), 1, 1_700_000_000)))
         .collect();
     let api = Arc::new(ScriptedStreams::new(
@@ -871,8 +863,8 @@ async fn pages_without_operations_do_not_pile_up_while_elasticsearch_is_down() {
         dir.path().join("sluice.db"),
     ));
     let routes = the_index();
-    let decode: Decoder<Record> = Arc::new(move |r| {
-        let d = routes.apply(dynamodb_row(r, None)?)?;
+    let decode: Decoder<StreamRecord> = Arc::new(move |r| {
+        let d = routes.apply(dynamodb_row(r.json().as_bytes(), None)?)?;
         if d.changes[0].id.starts_with("skip") {
             return Ok(Decoded {
                 skipped: Some(Skip {
@@ -919,7 +911,7 @@ async fn shutdown_meets_its_deadline_when_the_checkpoint_store_cannot_commit() {
     });
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sluice.db");
-    let records: Vec<Record> = (1..=200)
+    let records: Vec<StreamRecord> = (1..=200)
         .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000))
         .collect();
     let api = Arc::new(ScriptedStreams::new(
@@ -962,7 +954,7 @@ async fn shutdown_fails_within_its_deadline_when_nothing_could_be_committed() {
     es.hold();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sluice.db");
-    let records: Vec<Record> = (1..=10)
+    let records: Vec<StreamRecord> = (1..=10)
         .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000))
         .collect();
     let api = Arc::new(ScriptedStreams::new(
@@ -1008,7 +1000,7 @@ async fn readiness_closes_while_no_checkpoint_advances_and_opens_when_one_does()
     // requests accepted and never answered: records pending, nothing acknowledged
     es.hold();
     let dir = tempfile::tempdir().unwrap();
-    let records: Vec<Record> = (1..=5)
+    let records: Vec<StreamRecord> = (1..=5)
         .map(|i| put(i, &format!("d{i}"), 1, 1_700_000_000))
         .collect();
     let api = Arc::new(ScriptedStreams::new(
@@ -1061,10 +1053,10 @@ async fn a_shard_close_to_losing_records_closes_readiness_and_names_it() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let old: Vec<Record> = (1..=5)
+    let old: Vec<StreamRecord> = (1..=5)
         .map(|i| put(i, &format!("old{i}"), 1, now - (23 * 3600 + 1800)))
         .collect();
-    let fresh: Vec<Record> = (6..=8)
+    let fresh: Vec<StreamRecord> = (6..=8)
         .map(|i| put(i, &format!("fresh{i}"), 1, now))
         .collect();
     let api = Arc::new(ScriptedStreams::new(
@@ -1208,7 +1200,7 @@ async fn managed_indices_are_created_before_the_first_write() {
         ),
     );
     config.sink.manage_indices = true;
-    let records: Vec<Record> = (1..=5)
+    let records: Vec<StreamRecord> = (1..=5)
         .map(|i| put(i, &format!("d{i}"), i, 1_700_000_000))
         .collect();
     let api = Arc::new(ScriptedStreams::new(
@@ -1249,7 +1241,7 @@ async fn a_reset_to_a_time_on_dynamodb_streams_passes_over_the_older_records() {
     let es = FakeEs::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let t = 1_700_000_000;
-    let mut records: Vec<Record> = (1..=5)
+    let mut records: Vec<StreamRecord> = (1..=5)
         .map(|i| put(i, &format!("before{i}"), 1, t - 10 + i as i64))
         .collect();
     // the reset's own second is read, never skipped

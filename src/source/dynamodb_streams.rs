@@ -1,16 +1,26 @@
-//! DynamoDB Streams: thin typed wrappers over the SDK calls, and the stream's metadata.
+//! DynamoDB Streams: the stream's metadata and shards through the SDK; GetRecords — the call
+//! made for every poll of every shard — signed and sent directly, its answer kept as the text
+//! the service sent. The SDK's parse of GetRecords into typed attribute maps, and the copies out
+//! of them, were a third of the daemon's CPU per record and most of an idle poll's cost; the
+//! records are decoded once, later, by the pipeline (`transform::dynamodb_row`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodbstreams::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
 use aws_sdk_dynamodbstreams::error::SdkError;
-use aws_sdk_dynamodbstreams::types::{KeyType, Record, ShardIteratorType};
+use aws_sdk_dynamodbstreams::types::{KeyType, ShardIteratorType};
 use aws_sdk_dynamodbstreams::Client;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use super::{classify, micros, ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt};
+use super::{
+    classify, classify_code, ApiError, RecordPage, ShardApi, ShardInfo, SourceRecord, StartAt,
+};
 use crate::config::SourceConfig;
+use crate::sigv4::{error_chain, host_header, Signer};
 
 /// What sluice needs to know about the stream before reading it.
 #[derive(Debug, Clone)]
@@ -51,6 +61,15 @@ pub async fn sdk_config(cfg: &SourceConfig) -> aws_config::SdkConfig {
 pub struct DynamoDbStreams {
     client: Client,
     arn: String,
+    get_records: GetRecords,
+}
+
+/// GetRecords, sent without the SDK.
+struct GetRecords {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    host: String,
+    signer: Signer,
 }
 
 impl DynamoDbStreams {
@@ -83,6 +102,7 @@ impl DynamoDbStreams {
             (None, None) => unreachable!("validated by Config::validate"),
         };
         let client = Client::new(&sdk);
+        let get_records = GetRecords::new(&sdk, cfg).await?;
         let out = client
             .describe_stream()
             .stream_arn(&arn)
@@ -114,7 +134,14 @@ impl DynamoDbStreams {
             key_attributes: keys.into_iter().map(|(_, n)| n).collect(),
             view_type,
         };
-        Ok((Arc::new(Self { client, arn }), meta))
+        Ok((
+            Arc::new(Self {
+                client,
+                arn,
+                get_records,
+            }),
+            meta,
+        ))
     }
 
     /// Only images of the new item can be indexed.
@@ -133,32 +160,305 @@ fn describe<E: std::error::Error + 'static>(err: &SdkError<E>) -> String {
     aws_smithy_types::error::display::DisplayErrorContext(err).to_string()
 }
 
-impl SourceRecord for Record {
+impl GetRecords {
+    /// The endpoint the SDK itself would call (its resolver: region, FIPS, dual-stack, and
+    /// `source.endpoint_url` or `AWS_ENDPOINT_URL*`), the same timeouts, and credentials from
+    /// the standard chain.
+    async fn new(sdk: &aws_config::SdkConfig, cfg: &SourceConfig) -> Result<Self, SetupError> {
+        // As the SDK chooses: the configuration's, then the service's own variable, then
+        // `AWS_ENDPOINT_URL` (or the profile's), then the region's.
+        let endpoint_url = cfg
+            .endpoint_url
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_DYNAMODB_STREAMS").ok())
+            .or_else(|| sdk.endpoint_url().map(str::to_owned));
+        let params = Params::builder()
+            .region(cfg.region.clone())
+            .use_fips(sdk.use_fips().unwrap_or(false))
+            .use_dual_stack(sdk.use_dual_stack().unwrap_or(false))
+            .set_endpoint(endpoint_url)
+            .build()
+            .map_err(|e| SetupError::Aws(format!("DynamoDB Streams endpoint: {e}")))?;
+        let endpoint = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .map_err(|e| {
+                SetupError::Aws(format!("DynamoDB Streams endpoint: {}", error_chain(&*e)))
+            })?;
+        let url = reqwest::Url::parse(endpoint.url()).map_err(|e| {
+            SetupError::Aws(format!(
+                "DynamoDB Streams endpoint `{}`: {e}",
+                endpoint.url()
+            ))
+        })?;
+        let host = host_header(&url).ok_or_else(|| {
+            SetupError::Aws(format!("DynamoDB Streams endpoint `{url}` has no host"))
+        })?;
+        let credentials = sdk
+            .credentials_provider()
+            .ok_or_else(|| SetupError::Aws("no AWS credential provider could be set up".into()))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(20))
+            .no_proxy()
+            .build()
+            .map_err(|e| SetupError::Aws(format!("HTTP client: {}", error_chain(&e))))?;
+        Ok(Self {
+            http,
+            url,
+            host,
+            // DynamoDB Streams signs as `dynamodb`.
+            signer: Signer::new(credentials, &cfg.region, "dynamodb", false),
+        })
+    }
+
+    async fn call(&self, iterator: &str, limit: u32) -> Result<RecordPage<StreamRecord>, ApiError> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "ShardIterator": iterator,
+            "Limit": limit,
+        }))
+        .expect("JSON of strings and numbers");
+        let mut headers = vec![
+            ("content-type", "application/x-amz-json-1.0".to_string()),
+            (
+                "x-amz-target",
+                "DynamoDBStreams_20120810.GetRecords".to_string(),
+            ),
+            ("host", self.host.clone()),
+        ];
+        self.signer
+            .sign("POST", self.url.as_str(), &mut headers, &body)
+            .await
+            .map_err(|e| ApiError::Transient(format!("GetRecords cannot be signed: {e}")))?;
+        let mut req = self.http.post(self.url.clone());
+        for (k, v) in headers {
+            let mut value = reqwest::header::HeaderValue::from_str(&v)
+                .map_err(|e| ApiError::Transient(format!("GetRecords header {k}: {e}")))?;
+            value.set_sensitive(k == "authorization" || k == "x-amz-security-token");
+            req = req.header(k, value);
+        }
+        let transport =
+            |e: reqwest::Error| ApiError::Transient(format!("GetRecords: {}", error_chain(&e)));
+        let response = req.body(body).send().await.map_err(transport)?;
+        let status = response.status();
+        let answer = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(service_error(status.as_u16(), &answer));
+        }
+        parse_page(&answer)
+    }
+}
+
+/// A GetRecords answer, read in one pass: each record's text is kept, and what the reader
+/// needs of it is read on the way.
+fn parse_page(answer: &[u8]) -> Result<RecordPage<StreamRecord>, ApiError> {
+    #[derive(Deserialize)]
+    struct Page {
+        #[serde(rename = "Records", default)]
+        records: Vec<StreamRecord>,
+        #[serde(rename = "NextShardIterator")]
+        next_shard_iterator: Option<String>,
+    }
+    let page: Page = serde_json::from_slice(answer).map_err(|e| {
+        ApiError::Transient(format!(
+            "GetRecords answer is not what the API returns: {e}"
+        ))
+    })?;
+    Ok(RecordPage {
+        records: page.records,
+        next_iterator: page.next_shard_iterator,
+        millis_behind_latest: None,
+        child_shards: Vec::new(),
+    })
+}
+
+/// An error answer: the service's code decides what the reader does (`__type`, as
+/// `com.amazonaws.dynamodb.v20120810#ExpiredIteratorException`); anything else — an HTML page
+/// from a proxy, a 5xx — is retried.
+fn service_error(status: u16, answer: &[u8]) -> ApiError {
+    #[derive(Deserialize)]
+    struct Error {
+        #[serde(rename = "__type")]
+        kind: Option<String>,
+        #[serde(alias = "Message")]
+        message: Option<String>,
+    }
+    match serde_json::from_slice::<Error>(answer) {
+        Ok(Error {
+            kind: Some(kind),
+            message,
+        }) => {
+            let code = kind.rsplit('#').next().unwrap_or(&kind);
+            let code = code.split(':').next().unwrap_or(code);
+            let text = format!(
+                "GetRecords: {code} (HTTP {status}): {}",
+                message.as_deref().unwrap_or("no message")
+            );
+            classify_code(Some(code), text)
+        }
+        _ => {
+            let text = String::from_utf8_lossy(&answer[..answer.len().min(200)]);
+            ApiError::Transient(format!("GetRecords: HTTP {status}: {}", text.trim()))
+        }
+    }
+}
+
+/// One DynamoDB Streams record, as the service sent it.
+#[derive(Debug, Clone)]
+pub struct StreamRecord {
+    /// Its DynamoDB JSON (every field, in the service's order): decoded by the pipeline, and
+    /// the dead-letter table's payload as is.
+    json: String,
+    sequence_number: String,
+    created_at_micros: Option<u64>,
+    size_bytes: usize,
+}
+
+impl StreamRecord {
+    /// From JSON text (tests, tools).
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| format!("not a stream record: {e}"))
+    }
+
+    /// The record's DynamoDB JSON.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+}
+
+/// A record is copied field by field as raw text (no value is built) while the sequence
+/// number, creation time and size are read; the images wait for the pipeline. A record without
+/// a sequence number cannot be checkpointed: the answer is refused.
+impl<'de> Deserialize<'de> for StreamRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RecordText)
+    }
+}
+
+struct RecordText;
+
+impl<'de> serde::de::Visitor<'de> for RecordText {
+    type Value = StreamRecord;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a stream record")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StreamRecord, A::Error> {
+        use serde::de::Error;
+        let mut json = String::with_capacity(1024);
+        let mut header = None;
+        json.push('{');
+        while let Some(key) = map.next_key::<String>()? {
+            if json.len() > 1 {
+                json.push(',');
+            }
+            push_key(&mut json, &key);
+            if key == "dynamodb" {
+                header = Some(map.next_value_seed(SectionText { json: &mut json })?);
+            } else {
+                json.push_str(map.next_value::<&RawValue>()?.get());
+            }
+        }
+        json.push('}');
+        let (sequence_number, created, size) = header.unwrap_or_default();
+        let sequence_number = sequence_number
+            .ok_or_else(|| A::Error::custom("a record has no dynamodb.SequenceNumber"))?;
+        Ok(StreamRecord {
+            json,
+            sequence_number,
+            // epoch seconds, with a fraction
+            created_at_micros: created
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .map(|s| (s * 1e6).round() as u64),
+            size_bytes: size.map_or(0, |n: i64| usize::try_from(n).unwrap_or(0)),
+        })
+    }
+}
+
+/// The `dynamodb` object, copied into `json`; yields its sequence number, creation time and
+/// size.
+struct SectionText<'j> {
+    json: &'j mut String,
+}
+
+type Header = (Option<String>, Option<f64>, Option<i64>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for SectionText<'_> {
+    type Value = Header;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Header, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SectionText<'_> {
+    type Value = Header;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("the record's `dynamodb` object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Header, A::Error> {
+        let mut header: Header = Default::default();
+        fn field<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+            raw: &RawValue,
+            name: &str,
+        ) -> Result<T, E> {
+            serde_json::from_str(raw.get()).map_err(|e| E::custom(format!("dynamodb.{name}: {e}")))
+        }
+        self.json.push('{');
+        let start = self.json.len();
+        while let Some(key) = map.next_key::<String>()? {
+            if self.json.len() > start {
+                self.json.push(',');
+            }
+            push_key(self.json, &key);
+            let raw = map.next_value::<&RawValue>()?;
+            match key.as_str() {
+                "SequenceNumber" => header.0 = Some(field::<_, A::Error>(raw, &key)?),
+                "ApproximateCreationDateTime" => header.1 = Some(field::<_, A::Error>(raw, &key)?),
+                "SizeBytes" => header.2 = Some(field::<_, A::Error>(raw, &key)?),
+                _ => {}
+            }
+            self.json.push_str(raw.get());
+        }
+        self.json.push('}');
+        Ok(header)
+    }
+}
+
+/// `"key":`, escaped as JSON.
+fn push_key(json: &mut String, key: &str) {
+    if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        json.push('"');
+        json.push_str(key);
+        json.push('"');
+    } else {
+        json.push_str(&serde_json::Value::String(key.to_owned()).to_string());
+    }
+    json.push(':');
+}
+
+impl SourceRecord for StreamRecord {
     fn sequence_number(&self) -> &str {
-        self.dynamodb
-            .as_ref()
-            .and_then(|d| d.sequence_number())
-            .unwrap_or("")
+        &self.sequence_number
     }
 
     fn created_at_micros(&self) -> Option<u64> {
-        micros(self.dynamodb.as_ref()?.approximate_creation_date_time()?)
+        self.created_at_micros
     }
 
     fn describe(&self) -> String {
-        format!("{self:?}")
+        self.json.clone()
     }
 
     fn size_bytes(&self) -> usize {
-        self.dynamodb
-            .as_ref()
-            .and_then(|d| d.size_bytes())
-            .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+        self.size_bytes
     }
 }
 
 impl ShardApi for DynamoDbStreams {
-    type Record = Record;
+    type Record = StreamRecord;
 
     /// DynamoDB Streams documents no per-shard call rate (Lambda polls about four times a
     /// second); the idle back-off of the reader is the only pacing.
@@ -245,27 +545,81 @@ impl ShardApi for DynamoDbStreams {
         &self,
         iterator: &str,
         limit: u32,
-    ) -> Result<RecordPage<Record>, ApiError> {
-        let out = self
-            .client
-            .get_records()
-            .shard_iterator(iterator)
-            .limit(limit as i32)
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(RecordPage {
-            next_iterator: out.next_shard_iterator().map(str::to_owned),
-            records: out.records.unwrap_or_default(),
-            millis_behind_latest: None,
-            child_shards: Vec::new(),
-        })
+    ) -> Result<RecordPage<StreamRecord>, ApiError> {
+        self.get_records.call(iterator, limit).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_get_records_answer_keeps_each_record_as_sent() {
+        let answer = br#"{"Records": [
+            {"eventName": "INSERT", "dynamodb": {"ApproximateCreationDateTime": 1568013979.5,
+             "Keys": {"id": {"S": "a"}}, "NewImage": {"id": {"S": "a"}, "n": {"N": "1.50"}},
+             "SequenceNumber": "21258800000000008186106757", "SizeBytes": 22}},
+            {"eventName": "REMOVE", "dynamodb": {"Keys": {"id": {"S": "b"}}, "SequenceNumber": "2"}}
+        ], "NextShardIterator": "next"}"#;
+        let page = parse_page(answer).unwrap();
+        assert_eq!(page.next_iterator.as_deref(), Some("next"));
+        let first = &page.records[0];
+        assert_eq!(first.sequence_number(), "21258800000000008186106757");
+        assert_eq!(first.created_at_micros(), Some(1_568_013_979_500_000));
+        assert_eq!(first.size_bytes(), 22);
+        assert_eq!(
+            first.describe(),
+            r#"{"eventName":"INSERT","dynamodb":{"ApproximateCreationDateTime":1568013979.5,"Keys":{"id": {"S": "a"}},"NewImage":{"id": {"S": "a"}, "n": {"N": "1.50"}},"SequenceNumber":"21258800000000008186106757","SizeBytes":22}}"#,
+            "every field, in order, each value as sent"
+        );
+        assert_eq!(page.records[1].created_at_micros(), None);
+
+        let closed = parse_page(br#"{"Records": []}"#).unwrap();
+        assert!(closed.records.is_empty() && closed.next_iterator.is_none());
+    }
+
+    #[test]
+    fn a_record_without_a_sequence_number_makes_the_answer_unusable() {
+        let err =
+            parse_page(br#"{"Records": [{"eventName": "INSERT", "dynamodb": {}}]}"#).unwrap_err();
+        assert!(
+            matches!(&err, ApiError::Transient(t) if t.contains("SequenceNumber")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn error_answers_are_classified_by_the_service_code() {
+        let answer = |kind: &str| {
+            format!(r#"{{"__type": "com.amazonaws.dynamodb.v20120810#{kind}", "message": "m"}}"#)
+        };
+        assert_eq!(
+            service_error(400, answer("ExpiredIteratorException").as_bytes()),
+            ApiError::ExpiredIterator
+        );
+        assert!(matches!(
+            service_error(400, answer("TrimmedDataAccessException").as_bytes()),
+            ApiError::TrimmedData(_)
+        ));
+        assert!(matches!(
+            service_error(400, answer("LimitExceededException").as_bytes()),
+            ApiError::Throttled(_)
+        ));
+        assert!(matches!(
+            service_error(400, answer("ResourceNotFoundException").as_bytes()),
+            ApiError::NotFound(_)
+        ));
+        // an HTML error page (moto's answer to a bad iterator, or a proxy's) is retried
+        let html = service_error(
+            500,
+            b"<!doctype html><title>500 Internal Server Error</title>",
+        );
+        assert!(
+            matches!(&html, ApiError::Transient(t) if t.contains("HTTP 500")),
+            "{html}"
+        );
+    }
 
     #[test]
     fn keys_only_and_old_image_streams_are_refused_with_a_clear_message() {

@@ -136,7 +136,12 @@ where
 {
     let code = err.code().map(str::to_owned);
     let text = aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
-    match code.as_deref() {
+    classify_code(code.as_deref(), text)
+}
+
+/// An AWS error code (either service) → what the reader must do about it.
+pub(crate) fn classify_code(code: Option<&str>, text: String) -> ApiError {
+    match code {
         Some("ExpiredIteratorException") => ApiError::ExpiredIterator,
         Some("TrimmedDataAccessException") => ApiError::TrimmedData(text),
         Some("LimitExceededException")
