@@ -66,8 +66,14 @@ async fn run(shards: usize, poll: &str, window: Duration) -> Figures {
     );
     daemon.wait_ready(Duration::from_secs(120)).await;
     let arn = fake.latest_stream_arn("Posts").unwrap();
-    // settle: every reader started and backed off
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // settle: every reader started and backed off to its ceiling (the idle budget's, 200 polls
+    // a second by default: shards ÷ 200 s), which the doubling back-off takes about twice the
+    // ceiling to reach; measured from earlier, the window counted the back-off's first polls
+    let poll_secs = humantime::parse_duration(poll)
+        .expect("a duration")
+        .as_secs_f64();
+    let ceiling = poll_secs.max(shards as f64 / 200.0);
+    tokio::time::sleep(Duration::from_secs_f64(5.0 + 2.0 * ceiling)).await;
     let calls_before: HashMap<String, u64> = fake.get_records_calls(&arn).into_iter().collect();
     let profile = daemon.profile();
     let cpu_before = daemon.cpu_seconds();

@@ -59,13 +59,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
 }
 
 fn one(conn: &Connection, stream: &str, shard: &str) -> Result<Option<Lease>, StoreError> {
-    Ok(conn
-        .query_row(
-            &format!("{SELECT} AND l.shard_id = ?2"),
-            params![stream, shard],
-            row,
-        )
-        .optional()?)
+    // cached: a round of heartbeats reads every held lease back
+    let mut stmt = conn.prepare_cached(&format!("{SELECT} AND l.shard_id = ?2"))?;
+    Ok(stmt.query_row(params![stream, shard], row).optional()?)
 }
 
 /// Every lease and checkpoint in the file, for `sluice leases` (all streams).
@@ -228,11 +224,13 @@ impl LeaseTable for SqliteLeases {
                 let now = checkpoint::now_ms();
                 let mut answers = Vec::with_capacity(held.len());
                 for (shard, epoch) in &held {
-                    let changed = tx.execute(
-                        "UPDATE leases SET counter = counter + 1, updated_at_ms = ?5
-                         WHERE stream = ?1 AND shard_id = ?2 AND owner = ?3 AND epoch = ?4",
-                        params![stream, &**shard, me, *epoch as i64, now],
-                    )?;
+                    // cached: one statement for the round, not a parse per lease
+                    let changed = tx
+                        .prepare_cached(
+                            "UPDATE leases SET counter = counter + 1, updated_at_ms = ?5
+                             WHERE stream = ?1 AND shard_id = ?2 AND owner = ?3 AND epoch = ?4",
+                        )?
+                        .execute(params![stream, &**shard, me, *epoch as i64, now])?;
                     answers.push(if changed == 0 {
                         None
                     } else {
@@ -292,11 +290,10 @@ impl LeaseTable for SqliteLeases {
             let mut refused = Vec::new();
             for u in &updates {
                 let holder: Option<(Option<String>, i64)> = tx
-                    .query_row(
+                    .prepare_cached(
                         "SELECT owner, epoch FROM leases WHERE stream = ?1 AND shard_id = ?2",
-                        params![stream, &*u.shard],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
+                    )?
+                    .query_row(params![stream, &*u.shard], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
                 match holder {
                     Some((Some(owner), epoch)) if owner == me && epoch as u64 == u.epoch => {
