@@ -197,6 +197,12 @@ impl EsClient {
             req = req.body(body);
         }
         let response = req.send().await.map_err(classify)?;
+        if let (Auth::SigV4(signer), Some(date)) = (
+            &self.auth,
+            response.headers().get("date").and_then(|v| v.to_str().ok()),
+        ) {
+            signer.observe_service_date(date);
+        }
         let status = response.status().as_u16();
         let body = response.text().await.map_err(classify)?;
         Ok(Answer { status, body })

@@ -2,6 +2,7 @@
 //! Service, GetRecords to DynamoDB Streams — signed by `aws-sigv4` (the crate the AWS SDK signs
 //! with) over the exact bytes that go out, with credentials from the standard chain.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -23,7 +24,15 @@ pub struct Signer {
     service: String,
     /// Send `x-amz-content-sha256` (OpenSearch Serverless requires it).
     payload_hash_header: bool,
+    /// The service's clock minus ours, in ms, once it is off by more than [`SKEW_TOLERATED`]:
+    /// a signature more than 5 minutes off the service's clock is refused, so a host whose
+    /// clock drifted would otherwise fail every request (as the AWS SDK does, requests are
+    /// signed at the service's time).
+    skew_ms: AtomicI64,
 }
+
+/// Clock differences below this are left alone (the `Date` header has whole seconds).
+const SKEW_TOLERATED: Duration = Duration::from_secs(60);
 
 impl Signer {
     pub fn new(
@@ -38,6 +47,46 @@ impl Signer {
             region: region.into(),
             service: service.into(),
             payload_hash_header,
+            skew_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// Notes the service's clock from an answer's `Date` header (an HTTP date).
+    pub fn observe_service_date(&self, date: &str) {
+        let Ok(theirs) = aws_smithy_types::DateTime::from_str(
+            date,
+            aws_smithy_types::date_time::Format::HttpDate,
+        ) else {
+            return;
+        };
+        let ours = aws_smithy_types::DateTime::from(SystemTime::now());
+        let skew_ms = (theirs.secs() - ours.secs()).saturating_mul(1000)
+            + i64::from(theirs.subsec_nanos() / 1_000_000)
+            - i64::from(ours.subsec_nanos() / 1_000_000);
+        let tolerated = SKEW_TOLERATED.as_millis() as i64;
+        let skew_ms = if skew_ms.abs() > tolerated {
+            skew_ms
+        } else {
+            0
+        };
+        if self.skew_ms.swap(skew_ms, Ordering::Relaxed) != skew_ms && skew_ms != 0 {
+            tracing::warn!(
+                service = %self.service,
+                skew_seconds = skew_ms / 1000,
+                "this host's clock is off the service's: requests are signed at the service's time; fix the host's clock"
+            );
+        }
+    }
+
+    /// Our time, moved by the clock difference the service's answers showed.
+    fn signing_time(&self) -> SystemTime {
+        let skew = self.skew_ms.load(Ordering::Relaxed);
+        let by = Duration::from_millis(skew.unsigned_abs());
+        let now = SystemTime::now();
+        if skew >= 0 {
+            now + by
+        } else {
+            now.checked_sub(by).unwrap_or(now)
         }
     }
 
@@ -59,7 +108,7 @@ impl Signer {
             .identity(&identity)
             .region(&self.region)
             .name(&self.service)
-            .time(SystemTime::now())
+            .time(self.signing_time())
             .settings(settings)
             .build()
             .map_err(|e| e.to_string())?
@@ -135,4 +184,87 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_credential_types::Credentials;
+
+    fn signer() -> Signer {
+        let creds = Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
+        Signer::new(
+            SharedCredentialsProvider::new(creds),
+            "us-east-1",
+            "dynamodb",
+            false,
+        )
+    }
+
+    fn http_date(t: SystemTime) -> String {
+        aws_smithy_types::DateTime::from(t)
+            .fmt(aws_smithy_types::date_time::Format::HttpDate)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_host_clock_off_the_service_s_signs_at_the_service_s_time() {
+        let s = signer();
+        let ahead = Duration::from_secs(600);
+        s.observe_service_date(&http_date(SystemTime::now() + ahead));
+        let signed_at = s.signing_time();
+        let off = signed_at.duration_since(SystemTime::now()).unwrap();
+        assert!(
+            off > Duration::from_secs(598) && off < Duration::from_secs(602),
+            "{off:?}"
+        );
+        // back in step: our own time again
+        s.observe_service_date(&http_date(SystemTime::now()));
+        let off = s
+            .signing_time()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        assert!(off < Duration::from_secs(1), "{off:?}");
+        // a service clock behind ours
+        s.observe_service_date(&http_date(SystemTime::now() - ahead));
+        assert!(
+            SystemTime::now().duration_since(s.signing_time()).unwrap() > Duration::from_secs(598)
+        );
+        // not a date: nothing changes
+        s.observe_service_date("yesterday");
+        assert!(
+            SystemTime::now().duration_since(s.signing_time()).unwrap() > Duration::from_secs(598)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_token_is_signed_and_sent() {
+        let creds = Credentials::new("AKIDEXAMPLE", "secret", Some("token".into()), None, "test");
+        let s = Signer::new(
+            SharedCredentialsProvider::new(creds),
+            "us-east-1",
+            "dynamodb",
+            false,
+        );
+        let mut headers = vec![("host", "127.0.0.1:4566".to_string())];
+        s.sign("POST", "http://127.0.0.1:4566/", &mut headers, b"{}")
+            .await
+            .unwrap();
+        let names: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
+        assert!(
+            names.contains(&"authorization") && names.contains(&"x-amz-date"),
+            "{names:?}"
+        );
+        assert!(headers.contains(&("x-amz-security-token", "token".to_string())));
+        let auth = &headers
+            .iter()
+            .find(|(k, _)| *k == "authorization")
+            .unwrap()
+            .1;
+        assert!(
+            auth.contains("/us-east-1/dynamodb/aws4_request")
+                && auth.contains("SignedHeaders=host;"),
+            "{auth}"
+        );
+    }
 }

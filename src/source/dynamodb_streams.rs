@@ -64,6 +64,24 @@ pub struct DynamoDbStreams {
     get_records: GetRecords,
 }
 
+/// The endpoint configured, if any: `source.endpoint_url`, then `AWS_ENDPOINT_URL_DYNAMODB_STREAMS`,
+/// then `AWS_ENDPOINT_URL` (or the profile's `endpoint_url`), unless
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is true. (A profile's `services` section is not read.)
+fn endpoint_url(sdk: &aws_config::SdkConfig, cfg: &SourceConfig) -> Option<String> {
+    let ignore_configured = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+        .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    cfg.endpoint_url.clone().or_else(|| {
+        (!ignore_configured)
+            .then(|| {
+                std::env::var("AWS_ENDPOINT_URL_DYNAMODB_STREAMS")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .or_else(|| sdk.endpoint_url().map(str::to_owned))
+            })
+            .flatten()
+    })
+}
+
 /// GetRecords, sent without the SDK.
 struct GetRecords {
     http: reqwest::Client,
@@ -101,8 +119,12 @@ impl DynamoDbStreams {
             }
             (None, None) => unreachable!("validated by Config::validate"),
         };
-        let client = Client::new(&sdk);
-        let get_records = GetRecords::new(&sdk, cfg).await?;
+        // One endpoint for every call: an iterator is only good where it was issued.
+        let endpoint_url = endpoint_url(&sdk, cfg);
+        let mut conf = aws_sdk_dynamodbstreams::config::Builder::from(&sdk);
+        conf.set_endpoint_url(endpoint_url.clone());
+        let client = Client::from_conf(conf.build());
+        let get_records = GetRecords::new(&sdk, cfg, endpoint_url).await?;
         let out = client
             .describe_stream()
             .stream_arn(&arn)
@@ -161,17 +183,13 @@ fn describe<E: std::error::Error + 'static>(err: &SdkError<E>) -> String {
 }
 
 impl GetRecords {
-    /// The endpoint the SDK itself would call (its resolver: region, FIPS, dual-stack, and
-    /// `source.endpoint_url` or `AWS_ENDPOINT_URL*`), the same timeouts, and credentials from
-    /// the standard chain.
-    async fn new(sdk: &aws_config::SdkConfig, cfg: &SourceConfig) -> Result<Self, SetupError> {
-        // As the SDK chooses: the configuration's, then the service's own variable, then
-        // `AWS_ENDPOINT_URL` (or the profile's), then the region's.
-        let endpoint_url = cfg
-            .endpoint_url
-            .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL_DYNAMODB_STREAMS").ok())
-            .or_else(|| sdk.endpoint_url().map(str::to_owned));
+    /// The endpoint the SDK's resolver gives (region, FIPS, dual-stack, or `endpoint_url`),
+    /// the SDK's timeouts, and credentials from the standard chain.
+    async fn new(
+        sdk: &aws_config::SdkConfig,
+        cfg: &SourceConfig,
+        endpoint_url: Option<String>,
+    ) -> Result<Self, SetupError> {
         let params = Params::builder()
             .region(cfg.region.clone())
             .use_fips(sdk.use_fips().unwrap_or(false))
@@ -241,9 +259,24 @@ impl GetRecords {
             |e: reqwest::Error| ApiError::Transient(format!("GetRecords: {}", error_chain(&e)));
         let response = req.body(body).send().await.map_err(transport)?;
         let status = response.status();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        if let Some(date) = header("date") {
+            self.signer.observe_service_date(&date);
+        }
+        let error_type = header("x-amzn-errortype");
         let answer = response.bytes().await.map_err(transport)?;
         if !status.is_success() {
-            return Err(service_error(status.as_u16(), &answer));
+            return Err(service_error(
+                status.as_u16(),
+                error_type.as_deref(),
+                &answer,
+            ));
         }
         parse_page(&answer)
     }
@@ -255,7 +288,7 @@ fn parse_page(answer: &[u8]) -> Result<RecordPage<StreamRecord>, ApiError> {
     #[derive(Deserialize)]
     struct Page {
         #[serde(rename = "Records", default)]
-        records: Vec<StreamRecord>,
+        records: Option<Vec<StreamRecord>>,
         #[serde(rename = "NextShardIterator")]
         next_shard_iterator: Option<String>,
     }
@@ -265,40 +298,49 @@ fn parse_page(answer: &[u8]) -> Result<RecordPage<StreamRecord>, ApiError> {
         ))
     })?;
     Ok(RecordPage {
-        records: page.records,
+        records: page.records.unwrap_or_default(),
         next_iterator: page.next_shard_iterator,
         millis_behind_latest: None,
         child_shards: Vec::new(),
     })
 }
 
-/// An error answer: the service's code decides what the reader does (`__type`, as
-/// `com.amazonaws.dynamodb.v20120810#ExpiredIteratorException`); anything else — an HTML page
-/// from a proxy, a 5xx — is retried.
-fn service_error(status: u16, answer: &[u8]) -> ApiError {
+/// An error answer: the service's code decides what the reader does (`__type` in the body, as
+/// `com.amazonaws.dynamodb.v20120810#ExpiredIteratorException`, or the `x-amzn-ErrorType`
+/// header); without one, 429 and 503 are throttling and anything else — an HTML page from a
+/// proxy, a 5xx — is retried.
+fn service_error(status: u16, error_type: Option<&str>, answer: &[u8]) -> ApiError {
     #[derive(Deserialize)]
     struct Error {
-        #[serde(rename = "__type")]
+        #[serde(rename = "__type", alias = "code")]
         kind: Option<String>,
         #[serde(alias = "Message")]
         message: Option<String>,
     }
-    match serde_json::from_slice::<Error>(answer) {
-        Ok(Error {
-            kind: Some(kind),
-            message,
-        }) => {
+    let parsed = serde_json::from_slice::<Error>(answer).ok();
+    let kind = parsed
+        .as_ref()
+        .and_then(|e| e.kind.clone())
+        .or_else(|| error_type.map(str::to_owned));
+    let message = parsed.and_then(|e| e.message);
+    match kind {
+        Some(kind) => {
+            // `prefix#Code`, or `Code:http://…` in the header
             let code = kind.rsplit('#').next().unwrap_or(&kind);
-            let code = code.split(':').next().unwrap_or(code);
+            let code = code.split(':').next().unwrap_or(code).trim();
             let text = format!(
                 "GetRecords: {code} (HTTP {status}): {}",
                 message.as_deref().unwrap_or("no message")
             );
             classify_code(Some(code), text)
         }
-        _ => {
+        None => {
             let text = String::from_utf8_lossy(&answer[..answer.len().min(200)]);
-            ApiError::Transient(format!("GetRecords: HTTP {status}: {}", text.trim()))
+            let text = format!("GetRecords: HTTP {status}: {}", text.trim());
+            match status {
+                429 | 503 => ApiError::Throttled(text),
+                _ => ApiError::Transient(text),
+            }
         }
     }
 }
@@ -387,7 +429,7 @@ type Header = (Option<String>, Option<f64>, Option<i64>);
 impl<'de> serde::de::DeserializeSeed<'de> for SectionText<'_> {
     type Value = Header;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Header, D::Error> {
-        d.deserialize_map(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -414,16 +456,24 @@ impl<'de> serde::de::Visitor<'de> for SectionText<'_> {
             }
             push_key(self.json, &key);
             let raw = map.next_value::<&RawValue>()?;
+            // Only the sequence number must be right; the time and size are hints (a value
+            // that is not a number counts as absent).
             match key.as_str() {
-                "SequenceNumber" => header.0 = Some(field::<_, A::Error>(raw, &key)?),
-                "ApproximateCreationDateTime" => header.1 = Some(field::<_, A::Error>(raw, &key)?),
-                "SizeBytes" => header.2 = Some(field::<_, A::Error>(raw, &key)?),
+                "SequenceNumber" => header.0 = field::<_, A::Error>(raw, &key)?,
+                "ApproximateCreationDateTime" => header.1 = serde_json::from_str(raw.get()).ok(),
+                "SizeBytes" => header.2 = serde_json::from_str(raw.get()).ok(),
                 _ => {}
             }
             self.json.push_str(raw.get());
         }
         self.json.push('}');
         Ok(header)
+    }
+
+    /// `"dynamodb": null`: no section (and so no sequence number).
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Header, E> {
+        self.json.push_str("null");
+        Ok(Header::default())
     }
 }
 
@@ -595,30 +645,103 @@ mod tests {
             format!(r#"{{"__type": "com.amazonaws.dynamodb.v20120810#{kind}", "message": "m"}}"#)
         };
         assert_eq!(
-            service_error(400, answer("ExpiredIteratorException").as_bytes()),
+            service_error(400, None, answer("ExpiredIteratorException").as_bytes()),
             ApiError::ExpiredIterator
         );
         assert!(matches!(
-            service_error(400, answer("TrimmedDataAccessException").as_bytes()),
+            service_error(400, None, answer("TrimmedDataAccessException").as_bytes()),
             ApiError::TrimmedData(_)
         ));
         assert!(matches!(
-            service_error(400, answer("LimitExceededException").as_bytes()),
+            service_error(400, None, answer("LimitExceededException").as_bytes()),
             ApiError::Throttled(_)
         ));
         assert!(matches!(
-            service_error(400, answer("ResourceNotFoundException").as_bytes()),
+            service_error(400, None, answer("ResourceNotFoundException").as_bytes()),
             ApiError::NotFound(_)
         ));
         // an HTML error page (moto's answer to a bad iterator, or a proxy's) is retried
         let html = service_error(
             500,
+            None,
             b"<!doctype html><title>500 Internal Server Error</title>",
         );
         assert!(
             matches!(&html, ApiError::Transient(t) if t.contains("HTTP 500")),
             "{html}"
         );
+        // without a code, 429 and 503 are throttling
+        assert!(matches!(
+            service_error(429, None, b""),
+            ApiError::Throttled(_)
+        ));
+        assert!(matches!(
+            service_error(503, None, b"busy"),
+            ApiError::Throttled(_)
+        ));
+        // the code from the header, in its `Code:url` form, when the body has none
+        assert_eq!(
+            service_error(
+                400,
+                Some("ExpiredIteratorException:http://internal.amazon.com/coral/"),
+                b"{}"
+            ),
+            ApiError::ExpiredIterator
+        );
+        // `code` and `Message` spellings
+        let e = service_error(
+            400,
+            None,
+            br#"{"code": "ThrottlingException", "Message": "slow down"}"#,
+        );
+        assert!(
+            matches!(&e, ApiError::Throttled(t) if t.contains("slow down")),
+            "{e}"
+        );
+        // a 5xx with a JSON body and no code is retried
+        assert!(matches!(
+            service_error(500, None, br#"{"message": "oops"}"#),
+            ApiError::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn hints_that_are_not_numbers_count_as_absent_and_null_parts_as_missing() {
+        let page = parse_page(
+            br#"{"Records": [{"eventName": "INSERT", "dynamodb": {"SequenceNumber": "7",
+                "ApproximateCreationDateTime": null, "SizeBytes": "big"}}]}"#,
+        )
+        .unwrap();
+        let r = &page.records[0];
+        assert_eq!(
+            (r.sequence_number(), r.created_at_micros(), r.size_bytes()),
+            ("7", None, 0)
+        );
+        assert!(
+            parse_page(br#"{"Records": null, "NextShardIterator": "n"}"#)
+                .unwrap()
+                .records
+                .is_empty()
+        );
+        let err = parse_page(br#"{"Records": [{"dynamodb": null}]}"#).unwrap_err();
+        assert!(
+            matches!(&err, ApiError::Transient(t) if t.contains("SequenceNumber")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_record_s_text_keeps_every_field_and_escapes_odd_keys() {
+        let r = StreamRecord::from_json(
+            r#"{"eventID": "1", "we\"ird": [1, 2], "dynamodb": {"SequenceNumber": "5", "Keys": {"id": {"S": "\u00e9"}}}, "userIdentity": {"Type": "Service"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.json(),
+            r#"{"eventID":"1","we\"ird":[1, 2],"dynamodb":{"SequenceNumber":"5","Keys":{"id": {"S": "\u00e9"}}},"userIdentity":{"Type": "Service"}}"#
+        );
+        let back: serde_json::Value = serde_json::from_str(r.json()).unwrap();
+        assert_eq!(back["we\"ird"], serde_json::json!([1, 2]));
     }
 
     #[test]

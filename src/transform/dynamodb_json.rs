@@ -182,7 +182,7 @@ impl<'de> Visitor<'de> for SectionVisitor<'_> {
     }
 }
 
-/// A field name, owned only when it has escapes.
+/// A field name.
 struct Field(String);
 
 impl<'de> de::Deserialize<'de> for Field {
@@ -277,8 +277,8 @@ impl<'de> Visitor<'de> for Attribute<'_> {
         };
         // serde_json hands an arbitrary-precision number over as a map with this one key
         if tag == "$serde_json::private::Number" {
-            let n: Value = map.next_value()?;
-            return Err(self.not_an_object(&n.to_string()));
+            let digits: String = map.next_value()?;
+            return Err(self.not_an_object(&digits));
         }
         if self.key && !matches!(tag.as_str(), "S" | "N" | "B") {
             return Err(self
