@@ -14,6 +14,7 @@ use aws_sdk_dynamodbstreams::types::AttributeValue;
 use base64::Engine;
 use serde_json::{Map, Number, Value};
 
+pub(crate) use dynamodb_json::export_item;
 use route::{Image, RowChange};
 
 /// What one change does to one document.
@@ -181,44 +182,6 @@ impl DocIdSpec {
         }
         join_id(&parts, &self.separator)
     }
-
-    /// The same, for keys in the JSON wire form (`{"id": {"S": "x"}}`). With no attributes
-    /// configured, a single-attribute key is used as is; a composite key needs
-    /// `sink.document_id` to say the order.
-    pub fn render_wire(&self, keys: &Map<String, Value>) -> Result<String, DecodeError> {
-        let names: Vec<String> = if !self.attributes.is_empty() {
-            self.attributes.clone()
-        } else if keys.len() == 1 {
-            keys.keys().cloned().collect()
-        } else {
-            return Err(DecodeError(format!(
-                "the key has {} attributes ({}): set sink.document_id to give their order",
-                keys.len(),
-                keys.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
-        };
-        let mut parts = Vec::with_capacity(names.len());
-        for name in &names {
-            let v = keys.get(name).ok_or_else(|| {
-                DecodeError(format!(
-                    "key attribute `{name}` is missing from the record's Keys"
-                ))
-            })?;
-            let text = v
-                .as_object()
-                .filter(|o| o.len() == 1)
-                .and_then(|o| o.get("S").or_else(|| o.get("N")).or_else(|| o.get("B")))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    DecodeError(format!(
-                        "key attribute `{name}` is not an S, N or B AttributeValue: {}",
-                        short(v)
-                    ))
-                })?;
-            parts.push(text.to_string());
-        }
-        join_id(&parts, &self.separator)
-    }
 }
 
 /// A DynamoDB Streams record, as GetRecords returned it (DynamoDB JSON) → the row change.
@@ -373,76 +336,6 @@ pub fn attribute_to_json(value: &AttributeValue) -> Result<Value, DecodeError> {
                 .collect(),
         ),
         other => return Err(DecodeError(format!("unsupported attribute type {other:?}"))),
-    })
-}
-
-/// AttributeValue in its JSON wire form (`{"N": "1.5"}`) → plain JSON, as
-/// [`attribute_to_json`] does for the SDK type. Used for DynamoDB records carried in Kinesis.
-pub fn attribute_json_to_json(value: &Value) -> Result<Value, DecodeError> {
-    let obj = value.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
-        DecodeError(format!(
-            "an AttributeValue must be an object with one type key, got {}",
-            short(value)
-        ))
-    })?;
-    let (ty, v) = obj.iter().next().expect("len checked");
-    let text = |v: &Value| {
-        v.as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| DecodeError(format!("{ty} value must be a string, got {}", short(v))))
-    };
-    let list = |v: &Value| {
-        v.as_array()
-            .cloned()
-            .ok_or_else(|| DecodeError(format!("{ty} value must be an array, got {}", short(v))))
-    };
-    Ok(match ty.as_str() {
-        "S" | "B" => Value::String(text(v)?),
-        "N" => number(&text(v)?)?,
-        "BOOL" => Value::Bool(v.as_bool().ok_or_else(|| {
-            DecodeError(format!(
-                "BOOL value must be true or false, got {}",
-                short(v)
-            ))
-        })?),
-        "NULL" => Value::Null,
-        "M" => {
-            let m = v.as_object().ok_or_else(|| {
-                DecodeError(format!("M value must be an object, got {}", short(v)))
-            })?;
-            let mut out = Map::with_capacity(m.len());
-            for (k, inner) in m {
-                out.insert(
-                    k.clone(),
-                    attribute_json_to_json(inner).map_err(|e| e.within(k))?,
-                );
-            }
-            Value::Object(out)
-        }
-        "L" => Value::Array(
-            list(v)?
-                .iter()
-                .enumerate()
-                .map(|(i, x)| attribute_json_to_json(x).map_err(|e| e.within(&format!("[{i}]"))))
-                .collect::<Result<_, _>>()?,
-        ),
-        "SS" | "BS" => Value::Array(
-            list(v)?
-                .iter()
-                .map(|x| text(x).map(Value::String))
-                .collect::<Result<_, _>>()?,
-        ),
-        "NS" => Value::Array(
-            list(v)?
-                .iter()
-                .map(|x| text(x).and_then(|t| number(&t)))
-                .collect::<Result<_, _>>()?,
-        ),
-        other => {
-            return Err(DecodeError(format!(
-                "unknown AttributeValue type `{other}`"
-            )))
-        }
     })
 }
 
@@ -601,19 +494,24 @@ mod tests {
             "string set": {"SS": ["a", "b"]}, "binary": {"B": "MTMyMQ=="},
             "list": {"L": [{"S": "x"}, {"N": "13"}]}, "big": {"N": "12345678901234567890123"}
         }});
-        let doc = attribute_json_to_json(&wire).unwrap();
+        let line = |item: &Value| json!({ "Item": item }).to_string();
+        let doc = Value::Object(export_item(line(&wire["M"]).as_bytes()).unwrap());
         assert_eq!(
             doc,
             json!({"number set": [0, 1], "number": 10, "binary set": ["MTMyMQ==", "MTQzMQ=="], "string": "some-string",
                    "null": null, "boolean": false, "string set": ["a", "b"], "binary": "MTMyMQ==", "list": ["x", 13],
                    "big": Number::from_str("12345678901234567890123").unwrap()})
         );
-        let err = attribute_json_to_json(&json!({"M": {"a": {"L": [{"N": "x"}]}}})).unwrap_err();
+        let err = export_item(line(&json!({"a": {"L": [{"N": "x"}]}})).as_bytes()).unwrap_err();
         assert!(err.0.contains("`a`") && err.0.contains("[0]"), "{err}");
-        assert!(attribute_json_to_json(&json!({"Q": 1}))
+        assert!(export_item(line(&json!({"x": {"Q": 1}})).as_bytes())
             .unwrap_err()
             .0
             .contains("`Q`"));
+        assert_eq!(
+            export_item(b"{\"Keys\": {}}").unwrap_err().0,
+            "a line without an Item object"
+        );
     }
 
     /// A GetRecords record, as the service sends it.

@@ -21,7 +21,6 @@ use crate::checkpoint::{now_ms, CheckpointStore, DeadLetter, ShardCheckpoint};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::sink::{BulkOp, Origin};
-use crate::transform::attribute_json_to_json;
 use crate::transform::route::IdRule;
 
 /// What an import did.
@@ -533,16 +532,7 @@ pub async fn keep_deletes_ahead(config: &Config) -> anyhow::Result<String> {
 
 /// One export line → the item as the JSON row the routes read.
 fn item_row(line: &str) -> Result<serde_json::Map<String, Value>, String> {
-    let mut v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    let item = v
-        .get_mut("Item")
-        .filter(|i| i.is_object())
-        .ok_or("a line without an Item object")?
-        .take();
-    match attribute_json_to_json(&serde_json::json!({ "M": item })).map_err(|e| e.0)? {
-        Value::Object(m) => Ok(m),
-        _ => Err("an Item that is not a map".into()),
-    }
+    crate::transform::export_item(line.as_bytes()).map_err(|e| e.0)
 }
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS backfill_export_files (

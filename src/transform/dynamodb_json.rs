@@ -36,15 +36,35 @@ pub(crate) struct Section {
 
 /// Decodes one change record. `Err` names what is wrong with it.
 pub(crate) fn change_record(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
+    decode(bytes, "not a DynamoDB change record", |de, slot| {
+        de.deserialize_map(RecordVisitor { slot })
+    })
+}
+
+/// One line of a DynamoDB export to S3 (`{"Item": {...}}`) → the item as plain JSON.
+pub(crate) fn export_item(line: &[u8]) -> Result<Map<String, Value>, DecodeError> {
+    decode(line, "not an export line", |de, slot| {
+        de.deserialize_map(ExportLine { slot })
+    })?
+    .ok_or_else(|| DecodeError("a line without an Item object".into()))
+}
+
+type Json<'a> = serde_json::Deserializer<serde_json::de::SliceRead<'a>>;
+
+/// Runs one visitor over the whole of `bytes`. The error is the visitors' own message, or
+/// "not JSON" (a syntax error), or `what` with serde's words.
+fn decode<'a, T>(
+    bytes: &'a [u8],
+    what: &str,
+    run: impl FnOnce(&mut Json<'a>, &Slot) -> Result<T, serde_json::Error>,
+) -> Result<T, DecodeError> {
     let slot = Slot::default();
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = de
-        .deserialize_map(RecordVisitor { slot: &slot })
-        .and_then(|r| de.end().map(|()| r));
+    let parsed = run(&mut de, &slot).and_then(|r| de.end().map(|()| r));
     parsed.map_err(|e| match slot.take() {
         Some(reason) if !e.is_syntax() && !e.is_eof() => reason,
         _ if e.is_syntax() || e.is_eof() => DecodeError(format!("not JSON: {e}")),
-        _ => DecodeError(format!("not a DynamoDB change record: {e}")),
+        _ => DecodeError(format!("{what}: {e}")),
     })
 }
 
@@ -124,6 +144,35 @@ fn text(v: Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s),
         _ => None,
+    }
+}
+
+/// An export line: its `Item`, other fields passed over.
+struct ExportLine<'s> {
+    slot: &'s Slot,
+}
+
+impl<'de> Visitor<'de> for ExportLine<'_> {
+    type Value = Option<Map<String, Value>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an export line (an object with an Item)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut item = None;
+        while let Some(Field(key)) = map.next_key::<Field>()? {
+            if key == "Item" {
+                let slot = self.slot;
+                item = Some(
+                    map.next_value_seed(Item { slot, keys: false })
+                        .map_err(|e| slot.section("Item", e))?,
+                );
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(item)
     }
 }
 
