@@ -5,7 +5,8 @@
 //! (b) DMS JSON rows from Kinesis (bytes: JSON parse + route + encode),
 //! (c) DynamoDB→Kinesis records (bytes: JSON parse + transform + encode).
 //! Three runs each; prints MB/s of record bytes and records/s, min/median/max.
-//! Run: `cargo bench --bench pure_path`.
+//! Run: `cargo bench --bench pure_path` (`SLUICE_BENCH_ONLY="(c)"`: only the figures whose name
+//! holds that text).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
@@ -206,6 +207,10 @@ fn encode(decoded: Decoded) -> usize {
 }
 
 fn report(what: &str, records: usize, bytes: usize, mut run: impl FnMut() -> usize) {
+    // `SLUICE_BENCH_ONLY="(a) DynamoDB"`: only the figures whose name holds this text
+    if std::env::var("SLUICE_BENCH_ONLY").is_ok_and(|only| !what.contains(&only)) {
+        return;
+    }
     let mut rates: Vec<(f64, f64)> = (0..3)
         .map(|_| {
             let started = Instant::now();

@@ -85,9 +85,9 @@ impl From<DocChange> for Decoded {
 
 /// Joins `_id` parts. A single part is used as is; in composite ids `\` and the separator are
 /// escaped with `\`, so two different keys can never produce the same `_id`.
-pub fn join_id(parts: &[String], separator: &str) -> Result<String, DecodeError> {
+pub fn join_id(mut parts: Vec<String>, separator: &str) -> Result<String, DecodeError> {
     let id = if parts.len() == 1 {
-        parts[0].clone()
+        parts.pop().unwrap_or_default()
     } else {
         let escaped: Vec<String> = parts
             .iter()
@@ -180,7 +180,7 @@ impl DocIdSpec {
                 }
             });
         }
-        join_id(&parts, &self.separator)
+        join_id(parts, &self.separator)
     }
 }
 
@@ -567,7 +567,7 @@ mod tests {
             vec!["é", ""],
         ] {
             let parts: Vec<String> = parts.into_iter().map(str::to_owned).collect();
-            let id = join_id(&parts, sep).unwrap();
+            let id = join_id(parts.clone(), sep).unwrap();
             assert_eq!(split_id(&id, parts.len(), sep), Some(parts), "{id}");
         }
         assert_eq!(split_id("one", 1, sep), Some(vec!["one".to_string()]));

@@ -117,8 +117,9 @@ impl<'de> Visitor<'de> for RecordVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ChangeRecord, A::Error> {
         let mut record = ChangeRecord::default();
-        while let Some(key) = map.next_key::<Field>()? {
-            match key.0.as_str() {
+        const KNOWN: &[&str] = &["eventName", "tableName", "dynamodb"];
+        while let Some(key) = map.next_key_seed(OneOf(KNOWN))? {
+            match key {
                 "eventName" => record.event_name = text(map.next_value()?),
                 "tableName" => record.table_name = text(map.next_value()?),
                 "dynamodb" => {
@@ -161,7 +162,7 @@ impl<'de> Visitor<'de> for ExportLine<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut item = None;
-        while let Some(Field(key)) = map.next_key::<Field>()? {
+        while let Some(key) = map.next_key_seed(OneOf(&["Item"]))? {
             if key == "Item" {
                 let slot = self.slot;
                 item = Some(
@@ -196,10 +197,17 @@ impl<'de> Visitor<'de> for SectionVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Section, A::Error> {
         let mut section = Section::default();
-        while let Some(key) = map.next_key::<Field>()? {
+        const KNOWN: &[&str] = &[
+            "Keys",
+            "NewImage",
+            "OldImage",
+            "ApproximateCreationDateTime",
+            "ApproximateCreationDateTimePrecision",
+        ];
+        while let Some(key) = map.next_key_seed(OneOf(KNOWN))? {
             let slot = self.slot;
             let item = |keys| Item { slot, keys };
-            match key.0.as_str() {
+            match key {
                 "Keys" => {
                     section.keys = Some(
                         map.next_value_seed(item(true))
@@ -231,7 +239,111 @@ impl<'de> Visitor<'de> for SectionVisitor<'_> {
     }
 }
 
-/// A field name.
+/// A field name that is one of these, or `""` for any other: matched where serde_json lends
+/// the text, so passing over a field copies nothing.
+struct OneOf(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for OneOf {
+    type Value = &'static str;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for OneOf {
+    type Value = &'static str;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self
+            .0
+            .iter()
+            .find(|name| **name == v)
+            .copied()
+            .unwrap_or(""))
+    }
+}
+
+/// An AttributeValue's type key, read without copying it (one per attribute).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    S,
+    N,
+    B,
+    Bool,
+    Null,
+    M,
+    L,
+    Ss,
+    Ns,
+    Bs,
+}
+
+impl Tag {
+    const NAMES: [(&'static str, Tag); 10] = [
+        ("S", Tag::S),
+        ("N", Tag::N),
+        ("B", Tag::B),
+        ("BOOL", Tag::Bool),
+        ("NULL", Tag::Null),
+        ("M", Tag::M),
+        ("L", Tag::L),
+        ("SS", Tag::Ss),
+        ("NS", Tag::Ns),
+        ("BS", Tag::Bs),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("?", |(name, _)| name)
+    }
+}
+
+/// The key of an AttributeValue object.
+enum TagKey {
+    Type(Tag),
+    /// serde_json hands an arbitrary-precision number over as a map with one private key.
+    Number,
+    /// Its text, for the message.
+    Unknown(String),
+}
+
+impl TagKey {
+    fn text(&self) -> &str {
+        match self {
+            TagKey::Type(tag) => tag.name(),
+            TagKey::Number => "a number",
+            TagKey::Unknown(text) => text,
+        }
+    }
+}
+
+impl<'de> de::Deserialize<'de> for TagKey {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(TagVisitor)
+    }
+}
+
+struct TagVisitor;
+
+impl Visitor<'_> for TagVisitor {
+    type Value = TagKey;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an AttributeValue type")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<TagKey, E> {
+        Ok(match Tag::NAMES.iter().find(|(name, _)| *name == v) {
+            Some((_, tag)) => TagKey::Type(*tag),
+            None if v == "$serde_json::private::Number" => TagKey::Number,
+            None => TagKey::Unknown(v.to_owned()),
+        })
+    }
+}
+
+/// An attribute's name.
 struct Field(String);
 
 impl<'de> de::Deserialize<'de> for Field {
@@ -321,48 +433,59 @@ impl<'de> Visitor<'de> for Attribute<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let Some(Field(tag)) = map.next_key::<Field>()? else {
-            return Err(self.not_an_object("{}"));
-        };
-        // serde_json hands an arbitrary-precision number over as a map with this one key
-        if tag == "$serde_json::private::Number" {
-            let digits: String = map.next_value()?;
-            return Err(self.not_an_object(&digits));
-        }
-        if self.key && !matches!(tag.as_str(), "S" | "N" | "B") {
-            return Err(self
-                .slot
-                .fail(format!("a key attribute must be S, N or B, not {tag}")));
-        }
         let slot = self.slot;
-        let must = |what: &str, v: &Value| -> A::Error {
-            slot.fail(format!("{tag} value must be {what}, got {}", short(v)))
+        let tag = match map.next_key::<TagKey>()? {
+            None => return Err(self.not_an_object("{}")),
+            Some(TagKey::Type(tag)) => tag,
+            Some(TagKey::Number) => {
+                let digits: String = map.next_value()?;
+                return Err(self.not_an_object(&digits));
+            }
+            Some(TagKey::Unknown(other)) if self.key => {
+                return Err(slot.fail(format!("a key attribute must be S, N or B, not {other}")))
+            }
+            Some(TagKey::Unknown(other)) => {
+                return Err(slot.fail(format!("unknown AttributeValue type `{other}`")))
+            }
         };
-        let value = match tag.as_str() {
-            "S" | "B" => match map.next_value()? {
+        if self.key && !matches!(tag, Tag::S | Tag::N | Tag::B) {
+            return Err(slot.fail(format!(
+                "a key attribute must be S, N or B, not {}",
+                tag.name()
+            )));
+        }
+        let must = |what: &str, v: &Value| -> A::Error {
+            slot.fail(format!(
+                "{} value must be {what}, got {}",
+                tag.name(),
+                short(v)
+            ))
+        };
+        let value = match tag {
+            Tag::S | Tag::B => match map.next_value()? {
                 s @ Value::String(_) => s,
                 other => return Err(must("a string", &other)),
             },
-            "N" => match map.next_value()? {
+            Tag::N => match map.next_value()? {
                 Value::String(s) => number(&s).map_err(|e| slot.fail::<A::Error>(e.0))?,
                 other => return Err(must("a string", &other)),
             },
-            "BOOL" => match map.next_value()? {
+            Tag::Bool => match map.next_value()? {
                 b @ Value::Bool(_) => b,
                 other => return Err(must("true or false", &other)),
             },
-            "NULL" => {
+            Tag::Null => {
                 map.next_value::<IgnoredAny>()?;
                 Value::Null
             }
-            "M" => Value::Object(map.next_value_seed(Item { slot, keys: false })?),
-            "L" => Value::Array(map.next_value_seed(List { slot })?),
-            "SS" | "BS" | "NS" => match map.next_value()? {
+            Tag::M => Value::Object(map.next_value_seed(Item { slot, keys: false })?),
+            Tag::L => Value::Array(map.next_value_seed(List { slot })?),
+            Tag::Ss | Tag::Bs | Tag::Ns => match map.next_value()? {
                 Value::Array(items) => {
                     let mut out = Vec::with_capacity(items.len());
                     for item in items {
                         out.push(match item {
-                            Value::String(s) if tag == "NS" => {
+                            Value::String(s) if tag == Tag::Ns => {
                                 number(&s).map_err(|e| slot.fail::<A::Error>(e.0))?
                             }
                             s @ Value::String(_) => s,
@@ -373,12 +496,13 @@ impl<'de> Visitor<'de> for Attribute<'_> {
                 }
                 other => return Err(must("an array", &other)),
             },
-            other => {
-                return Err(slot.fail(format!("unknown AttributeValue type `{other}`")));
-            }
         };
-        if let Some(Field(second)) = map.next_key::<Field>()? {
-            return Err(self.not_an_object(&format!("a second type key `{second}` after `{tag}`")));
+        if let Some(second) = map.next_key::<TagKey>()? {
+            return Err(self.not_an_object(&format!(
+                "a second type key `{}` after `{}`",
+                second.text(),
+                tag.name()
+            )));
         }
         Ok(value)
     }
@@ -495,6 +619,8 @@ mod tests {
             (json!({"x": 7}), "dynamodb.NewImage: attribute `x`: an AttributeValue must be an object with one type key, got 7"),
             (json!({"x": {"Q": 1}}), "dynamodb.NewImage: attribute `x`: unknown AttributeValue type `Q`"),
             (json!({"x": {"S": "a", "N": "1"}}), "dynamodb.NewImage: attribute `x`: an AttributeValue must be an object with one type key, got a second type key `S` after `N`"),
+            (json!({"x": {"S": "a", "Zed": 1}}), "dynamodb.NewImage: attribute `x`: an AttributeValue must be an object with one type key, got a second type key `Zed` after `S`"),
+            (json!({"x": {}}), "dynamodb.NewImage: attribute `x`: an AttributeValue must be an object with one type key, got {}"),
             (json!({"x": {"SS": ["a", 1]}}), "dynamodb.NewImage: attribute `x`: SS value must be a list of strings, got 1"),
             (json!({"x": {"BOOL": "yes"}}), "dynamodb.NewImage: attribute `x`: BOOL value must be true or false, got \"yes\""),
         ];
@@ -510,6 +636,12 @@ mod tests {
         assert_eq!(
             err.0,
             "dynamodb.Keys: attribute `id`: a key attribute must be S, N or B, not BOOL"
+        );
+        let record = json!({"dynamodb": {"Keys": {"id": {"Q": "x"}}}});
+        let err = change_record(record.to_string().as_bytes()).unwrap_err();
+        assert_eq!(
+            err.0,
+            "dynamodb.Keys: attribute `id`: a key attribute must be S, N or B, not Q"
         );
     }
 

@@ -510,15 +510,18 @@ impl Routes {
         row: &Map<String, Value>,
         keys: Option<&Map<String, Value>>,
     ) -> Result<String, DecodeError> {
-        let names = match &route.id {
+        // borrowed: this runs for every record
+        let names: &[String] = match &route.id {
             IdRule::Template(t) => {
                 let id = t.render(row, "the id")?;
-                return join_id(&[id], &self.separator);
+                return join_id(vec![id], &self.separator);
             }
-            IdRule::Attributes(names) => names.clone(),
+            IdRule::Attributes(names) => names,
             IdRule::Key => match (&self.key, keys) {
-                (Some(key), _) => key.clone(),
-                (None, Some(keys)) if keys.len() == 1 => keys.keys().cloned().collect(),
+                (Some(key), _) => key,
+                (None, Some(keys)) if keys.len() == 1 => {
+                    keys.keys().next().map(std::slice::from_ref).unwrap_or_default()
+                }
                 (None, Some(keys)) => {
                     return Err(DecodeError(format!(
                         "the key has {} attributes ({}): set the route's `id` (or sink.document_id) to give their order",
@@ -541,7 +544,7 @@ impl Routes {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        join_id(&parts, &self.separator)
+        join_id(parts, &self.separator)
     }
 }
 
