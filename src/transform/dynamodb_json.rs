@@ -315,7 +315,7 @@ impl TagKey {
     fn text(&self) -> &str {
         match self {
             TagKey::Type(tag) => tag.name(),
-            TagKey::Number => "a number",
+            TagKey::Number => "$serde_json::private::Number",
             TagKey::Unknown(text) => text,
         }
     }
@@ -594,6 +594,16 @@ mod tests {
                 "m": {"Name": "Joe", "Age": 35}, "l": ["Cookies", 1.25, []],
                 "ss": ["Giraffe", "Zebra"], "ns": [42.2, -19], "bs": ["U3Vubnk="]
             })
+        );
+    }
+
+    #[test]
+    fn escaped_type_keys_and_field_names_are_read_as_their_text() {
+        let record = br#"{"\u0064ynamodb": {"NewImage": {"x": {"\u0053": "a"}}}}"#;
+        let r = change_record(record).unwrap();
+        assert_eq!(
+            Value::Object(r.section.unwrap().new_image.unwrap()),
+            json!({"x": "a"})
         );
     }
 
