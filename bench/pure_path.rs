@@ -41,6 +41,7 @@ fn main() {
         .collect();
     // no [[route]]: the whole item into one index, its key as `_id`
     let plain = Routes::single("posts", Some(vec!["id".into()]), "|");
+    let plain_reads = plain.reads();
 
     // (a) DynamoDB Streams records
     let streams: Vec<Vec<u8>> = items
@@ -76,7 +77,7 @@ fn main() {
                 .map(|r| {
                     encode(
                         plain
-                            .apply(dynamodb_row(r, None).unwrap())
+                            .apply(dynamodb_row(r, None, &plain_reads).unwrap())
                             .expect("decodes"),
                     )
                 })
@@ -99,10 +100,11 @@ fn main() {
         let routes = routes_from(&format!(
             "[source]\ntype = \"dynamodb_streams\"\ntable = \"Posts\"\n[[route]]\nindex = \"posts\"\nid = [\"id\"]\n{shaping}"
         ));
+        let reads = routes.reads();
         report(what, RECORDS, streams_bytes, || {
             streams
                 .iter()
-                .map(|r| encode(routes.apply(dynamodb_row(r, Some("Posts")).unwrap()).expect("decodes")))
+                .map(|r| encode(routes.apply(dynamodb_row(r, Some("Posts"), &reads).unwrap()).expect("decodes")))
                 .sum()
         });
     }
@@ -164,7 +166,7 @@ fn main() {
                 .map(|p| {
                     encode(
                         plain
-                            .apply(dynamodb_kinesis_row(p).unwrap())
+                            .apply(dynamodb_kinesis_row(p, &plain_reads).unwrap())
                             .expect("decodes"),
                     )
                 })

@@ -103,10 +103,12 @@ async fn run_dynamodb_streams(
         );
     }
     tracing::info!(stream = %meta.arn, view_type = %meta.view_type, key = ?meta.key_attributes, routes = ?routes.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "following DynamoDB stream");
+    let reads = routes.reads();
     let decode: Decoder<StreamRecord> = Arc::new(move |r| {
         routes.apply(transform::dynamodb_row(
             r.json().as_bytes(),
             table.as_deref(),
+            &reads,
         )?)
     });
     run_pipeline(config, services, api, meta.arn, decode, shutdown).await
@@ -138,7 +140,10 @@ async fn run_kinesis(
         Some(KinesisFormat::Dynamodb) | None => {
             let routes = Routes::from_config(config, None)?;
             tracing::info!(stream = %api.arn, routes = ?routes.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "following DynamoDB changes in Kinesis");
-            Arc::new(move |r| routes.apply(transform::dynamodb_kinesis_row(r.data().as_ref())?))
+            let reads = routes.reads();
+            Arc::new(move |r| {
+                routes.apply(transform::dynamodb_kinesis_row(r.data().as_ref(), &reads)?)
+            })
         }
     };
     let arn = api.arn.clone();

@@ -90,7 +90,7 @@ impl BulkOp {
         origin: Origin,
     ) -> Self {
         let kind = match action {
-            DocAction::Index(_) => OpKind::Index,
+            DocAction::Index(_) | DocAction::IndexJson(_) => OpKind::Index,
             DocAction::Delete => OpKind::Delete,
         };
         // written straight from borrowed fields: no JSON tree (and no copies) per operation
@@ -103,7 +103,11 @@ impl BulkOp {
             version: u64,
             version_type: &'static str,
         }
-        let mut lines = Vec::with_capacity(96 + index.len() + id.len());
+        let source = match &action {
+            DocAction::IndexJson(text) => text.len() + 1,
+            _ => 0,
+        };
+        let mut lines = Vec::with_capacity(96 + index.len() + id.len() + source);
         let meta = Meta {
             _id: &id,
             _index: &index,
@@ -116,9 +120,16 @@ impl BulkOp {
         lines.extend_from_slice(b"\":");
         serde_json::to_writer(&mut lines, &meta).expect("serializing JSON to memory");
         lines.extend_from_slice(b"}\n");
-        if let DocAction::Index(source) = &action {
-            serde_json::to_writer(&mut lines, source).expect("serializing JSON to memory");
-            lines.push(b'\n');
+        match &action {
+            DocAction::Index(source) => {
+                serde_json::to_writer(&mut lines, source).expect("serializing JSON to memory");
+                lines.push(b'\n');
+            }
+            DocAction::IndexJson(source) => {
+                lines.extend_from_slice(source.as_bytes());
+                lines.push(b'\n');
+            }
+            DocAction::Delete => {}
         }
         Self {
             index,

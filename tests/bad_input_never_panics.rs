@@ -44,11 +44,11 @@ fn single(key: &[&str]) -> Routes {
 }
 
 fn dynamodb_change(r: &[u8], routes: &Routes) -> Result<Decoded, DecodeError> {
-    routes.apply(dynamodb_row(r, Some("t"))?)
+    routes.apply(dynamodb_row(r, Some("t"), &routes.reads())?)
 }
 
 fn dynamodb_kinesis_change(bytes: &[u8], routes: &Routes) -> Result<Decoded, DecodeError> {
-    routes.apply(dynamodb_kinesis_row(bytes)?)
+    routes.apply(dynamodb_kinesis_row(bytes, &routes.reads())?)
 }
 
 fn ids() -> Routes {

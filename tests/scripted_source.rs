@@ -308,10 +308,11 @@ struct Run {
 
 fn start(api: Arc<ScriptedStreams>, config: Config) -> Run {
     let routes = the_index();
+    let reads = routes.reads();
     start_with(
         api,
         config,
-        Arc::new(move |r| routes.apply(dynamodb_row(r.json().as_bytes(), None)?)),
+        Arc::new(move |r| routes.apply(dynamodb_row(r.json().as_bytes(), None, &reads)?)),
     )
 }
 
@@ -603,7 +604,8 @@ fn the_index() -> Routes {
 
 fn kinesis_decoder() -> Decoder<aws_sdk_kinesis::types::Record> {
     let routes = the_index();
-    Arc::new(move |r| routes.apply(dynamodb_kinesis_row(r.data().as_ref())?))
+    let reads = routes.reads();
+    Arc::new(move |r| routes.apply(dynamodb_kinesis_row(r.data().as_ref(), &reads)?))
 }
 
 async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
@@ -863,8 +865,9 @@ async fn pages_without_operations_do_not_pile_up_while_elasticsearch_is_down() {
         dir.path().join("sluice.db"),
     ));
     let routes = the_index();
+    let reads = routes.reads();
     let decode: Decoder<StreamRecord> = Arc::new(move |r| {
-        let d = routes.apply(dynamodb_row(r.json().as_bytes(), None)?)?;
+        let d = routes.apply(dynamodb_row(r.json().as_bytes(), None, &reads)?)?;
         if d.changes[0].id.starts_with("skip") {
             return Ok(Decoded {
                 skipped: Some(Skip {

@@ -343,6 +343,7 @@ pub(crate) fn item_changes(
     routes.apply(RowChange {
         table: Some(table.to_owned()),
         new: Some(row),
+        new_json: None,
         old: None,
         keys: (!keys.is_empty()).then_some(keys),
         version: None,

@@ -460,23 +460,18 @@ fn documents(
     if decoded.skipped.is_some() {
         return Ok(None);
     }
-    Ok(Some(
-        decoded
-            .changes
-            .into_iter()
-            .filter_map(|c| match c.action {
-                DocAction::Index(doc) => Some((
-                    Place {
-                        index: c.index.unwrap_or_else(|| ctx.default_index.clone()),
-                        id: c.id,
-                        routing: c.routing,
-                    },
-                    doc,
-                )),
-                DocAction::Delete => None,
-            })
-            .collect(),
-    ))
+    let mut documents = Vec::with_capacity(decoded.changes.len());
+    for c in decoded.changes {
+        if let Some(doc) = c.action.into_document() {
+            let place = Place {
+                index: c.index.unwrap_or_else(|| ctx.default_index.clone()),
+                id: c.id,
+                routing: c.routing,
+            };
+            documents.push((place, doc?));
+        }
+    }
+    Ok(Some(documents))
 }
 
 fn key_of(

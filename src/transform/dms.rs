@@ -103,6 +103,7 @@ impl DmsRoutes {
         Ok(Ok(RowChange {
             table: Some(table),
             new,
+            new_json: None,
             old,
             keys: None,
             version: None,

@@ -20,8 +20,12 @@ use crate::config::{Config, ConfigError, IdConfig, KinesisFormat, SourceType};
 pub struct RowChange {
     /// DynamoDB: the table's name; DMS: `schema.table`.
     pub table: Option<String>,
-    /// The row after the change; `None` for a delete.
+    /// The row after the change; `None` for a delete. With `new_json`, only the attributes
+    /// the routes read ([`Routes::reads`]).
     pub new: Option<Map<String, Value>>,
+    /// The new row as the document's JSON text (an object), when the decoder wrote it while
+    /// parsing because no route shapes documents: no tree of the row is built at all.
+    pub new_json: Option<String>,
     /// The row before the change, as far as the record carries it.
     pub old: Option<Image>,
     /// The key attributes (DynamoDB `Keys`), when the record carries them apart.
@@ -36,6 +40,27 @@ pub struct RowChange {
 pub struct Image {
     pub attributes: Map<String, Value>,
     pub whole: bool,
+}
+
+/// What the routes read of a row, known from the configuration: a decoder keeps no more.
+#[derive(Debug, Clone, Default)]
+pub struct Reads {
+    /// Some route shapes its documents (include, exclude, rename, compute, drop_nulls), so
+    /// rows are needed whole, as trees. Otherwise a document is the row's JSON text.
+    pub whole_row: bool,
+    /// The attributes that decide where a row goes: route tests, index, id and routing
+    /// templates, the table's key.
+    pub attributes: Vec<String>,
+}
+
+impl Reads {
+    /// Whole rows (what every route can work with).
+    pub fn whole_rows() -> Self {
+        Reads {
+            whole_row: true,
+            attributes: Vec::new(),
+        }
+    }
 }
 
 /// Where a document lives.
@@ -387,12 +412,25 @@ impl Routes {
         }
     }
 
+    /// What of a row these routes read: decoders keep only that.
+    pub fn reads(&self) -> Reads {
+        let mut attributes: Vec<String> = self.routes.iter().flat_map(Route::placed_by).collect();
+        attributes.extend(self.key.iter().flatten().cloned());
+        attributes.sort();
+        attributes.dedup();
+        Reads {
+            whole_row: self.routes.iter().any(|r| !r.shape.is_identity()),
+            attributes,
+        }
+    }
+
     /// A change → the document operations it implies, a counted skip, or an error with the
     /// reason (the record goes to the dead-letter table).
     pub fn apply(&self, change: RowChange) -> Result<Decoded, DecodeError> {
         let RowChange {
             table,
             new,
+            new_json,
             old,
             keys,
             version,
@@ -436,11 +474,22 @@ impl Routes {
             }
         }
         if let (Some((route, place)), Some(row)) = (new_place, new) {
-            let document = route
-                .shape
-                .apply(row)
-                .map_err(|e| DecodeError(format!("route `{}`: {e}", route.name)))?;
-            changes.push(self.change(place, DocAction::Index(document), version));
+            let action = match new_json {
+                Some(json) if route.shape.is_identity() => DocAction::IndexJson(json),
+                Some(_) => {
+                    return Err(DecodeError(format!(
+                        "route `{}` shapes its documents, but the row was decoded without its tree (sluice's fault: the decoder was not given Routes::reads)",
+                        route.name
+                    )))
+                }
+                None => DocAction::Index(
+                    route
+                        .shape
+                        .apply(row)
+                        .map_err(|e| DecodeError(format!("route `{}`: {e}", route.name)))?,
+                ),
+            };
+            changes.push(self.change(place, action, version));
         }
         if changes.is_empty() {
             return Ok(Decoded {
@@ -975,6 +1024,7 @@ mod tests {
             table: Some("app".into()),
             keys: Some(row(json!({"PK": new["PK"], "SK": new["SK"]}))),
             new: Some(row(new)),
+            new_json: None,
             old: old.map(|o| Image {
                 attributes: row(o),
                 whole: true,
@@ -988,6 +1038,7 @@ mod tests {
             table: Some("app".into()),
             keys: Some(keys.clone()),
             new: None,
+            new_json: None,
             old: Some(Image {
                 attributes: keys,
                 whole: false,
@@ -1011,7 +1062,7 @@ mod tests {
     fn source(d: &Decoded) -> &Value {
         match &d.changes.last().unwrap().action {
             DocAction::Index(v) => v,
-            DocAction::Delete => panic!("a delete"),
+            other => panic!("not a tree: {other:?}"),
         }
     }
 
