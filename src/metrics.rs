@@ -70,11 +70,12 @@ pub mod labels {
     /// `sluice_backfill_segments{state}`.
     pub const BACKFILL_SEGMENT_STATES: [&str; 3] = ["pending", "in_progress", "done"];
     /// `sluice_retries_total{reason}`: the source's and the sink's.
-    pub const RETRY_REASONS: [&str; 22] = [
+    pub const RETRY_REASONS: [&str; 23] = [
         // source
         "expired_iterator",
         "trimmed_data",
         "source_throttled",
+        "source_timeout",
         "not_found",
         "source_transient",
         // whole bulk requests

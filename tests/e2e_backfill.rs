@@ -22,12 +22,17 @@ async fn bed_with_existing_rows(index: &'static str, n: usize) -> (PostsBed, Slu
 
 /// `sluice backfill` beside `sluice`, its log in `backfill.log` beside the daemon's.
 fn backfill(sluice: &Sluice, args: &[&str]) -> std::process::Child {
+    backfill_with_env(sluice, args, &[])
+}
+
+fn backfill_with_env(sluice: &Sluice, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("backfill")
         .arg("--config")
         .arg(&sluice.config)
         .args(args)
         .envs(aws_env())
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(sluice.log.with_file_name("backfill.log")).unwrap())
         .spawn()
@@ -185,6 +190,49 @@ async fn a_backfill_of_50_000_items_beside_5_000_stream_changes_ends_with_the_in
             "changes flowed through every generation: {shards:?}"
         );
     }
+}
+
+/// A table that answers a Scan page slower than the attempt timeout allows (moto under load, an
+/// overloaded table): a page that timed out is asked again for fewer items, so the backfill
+/// moves on instead of asking the same page for ever. 2,000 posts, 2 segments; every item of a
+/// page costs the fake 5 ms and an attempt may take 1 s (test hook), so a 1 MB page (about 800
+/// posts, 4 s) times out and only pages of ~100 posts are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_page_slower_than_the_attempt_timeout_is_asked_again_smaller() {
+    let bed = PostsBed::without_stream_on_fake_with(
+        "posts-backfill-slow-scan",
+        source_fake::Options {
+            scan_time_per_item: Duration::from_millis(5),
+            ..Default::default()
+        },
+    )
+    .await;
+    seed_posts(&bed.ddb, 0..2_000).await;
+    bed.enable_stream().await;
+    let sluice = follow_from_latest(&bed);
+    sluice.wait_ready(Duration::from_secs(30)).await;
+    let child = backfill_with_env(
+        &sluice,
+        &["--segments", "2"],
+        &[("SLUICE_TEST_AWS_ATTEMPT_TIMEOUT_MS", "1000")],
+    );
+    let (code, out) = tokio::task::spawn_blocking(move || wait(child, Duration::from_secs(120)))
+        .await
+        .expect("the backfill finishes: a timed-out page is asked again smaller");
+    let log = std::fs::read_to_string(sluice.log.with_file_name("backfill.log")).unwrap();
+    assert_eq!(code, Some(0), "{out}\n{log}");
+    assert!(out.contains("2/2 segments done, 2000 items"), "{out}");
+    let timeouts = log
+        .lines()
+        .filter(|l| l.contains("scan failed; retrying") && l.contains("timeout"))
+        .count();
+    assert!(
+        timeouts >= 2,
+        "both segments' first pages timed out (the fake is slow enough): {log}"
+    );
+    // the timeouts stop once the pages fit: no page size is retried for ever
+    assert!(timeouts <= 2 * 4, "{timeouts} timeouts: {log}");
+    bed.assert_converges(Duration::from_secs(60)).await;
 }
 
 /// The same at a tenth of the volume on moto: the scan and the stream as a second emulator

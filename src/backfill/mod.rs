@@ -21,7 +21,7 @@ pub mod tombstones;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use rusqlite::params;
@@ -824,6 +824,10 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
     let shard = segment_id(at.segment);
     let origin_stream: Arc<str> = format!("backfill:{}", shared.table).into();
     let mut backoff = 0u32;
+    let mut page_size = PageSize::new(
+        shared.page_items,
+        crate::source::dynamodb_streams::attempt_timeout(),
+    );
     loop {
         let start_key = at
             .last_key
@@ -831,6 +835,7 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
             .map(key_from_json)
             .transpose()
             .map_err(|e| anyhow::anyhow!("saved key of segment {}: {e}", at.segment))?;
+        let asked = Instant::now();
         let page = shared
             .client
             .scan()
@@ -838,7 +843,7 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
             .segment(at.segment as i32)
             .total_segments(at.total as i32)
             .consistent_read(shared.consistent_read)
-            .set_limit(shared.page_items.map(|n| n as i32))
+            .set_limit(page_size.limit().map(|n| n as i32))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .set_exclusive_start_key(start_key)
             .send()
@@ -859,7 +864,22 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
                 }
                 backoff += 1;
                 let delay = crate::retry::Backoff::AWS.delay(backoff);
-                tracing::warn!(segment = at.segment, error = %why, "scan failed; retrying");
+                let reason = if matches!(e, aws_sdk_dynamodb::error::SdkError::TimeoutError(_)) {
+                    // the same page asked again would take as long: ask for less
+                    page_size.timed_out();
+                    "source_timeout"
+                } else if scan_error_is_throttling(&e) {
+                    "source_throttled"
+                } else {
+                    "source_transient"
+                };
+                shared.metrics.retries.with_label_values(&[reason]).inc();
+                tracing::warn!(
+                    segment = at.segment,
+                    error = %why,
+                    page_items = ?page_size.limit(),
+                    "scan failed; retrying"
+                );
                 tokio::time::sleep(delay).await;
                 continue;
             }
@@ -874,6 +894,7 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
             .map(key_json)
             .transpose()
             .map_err(|e| anyhow::anyhow!("segment {}: {e}", at.segment))?;
+        page_size.answered(page.items().len(), next_key.is_some(), asked.elapsed());
         let mut ops = Vec::new();
         let mut dead = Vec::new();
         let origin = Origin {
@@ -969,6 +990,83 @@ async fn scan_segment(shared: &Shared, mut at: SegmentProgress) -> anyhow::Resul
     }
 }
 
+/// The Limit of the next Scan page. A page that timed out is asked again for half as many
+/// items: an overloaded table (or emulator) answering slower than the attempt timeout would
+/// otherwise be asked the same page for ever and the backfill would never move. A page answered
+/// in under a quarter of the timeout doubles the limit back towards the configured
+/// `backfill.page_items` (so the doubled page still answers well within it, and the limit does
+/// not swing between a page that works and one that times out); with none configured, the limit
+/// is dropped again once a page comes back cut by DynamoDB's 1 MB instead (the limit no longer
+/// decides the page's size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PageSize {
+    configured: Option<u32>,
+    current: Option<u32>,
+    /// Items in the last page answered: where halving starts when no limit was asked.
+    last_page: Option<u32>,
+    /// A page answered faster than this may be doubled.
+    grow_below: Duration,
+}
+
+impl PageSize {
+    /// Where halving starts when no limit was asked and no page has come back yet: 1 MB of
+    /// 1 KB items.
+    const UNKNOWN_PAGE: u32 = 1_000;
+
+    pub(crate) fn new(configured: Option<u32>, attempt_timeout: Duration) -> PageSize {
+        PageSize {
+            configured,
+            current: configured,
+            last_page: None,
+            grow_below: attempt_timeout / 4,
+        }
+    }
+
+    pub(crate) fn limit(&self) -> Option<u32> {
+        self.current
+    }
+
+    pub(crate) fn timed_out(&mut self) {
+        let from = self
+            .current
+            .or(self.last_page.filter(|&n| n > 0))
+            .unwrap_or(Self::UNKNOWN_PAGE);
+        self.current = Some((from / 2).max(1));
+    }
+
+    /// A page of `items` came back after `took`; `more`: it named a LastEvaluatedKey.
+    pub(crate) fn answered(&mut self, items: usize, more: bool, took: Duration) {
+        let items = u32::try_from(items).unwrap_or(u32::MAX);
+        self.last_page = Some(items);
+        let Some(current) = self.current else { return };
+        if self.current == self.configured || took >= self.grow_below {
+            return;
+        }
+        let cut_by_size = more && items < current;
+        let doubled = current.saturating_mul(2);
+        self.current = match self.configured {
+            Some(configured) => Some(doubled.min(configured)),
+            None if cut_by_size => None,
+            None => Some(doubled),
+        };
+    }
+}
+
+fn scan_error_is_throttling<R>(
+    e: &aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::scan::ScanError, R>,
+) -> bool {
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    matches!(
+        e.code(),
+        Some(
+            "ProvisionedThroughputExceededException"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "LimitExceededException"
+        )
+    )
+}
+
 /// Throttling, server errors and transport trouble pass; a missing table, missing permission or
 /// an invalid request do not (a one-off task must end and say why).
 pub(crate) fn scan_error_may_pass<R>(
@@ -1023,6 +1121,78 @@ pub fn render_status(table: &str, segments: &[SegmentProgress]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(20);
+    const QUICK: Duration = Duration::from_secs(1);
+    const SLOW: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_page_that_timed_out_is_asked_again_for_half_as_many_items() {
+        let mut unlimited = PageSize::new(None, TIMEOUT);
+        assert_eq!(unlimited.limit(), None);
+        unlimited.answered(900, true, SLOW);
+        unlimited.timed_out();
+        assert_eq!(unlimited.limit(), Some(450), "half the last page's items");
+        unlimited.timed_out();
+        assert_eq!(unlimited.limit(), Some(225));
+
+        let mut first = PageSize::new(None, TIMEOUT);
+        first.timed_out();
+        assert_eq!(
+            first.limit(),
+            Some(500),
+            "no page yet: half of 1 MB of 1 KB items"
+        );
+
+        let mut configured = PageSize::new(Some(3), TIMEOUT);
+        for _ in 0..5 {
+            configured.timed_out();
+        }
+        assert_eq!(configured.limit(), Some(1), "never below one item");
+    }
+
+    #[test]
+    fn only_a_page_answered_well_within_the_timeout_doubles_the_limit_back() {
+        let mut pages = PageSize::new(Some(800), TIMEOUT);
+        pages.timed_out();
+        pages.timed_out();
+        assert_eq!(pages.limit(), Some(200));
+        pages.answered(200, true, SLOW);
+        assert_eq!(
+            pages.limit(),
+            Some(200),
+            "half the timeout: doubling could time out"
+        );
+        pages.answered(200, true, QUICK);
+        assert_eq!(pages.limit(), Some(400));
+        pages.answered(400, true, QUICK);
+        pages.answered(800, true, QUICK);
+        assert_eq!(pages.limit(), Some(800), "not beyond backfill.page_items");
+    }
+
+    #[test]
+    fn without_page_items_the_limit_is_dropped_once_the_1_mb_cap_cuts_the_page() {
+        let mut pages = PageSize::new(None, TIMEOUT);
+        pages.timed_out();
+        pages.timed_out();
+        assert_eq!(pages.limit(), Some(250));
+        pages.answered(250, true, QUICK);
+        assert_eq!(pages.limit(), Some(500));
+        pages.answered(400, true, QUICK);
+        assert_eq!(
+            pages.limit(),
+            None,
+            "400 of 500: DynamoDB's 1 MB decided the page"
+        );
+        let mut end = PageSize::new(None, TIMEOUT);
+        end.timed_out();
+        end.answered(30, false, QUICK);
+        assert_eq!(
+            end.limit(),
+            Some(1000),
+            "the segment's last page is short, not cut"
+        );
+    }
 
     #[test]
     fn keys_round_trip_through_their_saved_form() {

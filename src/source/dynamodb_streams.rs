@@ -41,15 +41,25 @@ pub enum SetupError {
     Aws(String),
 }
 
+/// How long one attempt of an AWS call may take: a hung call must not stall a shard (or a scan
+/// segment) for ever; the caller retries. 20 s; the test hook `SLUICE_TEST_AWS_ATTEMPT_TIMEOUT_MS`
+/// shortens it so that a test of a slow service need not wait that long.
+pub fn attempt_timeout() -> Duration {
+    std::env::var("SLUICE_TEST_AWS_ATTEMPT_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(Duration::from_secs(20), Duration::from_millis)
+}
+
 /// Shared AWS SDK configuration: region, optional endpoint, credentials from the standard chain.
 pub async fn sdk_config(cfg: &SourceConfig) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(cfg.region.clone()))
-        // A hung call must not stall a shard for ever; the reader retries.
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
-                .operation_attempt_timeout(Duration::from_secs(20))
+                .operation_attempt_timeout(attempt_timeout())
                 .build(),
         );
     if let Some(url) = &cfg.endpoint_url {

@@ -416,12 +416,23 @@ impl PostsBed {
 
     /// The same bed on the source fake, the stream in 4 shards.
     pub async fn without_stream_on_fake(index: &'static str) -> PostsBed {
-        let fake = source_fake::SourceFake::start_with(source_fake::Options {
-            stream_shards: 4,
-            ..Default::default()
-        })
+        Self::without_stream_on_fake_with(
+            index,
+            source_fake::Options {
+                stream_shards: 4,
+                ..Default::default()
+            },
+        )
         .await
-        .expect("start the source fake");
+    }
+
+    pub async fn without_stream_on_fake_with(
+        index: &'static str,
+        options: source_fake::Options,
+    ) -> PostsBed {
+        let fake = source_fake::SourceFake::start_with(options)
+            .await
+            .expect("start the source fake");
         Self::without_stream_on(Source::Fake(fake), index).await
     }
 

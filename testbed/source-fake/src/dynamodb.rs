@@ -592,6 +592,7 @@ fn scan(world: &mut World, request: &Value) -> Result<Vec<u8>, AwsError> {
             break;
         }
     }
+    let wait = world.options.scan_time_per_item * items.len() as u32;
     let mut out = json!({ "Items": items, "Count": items.len(), "ScannedCount": items.len() });
     if let Some(text) = last_evaluated {
         out["LastEvaluatedKey"] = serde_json::from_str(text).unwrap_or(json!({}));
@@ -606,7 +607,9 @@ fn scan(world: &mut World, request: &Value) -> Result<Vec<u8>, AwsError> {
         let units = (bytes.div_ceil(4096).max(1)) as f64 * if consistent { 1.0 } else { 0.5 };
         out["ConsumedCapacity"] = json!({ "TableName": t.name, "CapacityUnits": units });
     }
-    reply(out)
+    let answer = reply(out);
+    world.answer_after = wait;
+    answer
 }
 
 /// Appends the stream record of one change to the shard the key hashes to.

@@ -23,6 +23,8 @@
 //! - Kinesis enhanced fan-out: consumers and SubscribeToShard event streams ([`fan_out`]).
 //! - Iterators expire (5 min on Kinesis, 15 min on DynamoDB Streams, or as configured).
 //! - Scripted errors: the next N calls of an operation (on a shard) answer a given error.
+//! - A slow Scan ([`Options::scan_time_per_item`]): pages answered after a wait that grows with
+//!   the items they return, as an overloaded table or moto under load answers.
 //!
 //! Not modelled: condition expressions, filter and projection expressions, indexes, shard
 //! filters, trimming by retention; eventually consistent reads (every read
@@ -110,6 +112,9 @@ pub struct Options {
     pub consumer_activation: Duration,
     /// How long a SubscribeToShard subscription lasts: 5 minutes.
     pub subscription_lifetime: Duration,
+    /// How long a Scan page takes per item it returns (zero: at once). The wait is spent with
+    /// the state unlocked, so other calls are answered meanwhile.
+    pub scan_time_per_item: Duration,
 }
 
 impl Default for Options {
@@ -123,6 +128,7 @@ impl Default for Options {
             stream_shards: 1,
             consumer_activation: Duration::from_millis(500),
             subscription_lifetime: Duration::from_secs(300),
+            scan_time_per_item: Duration::ZERO,
         }
     }
 }
@@ -137,6 +143,8 @@ pub(crate) struct World {
     pub calls: HashMap<String, u64>,
     /// Sequence numbers increase across every stream, as a clock would.
     pub next_seq: u128,
+    /// How long the call being answered waits before its answer is sent (a slow Scan).
+    pub answer_after: Duration,
     /// Enhanced fan-out consumers by ARN.
     pub consumers: HashMap<String, fan_out::Consumer>,
     pub consumer_registrations: u64,
@@ -242,6 +250,7 @@ impl SourceFake {
                 consumers: HashMap::new(),
                 consumer_registrations: 0,
                 fan_out: FanOutStats::default(),
+                answer_after: Duration::ZERO,
             }),
         });
         // PutRecords takes up to 5 MiB of records (base64 on the wire), BatchWriteItem 16 MB
@@ -460,21 +469,15 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             format!("the request body is not JSON: {e}"),
         )),
         Ok(request) => {
-            let mut world = shared.world();
-            match service {
-                "DynamoDB_20120810" => dynamodb::table_call(&mut world, operation, &request),
-                "DynamoDBStreams_20120810" => {
-                    dynamodb::stream_call(&mut world, operation, &request)
-                }
-                "Kinesis_20131202" if operation.contains("StreamConsumer") => {
-                    fan_out::call(&mut world, operation, &request)
-                }
-                "Kinesis_20131202" => kinesis::call(&mut world, operation, &request),
-                _ => Err(AwsError::bad_request(
-                    "UnknownOperationException",
-                    format!("unknown X-Amz-Target `{target}`"),
-                )),
+            let (answer, wait) = {
+                let mut world = shared.world();
+                let answer = world_call(&mut world, service, operation, target, &request);
+                (answer, std::mem::take(&mut world.answer_after))
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
+            answer
         }
     };
     match answer {
@@ -489,6 +492,27 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             response
         }
         Err(e) => error_response(&e, content_type),
+    }
+}
+
+fn world_call(
+    world: &mut World,
+    service: &str,
+    operation: &str,
+    target: &str,
+    request: &Value,
+) -> Result<Vec<u8>, AwsError> {
+    match service {
+        "DynamoDB_20120810" => dynamodb::table_call(world, operation, request),
+        "DynamoDBStreams_20120810" => dynamodb::stream_call(world, operation, request),
+        "Kinesis_20131202" if operation.contains("StreamConsumer") => {
+            fan_out::call(world, operation, request)
+        }
+        "Kinesis_20131202" => kinesis::call(world, operation, request),
+        _ => Err(AwsError::bad_request(
+            "UnknownOperationException",
+            format!("unknown X-Amz-Target `{target}`"),
+        )),
     }
 }
 
