@@ -92,10 +92,23 @@ impl Daemon {
 
     /// With SLUICE_BENCH_PROFILE=FILE: `perf record -g` of the sluice process into FILE until
     /// the returned guard is dropped (the profiles in bench/README.md were taken this way).
+    /// SLUICE_BENCH_PROFILE_CALL_GRAPH=dwarf unwinds by DWARF instead of frame pointers (which
+    /// the release build does not keep): callers of the allocator are then named.
     pub fn profile(&self) -> Option<Profile> {
         let out = std::env::var("SLUICE_BENCH_PROFILE").ok()?;
+        let call_graph =
+            std::env::var("SLUICE_BENCH_PROFILE_CALL_GRAPH").unwrap_or_else(|_| "fp".into());
         let child = Command::new("perf")
-            .args(["record", "-F", "1999", "-g", "-o", &out, "-p"])
+            .args([
+                "record",
+                "-F",
+                "1999",
+                "--call-graph",
+                &call_graph,
+                "-o",
+                &out,
+                "-p",
+            ])
             .arg(self.child.id().to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

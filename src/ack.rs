@@ -348,6 +348,8 @@ pub struct Committer<L: LeaseTable> {
     pub health: Arc<Health>,
     /// Readiness closes when no checkpoint advances for this long while records are pending.
     pub stall_after: Duration,
+    /// At most one commit per this interval (`checkpoint.commit_interval`).
+    pub commit_interval: Duration,
     pub finished: mpsc::UnboundedSender<ShardId>,
     pub lease_events: mpsc::UnboundedSender<LeaseEvent>,
     /// What this worker may still write: a checkpoint under a lapsed or lost lease is refused
@@ -364,14 +366,26 @@ impl<L: LeaseTable> Committer<L> {
     /// tracker is exactly what will be re-delivered.
     pub async fn run(self, stop: CancellationToken) {
         let mut last_advance = HashMap::new();
+        let mut last_commit: Option<tokio::time::Instant> = None;
         loop {
-            let stopping = tokio::select! {
+            let mut stopping = tokio::select! {
                 _ = self.tracker.inner.wake.notified() => false,
                 // a safety net, and the stall check; every completion also wakes us
                 _ = tokio::time::sleep(Duration::from_secs(1)) => false,
                 _ = stop.cancelled() => true,
             };
-            self.commit_complete(&mut last_advance).await;
+            // what completes meanwhile joins this commit (the wake-ups it sends are folded in)
+            if let Some(due) = last_commit.map(|at| at + self.commit_interval) {
+                if !stopping && due > tokio::time::Instant::now() {
+                    stopping = tokio::select! {
+                        _ = tokio::time::sleep_until(due) => false,
+                        _ = stop.cancelled() => true,
+                    };
+                }
+            }
+            if self.commit_complete(&mut last_advance).await {
+                last_commit = Some(tokio::time::Instant::now());
+            }
             if stopping {
                 return;
             }
@@ -379,8 +393,8 @@ impl<L: LeaseTable> Committer<L> {
     }
 
     /// One pass: commit every complete prefix. Retries a failed write until it succeeds (the
-    /// acknowledged work is not lost meanwhile: it would be re-delivered).
-    async fn commit_complete(&self, last_advance: &mut HashMap<ShardId, Instant>) {
+    /// acknowledged work is not lost meanwhile: it would be re-delivered). True when it wrote.
+    async fn commit_complete(&self, last_advance: &mut HashMap<ShardId, Instant>) -> bool {
         let (done, lapsed): (Vec<Prefix>, Vec<Prefix>) = self
             .tracker
             .complete_prefixes()
@@ -451,6 +465,7 @@ impl<L: LeaseTable> Committer<L> {
                 .with_label_values(&[&shard])
                 .set(n as i64);
         }
+        !done.is_empty()
     }
 
     /// Fenced: another worker holds the shard (or this worker's hold lapsed); it re-reads from
@@ -492,6 +507,128 @@ impl<L: LeaseTable> Committer<L> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A committer over a SQLite lease table holding `shard`, and its tracker's epoch.
+    async fn committer(
+        dir: &std::path::Path,
+        shard: &ShardId,
+        commit_interval: Duration,
+    ) -> (
+        Committer<crate::lease::sqlite::SqliteLeases>,
+        crate::checkpoint::CheckpointStore,
+        u64,
+    ) {
+        let store = crate::checkpoint::CheckpointStore::open(
+            &dir.join("s.db"),
+            crate::config::JournalMode::Wal,
+        )
+        .unwrap();
+        let table = crate::lease::sqlite::SqliteLeases::new(store.clone(), "stream", "me");
+        table
+            .create_missing(std::slice::from_ref(shard))
+            .await
+            .unwrap();
+        let seen = table.leases().await.unwrap().remove(0);
+        let held = table.take(&seen).await.unwrap().expect("taken");
+        let fence = Fence::default();
+        fence.grant(
+            shard,
+            held.epoch,
+            tokio::time::Instant::now() + Duration::from_secs(600),
+        );
+        let committer = Committer {
+            tracker: AckTracker::default(),
+            table: Arc::new(table),
+            metrics: Metrics::new(),
+            health: Arc::new(Health::new(Duration::from_secs(60))),
+            stall_after: Duration::from_secs(60),
+            commit_interval,
+            finished: mpsc::unbounded_channel().0,
+            lease_events: mpsc::unbounded_channel().0,
+            fence,
+            committed_any: Arc::default(),
+        };
+        (committer, store, held.epoch)
+    }
+
+    async fn until_committed(tracker: &AckTracker, shard: &ShardId) {
+        while tracker.pending_segments(shard) > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledgements_within_the_commit_interval_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard: ShardId = "shard-1".into();
+        let (committer, store, epoch) = committer(dir.path(), &shard, Duration::from_secs(2)).await;
+        let (tracker, metrics) = (committer.tracker.clone(), committer.metrics.clone());
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(committer.run(stop.clone()));
+        // 20 pages acknowledged one after another over ~100 ms, well inside the interval
+        for seq in 1..=20 {
+            for ack in tracker.register(&shard, epoch, cp(seq), 1, 1) {
+                ack.done();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        until_committed(&tracker, &shard).await;
+        assert!(
+            metrics.checkpoint_commits.get() <= 2,
+            "the first acknowledgement commits at once, the rest together: {} commits",
+            metrics.checkpoint_commits.get()
+        );
+        let saved = store.load("stream").await.unwrap();
+        assert_eq!(
+            saved["shard-1"],
+            cp(20),
+            "the last page's checkpoint is the one kept"
+        );
+        stop.cancel();
+        running.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_no_commit_interval_every_acknowledgement_is_committed_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard: ShardId = "shard-1".into();
+        let (committer, store, epoch) = committer(dir.path(), &shard, Duration::ZERO).await;
+        let (tracker, metrics) = (committer.tracker.clone(), committer.metrics.clone());
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(committer.run(stop.clone()));
+        for seq in 1..=20 {
+            for ack in tracker.register(&shard, epoch, cp(seq), 1, 1) {
+                ack.done();
+            }
+            until_committed(&tracker, &shard).await;
+        }
+        assert_eq!(metrics.checkpoint_commits.get(), 20);
+        assert_eq!(store.load("stream").await.unwrap()["shard-1"], cp(20));
+        stop.cancel();
+        running.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_commits_what_waits_for_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard: ShardId = "shard-1".into();
+        let (committer, store, epoch) =
+            committer(dir.path(), &shard, Duration::from_secs(30)).await;
+        let tracker = committer.tracker.clone();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(committer.run(stop.clone()));
+        for ack in tracker.register(&shard, epoch, cp(1), 1, 1) {
+            ack.done();
+        }
+        until_committed(&tracker, &shard).await;
+        for ack in tracker.register(&shard, epoch, cp(2), 1, 1) {
+            ack.done();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.cancel();
+        running.await.unwrap();
+        assert_eq!(store.load("stream").await.unwrap()["shard-1"], cp(2));
+    }
 
     fn cp(seq: u64) -> ShardCheckpoint {
         ShardCheckpoint {

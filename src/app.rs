@@ -340,6 +340,7 @@ async fn run_with_leases<A: ShardApi, L: LeaseTable>(
         metrics: metrics.clone(),
         health: health.clone(),
         stall_after: config.health.stall_after,
+        commit_interval: config.checkpoint.commit_interval,
         finished: finished_tx,
         lease_events: events_tx.clone(),
         fence: fence.clone(),

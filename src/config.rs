@@ -443,6 +443,12 @@ pub struct CheckpointConfig {
     /// SQLite journal mode.
     #[serde(default = "default_journal_mode")]
     pub journal_mode: JournalMode,
+    /// At most one checkpoint transaction per this interval: the acknowledgements of busy
+    /// shards are committed together (each commit is an fsync). What it delays is only the
+    /// checkpoint — documents are already in the index — so a crash re-delivers at most this
+    /// much more, which external versions make harmless. 0: commit at every acknowledgement.
+    #[serde(default = "default_commit_interval", deserialize_with = "duration")]
+    pub commit_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -727,6 +733,9 @@ fn default_checkpoint_path() -> PathBuf {
 fn default_journal_mode() -> JournalMode {
     JournalMode::Wal
 }
+fn default_commit_interval() -> Duration {
+    Duration::from_millis(100)
+}
 fn default_listen() -> SocketAddr {
     "127.0.0.1:9464".parse().expect("valid literal")
 }
@@ -780,6 +789,7 @@ impl Default for CheckpointConfig {
         Self {
             path: default_checkpoint_path(),
             journal_mode: default_journal_mode(),
+            commit_interval: default_commit_interval(),
         }
     }
 }
@@ -1123,6 +1133,12 @@ impl Config {
             if d.is_zero() {
                 return err(key, "must be greater than zero");
             }
+        }
+        if self.checkpoint.commit_interval >= self.health.stall_after {
+            return err(
+                "checkpoint.commit_interval",
+                "must be shorter than health.stall_after (a checkpoint that waits that long looks stalled)",
+            );
         }
         if s.records_per_call == 0
             || (s.kind == SourceType::DynamodbStreams && s.records_per_call > 1000)
