@@ -375,7 +375,7 @@ impl<L: LeaseTable> Committer<L> {
                 _ = stop.cancelled() => true,
             };
             // what completes meanwhile joins this commit (the wake-ups it sends are folded in)
-            if let Some(due) = last_commit.map(|at| at + self.commit_interval) {
+            if let Some(due) = last_commit.and_then(|at| at.checked_add(self.commit_interval)) {
                 if !stopping && due > tokio::time::Instant::now() {
                     stopping = tokio::select! {
                         _ = tokio::time::sleep_until(due) => false,
@@ -626,7 +626,10 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         stop.cancel();
-        running.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("stopping does not wait out the 30 s interval")
+            .unwrap();
         assert_eq!(store.load("stream").await.unwrap()["shard-1"], cp(2));
     }
 

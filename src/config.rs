@@ -1134,10 +1134,12 @@ impl Config {
                 return err(key, "must be greater than zero");
             }
         }
-        if self.checkpoint.commit_interval >= self.health.stall_after {
+        if self.checkpoint.commit_interval > Duration::from_secs(10)
+            || self.checkpoint.commit_interval >= self.health.stall_after
+        {
             return err(
                 "checkpoint.commit_interval",
-                "must be shorter than health.stall_after (a checkpoint that waits that long looks stalled)",
+                "must be at most 10s and shorter than health.stall_after (a handoff and a shard's children wait for its last commit, and a crash re-delivers one interval)",
             );
         }
         if s.records_per_call == 0
@@ -1369,6 +1371,39 @@ mod tests {
         assert_eq!(c.batch.max_in_flight, 2);
         assert_eq!(c.shutdown.timeout, Duration::from_secs(25));
         assert_eq!(c.checkpoint.journal_mode, JournalMode::Wal);
+        assert_eq!(c.checkpoint.commit_interval, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_commit_interval_may_be_zero_but_not_long() {
+        let with = |v: &str| {
+            load(
+                &format!("{MINIMAL}[checkpoint]\ncommit_interval = \"{v}\"\n"),
+                &[],
+            )
+        };
+        assert_eq!(
+            with("0s").unwrap().checkpoint.commit_interval,
+            Duration::ZERO
+        );
+        assert_eq!(
+            with("10s").unwrap().checkpoint.commit_interval,
+            Duration::from_secs(10)
+        );
+        let e = with("11s").unwrap_err().to_string();
+        assert!(
+            e.contains("checkpoint.commit_interval") && e.contains("at most 10s"),
+            "{e}"
+        );
+        let e = load(
+            &format!(
+                "{MINIMAL}[checkpoint]\ncommit_interval = \"5s\"\n[health]\nstall_after = \"5s\"\n"
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("shorter than health.stall_after"), "{e}");
     }
 
     #[test]

@@ -41,9 +41,10 @@ pub enum SetupError {
     Aws(String),
 }
 
-/// How long one attempt of an AWS call may take: a hung call must not stall a shard (or a scan
-/// segment) for ever; the caller retries. 20 s; the test hook `SLUICE_TEST_AWS_ATTEMPT_TIMEOUT_MS`
-/// shortens it so that a test of a slow service need not wait that long.
+/// How long one attempt of an SDK call (DescribeStream, Scan, …) may take: a hung call must not
+/// stall a shard (or a scan segment) for ever; the caller retries. 20 s; the test hook
+/// `SLUICE_TEST_AWS_ATTEMPT_TIMEOUT_MS` shortens it so that a test of a slow service need not
+/// wait that long. (GetRecords, sent without the SDK, has its own 20 s request timeout.)
 pub fn attempt_timeout() -> Duration {
     std::env::var("SLUICE_TEST_AWS_ATTEMPT_TIMEOUT_MS")
         .ok()
