@@ -508,128 +508,139 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A committer over a SQLite lease table holding `shard`, and its tracker's epoch.
-    async fn committer(
-        dir: &std::path::Path,
-        shard: &ShardId,
-        commit_interval: Duration,
-    ) -> (
-        Committer<crate::lease::sqlite::SqliteLeases>,
-        crate::checkpoint::CheckpointStore,
-        u64,
-    ) {
-        let store = crate::checkpoint::CheckpointStore::open(
-            &dir.join("s.db"),
-            crate::config::JournalMode::Wal,
-        )
-        .unwrap();
-        let table = crate::lease::sqlite::SqliteLeases::new(store.clone(), "stream", "me");
-        table
-            .create_missing(std::slice::from_ref(shard))
-            .await
-            .unwrap();
-        let seen = table.leases().await.unwrap().remove(0);
-        let held = table.take(&seen).await.unwrap().expect("taken");
-        let fence = Fence::default();
-        fence.grant(
-            shard,
-            held.epoch,
-            tokio::time::Instant::now() + Duration::from_secs(600),
-        );
-        let committer = Committer {
-            tracker: AckTracker::default(),
-            table: Arc::new(table),
-            metrics: Metrics::new(),
-            health: Arc::new(Health::new(Duration::from_secs(60))),
-            stall_after: Duration::from_secs(60),
-            commit_interval,
-            finished: mpsc::unbounded_channel().0,
-            lease_events: mpsc::unbounded_channel().0,
-            fence,
-            committed_any: Arc::default(),
-        };
-        (committer, store, held.epoch)
+    /// A running committer over a SQLite lease table holding `shard-1`.
+    struct Running {
+        _dir: tempfile::TempDir,
+        shard: ShardId,
+        epoch: u64,
+        tracker: AckTracker,
+        metrics: Metrics,
+        store: crate::checkpoint::CheckpointStore,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
     }
 
-    async fn until_committed(tracker: &AckTracker, shard: &ShardId) {
-        while tracker.pending_segments(shard) > 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+    impl Running {
+        async fn start(commit_interval: Duration) -> Running {
+            let dir = tempfile::tempdir().unwrap();
+            let shard: ShardId = "shard-1".into();
+            let store = crate::checkpoint::CheckpointStore::open(
+                &dir.path().join("s.db"),
+                crate::config::JournalMode::Wal,
+            )
+            .unwrap();
+            let table = crate::lease::sqlite::SqliteLeases::new(store.clone(), "stream", "me");
+            table
+                .create_missing(std::slice::from_ref(&shard))
+                .await
+                .unwrap();
+            let seen = table.leases().await.unwrap().remove(0);
+            let held = table.take(&seen).await.unwrap().expect("taken");
+            let fence = Fence::default();
+            fence.grant(
+                &shard,
+                held.epoch,
+                tokio::time::Instant::now() + Duration::from_secs(600),
+            );
+            let committer = Committer {
+                tracker: AckTracker::default(),
+                table: Arc::new(table),
+                metrics: Metrics::new(),
+                health: Arc::new(Health::new(Duration::from_secs(60))),
+                stall_after: Duration::from_secs(60),
+                commit_interval,
+                finished: mpsc::unbounded_channel().0,
+                lease_events: mpsc::unbounded_channel().0,
+                fence,
+                committed_any: Arc::default(),
+            };
+            let (tracker, metrics) = (committer.tracker.clone(), committer.metrics.clone());
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(committer.run(stop.clone()));
+            Running {
+                _dir: dir,
+                shard,
+                epoch: held.epoch,
+                tracker,
+                metrics,
+                store,
+                stop,
+                task,
+            }
+        }
+
+        /// A page of one record, read and acknowledged by Elasticsearch.
+        fn acknowledge(&self, seq: u64) {
+            for ack in self
+                .tracker
+                .register(&self.shard, self.epoch, cp(seq), 1, 1)
+            {
+                ack.done();
+            }
+        }
+
+        async fn until_committed(&self) {
+            while self.tracker.pending_segments(&self.shard) > 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+
+        async fn saved(&self) -> ShardCheckpoint {
+            self.store.load("stream").await.unwrap()["shard-1"].clone()
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            tokio::time::timeout(Duration::from_secs(5), self.task)
+                .await
+                .expect("stopping does not wait out the interval")
+                .unwrap();
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn acknowledgements_within_the_commit_interval_share_one_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let shard: ShardId = "shard-1".into();
-        let (committer, store, epoch) = committer(dir.path(), &shard, Duration::from_secs(2)).await;
-        let (tracker, metrics) = (committer.tracker.clone(), committer.metrics.clone());
-        let stop = CancellationToken::new();
-        let running = tokio::spawn(committer.run(stop.clone()));
+        let c = Running::start(Duration::from_secs(2)).await;
         // 20 pages acknowledged one after another over ~100 ms, well inside the interval
         for seq in 1..=20 {
-            for ack in tracker.register(&shard, epoch, cp(seq), 1, 1) {
-                ack.done();
-            }
+            c.acknowledge(seq);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        until_committed(&tracker, &shard).await;
+        c.until_committed().await;
         assert!(
-            metrics.checkpoint_commits.get() <= 2,
+            c.metrics.checkpoint_commits.get() <= 2,
             "the first acknowledgement commits at once, the rest together: {} commits",
-            metrics.checkpoint_commits.get()
+            c.metrics.checkpoint_commits.get()
         );
-        let saved = store.load("stream").await.unwrap();
         assert_eq!(
-            saved["shard-1"],
+            c.saved().await,
             cp(20),
             "the last page's checkpoint is the one kept"
         );
-        stop.cancel();
-        running.await.unwrap();
+        c.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_no_commit_interval_every_acknowledgement_is_committed_on_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let shard: ShardId = "shard-1".into();
-        let (committer, store, epoch) = committer(dir.path(), &shard, Duration::ZERO).await;
-        let (tracker, metrics) = (committer.tracker.clone(), committer.metrics.clone());
-        let stop = CancellationToken::new();
-        let running = tokio::spawn(committer.run(stop.clone()));
+        let c = Running::start(Duration::ZERO).await;
         for seq in 1..=20 {
-            for ack in tracker.register(&shard, epoch, cp(seq), 1, 1) {
-                ack.done();
-            }
-            until_committed(&tracker, &shard).await;
+            c.acknowledge(seq);
+            c.until_committed().await;
         }
-        assert_eq!(metrics.checkpoint_commits.get(), 20);
-        assert_eq!(store.load("stream").await.unwrap()["shard-1"], cp(20));
-        stop.cancel();
-        running.await.unwrap();
+        assert_eq!(c.metrics.checkpoint_commits.get(), 20);
+        assert_eq!(c.saved().await, cp(20));
+        c.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stopping_commits_what_waits_for_the_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let shard: ShardId = "shard-1".into();
-        let (committer, store, epoch) =
-            committer(dir.path(), &shard, Duration::from_secs(30)).await;
-        let tracker = committer.tracker.clone();
-        let stop = CancellationToken::new();
-        let running = tokio::spawn(committer.run(stop.clone()));
-        for ack in tracker.register(&shard, epoch, cp(1), 1, 1) {
-            ack.done();
-        }
-        until_committed(&tracker, &shard).await;
-        for ack in tracker.register(&shard, epoch, cp(2), 1, 1) {
-            ack.done();
-        }
+        let c = Running::start(Duration::from_secs(30)).await;
+        c.acknowledge(1);
+        c.until_committed().await;
+        c.acknowledge(2);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(5), running)
-            .await
-            .expect("stopping does not wait out the 30 s interval")
-            .unwrap();
+        let store = c.store.clone();
+        c.stop().await;
         assert_eq!(store.load("stream").await.unwrap()["shard-1"], cp(2));
     }
 
