@@ -1052,18 +1052,14 @@ impl PageSize {
     }
 }
 
+/// Throttling as the shard readers classify it (one list of codes for both).
 fn scan_error_is_throttling<R>(
     e: &aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::scan::ScanError, R>,
 ) -> bool {
     use aws_sdk_dynamodb::error::ProvideErrorMetadata;
     matches!(
-        e.code(),
-        Some(
-            "ProvisionedThroughputExceededException"
-                | "ThrottlingException"
-                | "RequestLimitExceeded"
-                | "LimitExceededException"
-        )
+        crate::source::classify_code(e.code(), String::new()),
+        crate::source::ApiError::Throttled(_)
     )
 }
 
