@@ -1,6 +1,12 @@
 //! AWS Signature Version 4 for the requests sluice makes itself — `_bulk` to Amazon OpenSearch
 //! Service, GetRecords to DynamoDB Streams — signed by `aws-sigv4` (the crate the AWS SDK signs
 //! with) over the exact bytes that go out, with credentials from the standard chain.
+//!
+//! Requests to a service's root (`POST /`, no query: the JSON protocol GetRecords speaks) take a
+//! shorter road: the day's signing key is derived once instead of with four HMACs per request,
+//! and the canonical request is written directly. At 1,000 idle shards GetRecords is signed
+//! ~200 times a second, and aws-sigv4's general path was ~15 % of the idle daemon's CPU. The
+//! tests hold the short road to aws-sigv4's answer byte for byte.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -11,6 +17,7 @@ use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
 };
 use aws_sigv4::sign::v4;
+use sha2::{Digest, Sha256};
 
 /// Temporary credentials are renewed this long before they expire (as the AWS SDK does).
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
@@ -29,7 +36,29 @@ pub struct Signer {
     /// clock drifted would otherwise fail every request (as the AWS SDK does, requests are
     /// signed at the service's time).
     skew_ms: AtomicI64,
+    /// The signing key of the day, for the credentials it was derived from.
+    day_key: std::sync::Mutex<Option<DayKey>>,
 }
+
+/// SigV4's signing key depends only on the secret, the UTC date, the region and the service.
+struct DayKey {
+    date: String,
+    access_key_id: String,
+    secret: String,
+    key: Vec<u8>,
+}
+
+/// Headers aws-sigv4 leaves out of the signature (proxies may change them); a request carrying
+/// one goes the general way.
+const UNSIGNED_HEADERS: [&str; 4] = [
+    "authorization",
+    "user-agent",
+    "x-amzn-trace-id",
+    "transfer-encoding",
+];
+
+/// Headers the signature adds.
+const SIGNATURE_HEADERS: [&str; 3] = ["x-amz-date", "x-amz-security-token", "x-amz-content-sha256"];
 
 /// Clock differences below this are left alone (the `Date` header has whole seconds).
 const SKEW_TOLERATED: Duration = Duration::from_secs(60);
@@ -48,6 +77,7 @@ impl Signer {
             service: service.into(),
             payload_hash_header,
             skew_ms: AtomicI64::new(0),
+            day_key: std::sync::Mutex::default(),
         }
     }
 
@@ -99,7 +129,46 @@ impl Signer {
         headers: &mut Vec<(&'static str, String)>,
         body: &[u8],
     ) -> Result<(), String> {
-        let identity = self.current_credentials().await?.into();
+        let credentials = self.current_credentials().await?;
+        self.sign_at(
+            &credentials,
+            self.signing_time(),
+            method,
+            url,
+            headers,
+            body,
+        )
+    }
+
+    /// [`Signer::sign`] with the credentials and time given.
+    fn sign_at(
+        &self,
+        credentials: &Credentials,
+        time: SystemTime,
+        method: &str,
+        url: &str,
+        headers: &mut Vec<(&'static str, String)>,
+        body: &[u8],
+    ) -> Result<(), String> {
+        if is_root_request(url, headers) {
+            self.sign_root(credentials, time, method, headers, body);
+            Ok(())
+        } else {
+            self.sign_general(credentials, time, method, url, headers, body)
+        }
+    }
+
+    /// Any request, by aws-sigv4.
+    fn sign_general(
+        &self,
+        credentials: &Credentials,
+        time: SystemTime,
+        method: &str,
+        url: &str,
+        headers: &mut Vec<(&'static str, String)>,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let identity = credentials.clone().into();
         let mut settings = SigningSettings::default();
         if self.payload_hash_header {
             settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
@@ -108,7 +177,7 @@ impl Signer {
             .identity(&identity)
             .region(&self.region)
             .name(&self.service)
-            .time(self.signing_time())
+            .time(time)
             .settings(settings)
             .build()
             .map_err(|e| e.to_string())?
@@ -127,6 +196,84 @@ impl Signer {
             headers.push((static_name(k), v.to_string()));
         }
         Ok(())
+    }
+
+    /// A request to the service's root (see [`is_root_request`]): the canonical request is
+    /// `METHOD`, `/`, an empty query, the headers sorted by name, their names, the body's hash.
+    fn sign_root(
+        &self,
+        credentials: &Credentials,
+        time: SystemTime,
+        method: &str,
+        headers: &mut Vec<(&'static str, String)>,
+        body: &[u8],
+    ) {
+        let amz_date = amz_date(time);
+        let date = &amz_date[..8];
+        let payload_hash = hex::encode(Sha256::digest(body));
+        headers.push(("x-amz-date", amz_date.clone()));
+        if let Some(token) = credentials.session_token() {
+            headers.push(("x-amz-security-token", token.to_owned()));
+        }
+        if self.payload_hash_header {
+            headers.push(("x-amz-content-sha256", payload_hash.clone()));
+        }
+        let mut signed: Vec<&(&'static str, String)> = headers.iter().collect();
+        signed.sort_unstable_by_key(|(name, _)| *name);
+        let names = signed
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(";");
+        let mut canonical = String::with_capacity(512);
+        for part in [method, "\n/\n\n"] {
+            canonical.push_str(part);
+        }
+        for (name, value) in &signed {
+            for part in [name, ":", value.as_str(), "\n"] {
+                canonical.push_str(part);
+            }
+        }
+        for part in ["\n", &names, "\n", &payload_hash] {
+            canonical.push_str(part);
+        }
+        let scope = format!("{date}/{}/{}/aws4_request", self.region, self.service);
+        let string_to_sign = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+        let signature = {
+            let mut slot = self.day_key.lock().unwrap_or_else(|p| p.into_inner());
+            let current = slot.as_ref().is_some_and(|k| {
+                k.date == date
+                    && k.access_key_id == credentials.access_key_id()
+                    && k.secret == credentials.secret_access_key()
+            });
+            if !current {
+                *slot = Some(DayKey {
+                    date: date.to_owned(),
+                    access_key_id: credentials.access_key_id().to_owned(),
+                    secret: credentials.secret_access_key().to_owned(),
+                    key: v4::generate_signing_key(
+                        credentials.secret_access_key(),
+                        time,
+                        &self.region,
+                        &self.service,
+                    )
+                    .as_ref()
+                    .to_vec(),
+                });
+            }
+            let key = &slot.as_ref().expect("set above").key;
+            v4::calculate_signature(key, string_to_sign.as_bytes())
+        };
+        headers.push((
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={names}, Signature={signature}",
+                credentials.access_key_id()
+            ),
+        ));
     }
 
     /// The cached credentials, or fresh ones when none are cached or they expire soon.
@@ -149,6 +296,53 @@ impl Signer {
         *slot = Some(creds.clone());
         Ok(creds)
     }
+}
+
+/// A request the short road signs exactly as aws-sigv4 would: the URL's path is `/` with no
+/// query, and every header is signed as it stands — a lower-case name given once, none that
+/// the signer leaves out or adds, a value without spaces to trim or fold.
+fn is_root_request(url: &str, headers: &[(&'static str, String)]) -> bool {
+    let root = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|at| &rest[at..]))
+        == Some("/");
+    let plain = |(name, value): &(&'static str, String)| {
+        name.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !UNSIGNED_HEADERS.contains(name)
+            && !SIGNATURE_HEADERS.contains(name)
+            && !value.starts_with(' ')
+            && !value.ends_with(' ')
+            && !value.contains("  ")
+    };
+    let mut names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
+    names.sort_unstable();
+    names.dedup();
+    root && names.len() == headers.len() && headers.iter().all(plain)
+}
+
+/// `x-amz-date`: the UTC time as `20261203T154200Z`.
+fn amz_date(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // The proleptic Gregorian date of a day number (H. Hinnant's `civil_from_days`).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rest / 3_600,
+        rest / 60 % 60,
+        rest % 60
+    )
 }
 
 /// `host[:port]` of a URL, as the request carries it.
@@ -235,6 +429,166 @@ mod tests {
         assert!(
             SystemTime::now().duration_since(s.signing_time()).unwrap() > Duration::from_secs(598)
         );
+    }
+
+    /// What aws-sigv4 and the short road add to a copy of `headers`, signed at `time`.
+    fn both_ways(
+        s: &Signer,
+        credentials: &Credentials,
+        time: SystemTime,
+        url: &str,
+        headers: &[(&'static str, String)],
+        body: &[u8],
+    ) -> (Vec<(&'static str, String)>, Vec<(&'static str, String)>) {
+        let mut general = headers.to_vec();
+        s.sign_general(credentials, time, "POST", url, &mut general, body)
+            .unwrap();
+        let mut short = headers.to_vec();
+        s.sign_at(credentials, time, "POST", url, &mut short, body)
+            .unwrap();
+        general.sort();
+        short.sort();
+        (general, short)
+    }
+
+    fn get_records_headers() -> Vec<(&'static str, String)> {
+        vec![
+            ("content-type", "application/x-amz-json-1.0".into()),
+            ("x-amz-target", "DynamoDBStreams_20120810.GetRecords".into()),
+            ("host", "streams.dynamodb.eu-west-1.amazonaws.com".into()),
+        ]
+    }
+
+    #[test]
+    fn a_request_to_the_service_s_root_is_signed_as_aws_sigv4_signs_it() {
+        let url = "https://streams.dynamodb.eu-west-1.amazonaws.com/";
+        let body = br#"{"ShardIterator":"arn:aws:dynamodb:eu-west-1:1:table/t/stream/x|1|AAAA","Limit":1000}"#;
+        let keys = Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", None, None, "t");
+        let session = Credentials::new(
+            "ASIAEXAMPLE",
+            "s3cr3t",
+            Some("FwoGZXIv//token".into()),
+            None,
+            "t",
+        );
+        // 2026-12-03 15:42:07 UTC, a leap day, the last second of a year, the epoch
+        let times = [1_796_312_527, 1_709_208_000, 1_798_761_599, 0]
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        for payload_hash_header in [false, true] {
+            let s = Signer::new(
+                SharedCredentialsProvider::new(keys.clone()),
+                "eu-west-1",
+                "dynamodb",
+                payload_hash_header,
+            );
+            for credentials in [&keys, &session] {
+                for time in times {
+                    for body in [&body[..], b""] {
+                        let (general, short) =
+                            both_ways(&s, credentials, time, url, &get_records_headers(), body);
+                        assert_eq!(
+                            short, general,
+                            "at {time:?}, hash header {payload_hash_header}"
+                        );
+                    }
+                }
+            }
+        }
+        // a Kinesis endpoint on a port, as the emulators and the source fake serve it
+        let mut headers = get_records_headers();
+        headers[2].1 = "127.0.0.1:4567".into();
+        let (general, short) = both_ways(
+            &signer(),
+            &keys,
+            times[0],
+            "http://127.0.0.1:4567/",
+            &headers,
+            body,
+        );
+        assert_eq!(short, general);
+    }
+
+    #[test]
+    fn the_day_s_signing_key_follows_the_date_and_the_credentials() {
+        let s = signer();
+        let url = "https://streams.dynamodb.us-east-1.amazonaws.com/";
+        let before_midnight = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_342_399);
+        let after_midnight = before_midnight + Duration::from_secs(1);
+        let first = Credentials::new("AKIDEXAMPLE", "secret", None, None, "t");
+        let rotated = Credentials::new("AKIDEXAMPLE", "rotated", None, None, "t");
+        let other = Credentials::new("AKIDOTHER", "rotated", None, None, "t");
+        // each step after a signature that cached the key of the step before
+        for (credentials, time) in [
+            (&first, before_midnight),
+            (&first, after_midnight),
+            (&rotated, after_midnight),
+            (&other, after_midnight),
+            (&first, before_midnight),
+        ] {
+            let (general, short) =
+                both_ways(&s, credentials, time, url, &get_records_headers(), b"{}");
+            assert_eq!(
+                short,
+                general,
+                "{} at {time:?}",
+                credentials.access_key_id()
+            );
+        }
+    }
+
+    #[test]
+    fn only_requests_it_signs_exactly_take_the_short_road() {
+        let plain = get_records_headers();
+        assert!(is_root_request("https://h.example/", &plain));
+        assert!(is_root_request("http://127.0.0.1:4567/", &plain));
+        for url in [
+            "https://h.example/_bulk",
+            "https://h.example/?list",
+            "https://h.example/a/",
+            "https://h.example",
+            "h.example/",
+        ] {
+            assert!(!is_root_request(url, &plain), "{url}");
+        }
+        let with = |name: &'static str, value: &str| {
+            let mut h = plain.clone();
+            h.push((name, value.into()));
+            h
+        };
+        for headers in [
+            with("user-agent", "sluice"),
+            with("x-amz-date", "20261203T000000Z"),
+            with("content-type", "text/plain"),
+            with("x-custom", " padded"),
+            with("x-custom", "two  spaces"),
+            with("X-Custom", "upper"),
+        ] {
+            assert!(
+                !is_root_request("https://h.example/", &headers),
+                "{headers:?}"
+            );
+        }
+        // and those still sign as aws-sigv4 does, by aws-sigv4
+        let creds = Credentials::new("AKIDEXAMPLE", "secret", None, None, "t");
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_312_527);
+        let (general, signed) = both_ways(
+            &signer(),
+            &creds,
+            time,
+            "https://h.example/_bulk",
+            &plain,
+            b"{}",
+        );
+        assert_eq!(signed, general);
+    }
+
+    #[test]
+    fn amz_date_is_the_utc_calendar_time() {
+        let at = |s: u64| amz_date(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "19700101T000000Z");
+        assert_eq!(at(951_782_400), "20000229T000000Z");
+        assert_eq!(at(1_796_312_527), "20261203T154207Z");
+        assert_eq!(at(4_102_444_799), "20991231T235959Z");
     }
 
     #[tokio::test]
