@@ -57,7 +57,10 @@ impl Daemon {
         };
         let path = dir.join(format!("bench-{http_port}.toml"));
         std::fs::write(&path, config.replace("{port}", &http_port.to_string())).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        // SLUICE_BENCH_BIN: another build of sluice, for paired runs of two versions
+        let binary = std::env::var_os("SLUICE_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_sluice").into());
+        let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(&path)
             .envs([
