@@ -145,12 +145,25 @@ fn main() {
     });
 
     // (c) DynamoDB changes carried in Kinesis
+    // the whole record as Kinesis carries it, envelope and all (as (a) has its own)
     let kinesis: Vec<Vec<u8>> = items
         .iter()
-        .map(|item| {
-            json!({"eventName": "MODIFY", "tableName": "Posts", "dynamodb": {
-                "ApproximateCreationDateTime": 1_719_347_890_250_647u64,
-                "Keys": {"id": wire(item)["id"].clone()}, "NewImage": wire(item)}})
+        .enumerate()
+        .map(|(i, item)| {
+            let image = wire(item);
+            json!({
+                "awsRegion": "us-east-1", "eventID": format!("{:08x}-468a-4ac4-8bad-7f832caf7345", i),
+                "eventName": "MODIFY", "userIdentity": null, "recordFormat": "application/json",
+                "tableName": "Posts",
+                "dynamodb": {
+                    "ApproximateCreationDateTime": 1_719_347_890_250_647u64 + i as u64,
+                    "Keys": {"id": image["id"]},
+                    "NewImage": image,
+                    "SizeBytes": 1100,
+                    "ApproximateCreationDateTimePrecision": "MICROSECOND",
+                },
+                "eventSource": "aws:dynamodb",
+            })
             .to_string()
             .into_bytes()
         })

@@ -319,9 +319,14 @@ pub fn dynamodb_kinesis_row(payload: &[u8], reads: &Reads) -> Result<RowChange, 
             let new = ddb.new_image.ok_or_else(|| {
                 DecodeError("INSERT/MODIFY record has no NewImage (the table's stream view type must include the new image)".into())
             })?;
-            let old = match event {
-                "INSERT" => None,
-                _ => Some(old.unwrap_or_else(|| keys_only(&keys))),
+            // A MODIFY without OldImage: keys never change, so a row placed by its key alone
+            // has the new place for its old one. Otherwise the keys stand for the old image,
+            // and a route that needs more says so (Kinesis has no view type to check at start).
+            let old = match (event, old) {
+                ("INSERT", _) => None,
+                (_, Some(whole)) => Some(whole),
+                (_, None) if reads.placed_by_key(&keys) => None,
+                (_, None) => Some(keys_only(&keys)),
             };
             (Some(new), old)
         }
@@ -655,6 +660,67 @@ mod tests {
         assert_eq!(ids.render(&numeric).unwrap(), "101|7");
         let missing: HashMap<_, _> = [("ForumName".to_string(), s("x"))].into();
         assert!(ids.render(&missing).unwrap_err().0.contains("Subject"));
+    }
+
+    /// Routes for a DynamoDB → Kinesis stream, compiled as `sluice run` compiles them.
+    fn kinesis_routes(extra: &str) -> Routes {
+        let toml =
+            format!("[source]\ntype = \"kinesis\"\nstream = \"s\"\nformat = \"dynamodb\"\n{extra}");
+        let config = crate::config::Config::from_toml(&toml).unwrap();
+        Routes::from_config(&config, None).unwrap()
+    }
+
+    const MODIFY_WITHOUT_OLD_IMAGE: &[u8] = br#"{"eventName":"MODIFY","tableName":"Posts","dynamodb":{"ApproximateCreationDateTime":1719347890250,"Keys":{"id":{"S":"p1"}},"NewImage":{"id":{"S":"p1"},"tenant":{"S":"beta"}}}}"#;
+
+    #[test]
+    fn a_kinesis_modify_without_old_image_stays_in_place_when_the_key_alone_places_it() {
+        let routes = kinesis_routes("[[route]]\nindex = \"posts\"\nid = [\"id\"]\n");
+        let d = routes
+            .apply(dynamodb_kinesis_row(MODIFY_WITHOUT_OLD_IMAGE, &routes.reads()).unwrap())
+            .unwrap();
+        assert_eq!(d.changes.len(), 1, "{d:?}");
+        assert_eq!(
+            (d.changes[0].index.as_deref(), d.changes[0].id.as_str()),
+            (Some("posts"), "p1")
+        );
+        assert!(matches!(d.changes[0].action, DocAction::IndexJson(_)));
+    }
+
+    #[test]
+    fn a_kinesis_modify_without_old_image_is_refused_when_its_old_place_is_unknown() {
+        // placed by `tenant`, which the keys do not carry: the old document may be elsewhere
+        let routes = kinesis_routes(
+            "old_images = true\n[[route]]\nindex = \"posts-{tenant}\"\nid = [\"id\"]\n",
+        );
+        let e = routes
+            .apply(dynamodb_kinesis_row(MODIFY_WITHOUT_OLD_IMAGE, &routes.reads()).unwrap())
+            .unwrap_err();
+        assert!(e.0.contains("tenant"), "{e:?}");
+        // with the old image it carries, the row moves
+        let with_old = String::from_utf8(MODIFY_WITHOUT_OLD_IMAGE.to_vec())
+            .unwrap()
+            .replace(
+                r#""NewImage""#,
+                r#""OldImage":{"id":{"S":"p1"},"tenant":{"S":"acme"}},"NewImage""#,
+            );
+        let d = routes
+            .apply(dynamodb_kinesis_row(with_old.as_bytes(), &routes.reads()).unwrap())
+            .unwrap();
+        let places: Vec<_> = d
+            .changes
+            .iter()
+            .map(|c| (c.index.as_deref().unwrap(), &c.action))
+            .collect();
+        assert!(
+            matches!(
+                places[..],
+                [
+                    ("posts-acme", DocAction::Delete),
+                    ("posts-beta", DocAction::IndexJson(_))
+                ]
+            ),
+            "{places:?}"
+        );
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub struct Reads {
 }
 
 impl Reads {
+    /// Whether a row with these `keys` is placed by its key alone: every attribute that decides
+    /// a place is among them (`false` when none is known, as for [`Reads::whole_rows`]).
+    pub fn placed_by_key(&self, keys: &serde_json::Map<String, serde_json::Value>) -> bool {
+        !self.attributes.is_empty() && self.attributes.iter().all(|a| keys.contains_key(a))
+    }
+
     /// Whole rows (what every route can work with).
     pub fn whole_rows() -> Self {
         Reads {
