@@ -150,7 +150,8 @@ impl Signer {
         headers: &mut Vec<(&'static str, String)>,
         body: &[u8],
     ) -> Result<(), String> {
-        if is_root_request(url, headers) {
+        // before 1970 only a service's wrong `Date` could put it; aws-sigv4 says what it says
+        if is_root_request(url, headers) && time >= SystemTime::UNIX_EPOCH {
             self.sign_root(credentials, time, method, headers, body);
             Ok(())
         } else {
@@ -299,16 +300,19 @@ impl Signer {
 }
 
 /// A request the short road signs exactly as aws-sigv4 would: the URL's path is `/` with no
-/// query, and every header is signed as it stands — a lower-case name given once, none that
-/// the signer leaves out or adds, a value without spaces to trim or fold.
+/// query, a `host` header is given, and every header is signed as it stands — a lower-case
+/// name given once, none that the signer leaves out or adds, a value without spaces to trim
+/// or fold.
 fn is_root_request(url: &str, headers: &[(&'static str, String)]) -> bool {
     let root = url
         .split_once("://")
         .and_then(|(_, rest)| rest.find('/').map(|at| &rest[at..]))
         == Some("/");
     let plain = |(name, value): &(&'static str, String)| {
-        name.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !UNSIGNED_HEADERS.contains(name)
             && !SIGNATURE_HEADERS.contains(name)
             && !value.starts_with(' ')
@@ -318,7 +322,7 @@ fn is_root_request(url: &str, headers: &[(&'static str, String)]) -> bool {
     let mut names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
     names.sort_unstable();
     names.dedup();
-    root && names.len() == headers.len() && headers.iter().all(plain)
+    root && names.contains(&"host") && names.len() == headers.len() && headers.iter().all(plain)
 }
 
 /// `x-amz-date`: the UTC time as `20261203T154200Z`.
@@ -436,15 +440,15 @@ mod tests {
         s: &Signer,
         credentials: &Credentials,
         time: SystemTime,
-        url: &str,
+        (method, url): (&str, &str),
         headers: &[(&'static str, String)],
         body: &[u8],
     ) -> (Vec<(&'static str, String)>, Vec<(&'static str, String)>) {
         let mut general = headers.to_vec();
-        s.sign_general(credentials, time, "POST", url, &mut general, body)
+        s.sign_general(credentials, time, method, url, &mut general, body)
             .unwrap();
         let mut short = headers.to_vec();
-        s.sign_at(credentials, time, "POST", url, &mut short, body)
+        s.sign_at(credentials, time, method, url, &mut short, body)
             .unwrap();
         general.sort();
         short.sort();
@@ -484,8 +488,14 @@ mod tests {
             for credentials in [&keys, &session] {
                 for time in times {
                     for body in [&body[..], b""] {
-                        let (general, short) =
-                            both_ways(&s, credentials, time, url, &get_records_headers(), body);
+                        let (general, short) = both_ways(
+                            &s,
+                            credentials,
+                            time,
+                            ("POST", url),
+                            &get_records_headers(),
+                            body,
+                        );
                         assert_eq!(
                             short, general,
                             "at {time:?}, hash header {payload_hash_header}"
@@ -501,11 +511,37 @@ mod tests {
             &signer(),
             &keys,
             times[0],
-            "http://127.0.0.1:4567/",
+            ("POST", "http://127.0.0.1:4567/"),
             &headers,
             body,
         );
         assert_eq!(short, general);
+        // the sink's `GET /` to Amazon OpenSearch Service (its health check): the payload hash
+        // header, an `accept`, no body
+        let es = Signer::new(
+            SharedCredentialsProvider::new(session.clone()),
+            "eu-west-1",
+            "es",
+            true,
+        );
+        let headers = vec![
+            ("accept", "application/json".to_string()),
+            ("host", "search-posts-abc.eu-west-1.es.amazonaws.com".into()),
+        ];
+        for credentials in [&keys, &session] {
+            let (general, short) = both_ways(
+                &es,
+                credentials,
+                times[0],
+                (
+                    "GET",
+                    "https://search-posts-abc.eu-west-1.es.amazonaws.com/",
+                ),
+                &headers,
+                b"",
+            );
+            assert_eq!(short, general);
+        }
     }
 
     #[test]
@@ -525,8 +561,14 @@ mod tests {
             (&other, after_midnight),
             (&first, before_midnight),
         ] {
-            let (general, short) =
-                both_ways(&s, credentials, time, url, &get_records_headers(), b"{}");
+            let (general, short) = both_ways(
+                &s,
+                credentials,
+                time,
+                ("POST", url),
+                &get_records_headers(),
+                b"{}",
+            );
             assert_eq!(
                 short,
                 general,
@@ -562,6 +604,12 @@ mod tests {
             with("x-custom", " padded"),
             with("x-custom", "two  spaces"),
             with("X-Custom", "upper"),
+            with("", "no name"),
+            plain
+                .iter()
+                .filter(|(n, _)| *n != "host")
+                .cloned()
+                .collect(),
         ] {
             assert!(
                 !is_root_request("https://h.example/", &headers),
@@ -575,7 +623,7 @@ mod tests {
             &signer(),
             &creds,
             time,
-            "https://h.example/_bulk",
+            ("POST", "https://h.example/_bulk"),
             &plain,
             b"{}",
         );
