@@ -17,6 +17,7 @@ use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
 };
 use aws_sigv4::sign::v4;
+use aws_smithy_types::date_time::{DateTime, Format};
 use sha2::{Digest, Sha256};
 
 /// Temporary credentials are renewed this long before they expire (as the AWS SDK does).
@@ -150,12 +151,12 @@ impl Signer {
         headers: &mut Vec<(&'static str, String)>,
         body: &[u8],
     ) -> Result<(), String> {
-        // before 1970 only a service's wrong `Date` could put it; aws-sigv4 says what it says
-        if is_root_request(url, headers) && time >= SystemTime::UNIX_EPOCH {
-            self.sign_root(credentials, time, method, headers, body);
-            Ok(())
-        } else {
-            self.sign_general(credentials, time, method, url, headers, body)
+        match amz_date(time).filter(|_| is_root_request(url, headers)) {
+            Some(amz_date) => {
+                self.sign_root(credentials, time, &amz_date, method, headers, body);
+                Ok(())
+            }
+            None => self.sign_general(credentials, time, method, url, headers, body),
         }
     }
 
@@ -205,14 +206,14 @@ impl Signer {
         &self,
         credentials: &Credentials,
         time: SystemTime,
+        amz_date: &str,
         method: &str,
         headers: &mut Vec<(&'static str, String)>,
         body: &[u8],
     ) {
-        let amz_date = amz_date(time);
-        let date = &amz_date[..8];
+        let (date, _) = amz_date.split_once('T').unwrap_or((amz_date, ""));
         let payload_hash = hex::encode(Sha256::digest(body));
-        headers.push(("x-amz-date", amz_date.clone()));
+        headers.push(("x-amz-date", amz_date.to_owned()));
         if let Some(token) = credentials.session_token() {
             headers.push(("x-amz-security-token", token.to_owned()));
         }
@@ -325,28 +326,12 @@ fn is_root_request(url: &str, headers: &[(&'static str, String)]) -> bool {
     root && names.contains(&"host") && names.len() == headers.len() && headers.iter().all(plain)
 }
 
-/// `x-amz-date`: the UTC time as `20261203T154200Z`.
-fn amz_date(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // The proleptic Gregorian date of a day number (H. Hinnant's `civil_from_days`).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        rest / 3_600,
-        rest / 60 % 60,
-        rest % 60
-    )
+/// `x-amz-date`: the UTC time in whole seconds, as `20261203T154200Z`; `None` for a time
+/// the calendar cannot write.
+fn amz_date(time: SystemTime) -> Option<String> {
+    let whole = DateTime::from_secs(DateTime::from(time).secs());
+    let text = whole.fmt(Format::DateTime).ok()?; // 2026-12-03T15:42:00Z
+    Some(text.chars().filter(|c| !matches!(c, '-' | ':')).collect())
 }
 
 /// `host[:port]` of a URL, as the request carries it.
@@ -632,11 +617,14 @@ mod tests {
 
     #[test]
     fn amz_date_is_the_utc_calendar_time() {
-        let at = |s: u64| amz_date(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        let at = |s: u64| amz_date(SystemTime::UNIX_EPOCH + Duration::from_secs(s)).unwrap();
         assert_eq!(at(0), "19700101T000000Z");
         assert_eq!(at(951_782_400), "20000229T000000Z");
         assert_eq!(at(1_796_312_527), "20261203T154207Z");
         assert_eq!(at(4_102_444_799), "20991231T235959Z");
+        // fractions of a second are dropped, as aws-sigv4 drops them
+        let fraction = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_312_527_999);
+        assert_eq!(amz_date(fraction).unwrap(), "20261203T154207Z");
     }
 
     #[tokio::test]
