@@ -37,14 +37,13 @@ pub struct Signer {
     /// clock drifted would otherwise fail every request (as the AWS SDK does, requests are
     /// signed at the service's time).
     skew_ms: AtomicI64,
-    /// The signing key of the day, for the credentials it was derived from.
+    /// The signing key of the day, for the secret it was derived from.
     day_key: std::sync::Mutex<Option<DayKey>>,
 }
 
 /// SigV4's signing key depends only on the secret, the UTC date, the region and the service.
 struct DayKey {
     date: String,
-    access_key_id: String,
     secret: String,
     key: Vec<u8>,
 }
@@ -246,15 +245,12 @@ impl Signer {
         );
         let signature = {
             let mut slot = self.day_key.lock().unwrap_or_else(|p| p.into_inner());
-            let current = slot.as_ref().is_some_and(|k| {
-                k.date == date
-                    && k.access_key_id == credentials.access_key_id()
-                    && k.secret == credentials.secret_access_key()
-            });
+            let current = slot
+                .as_ref()
+                .is_some_and(|k| k.date == date && k.secret == credentials.secret_access_key());
             if !current {
                 *slot = Some(DayKey {
                     date: date.to_owned(),
-                    access_key_id: credentials.access_key_id().to_owned(),
                     secret: credentials.secret_access_key().to_owned(),
                     key: v4::generate_signing_key(
                         credentials.secret_access_key(),
