@@ -8,7 +8,9 @@
 //! ~200 times a second, and aws-sigv4's general path was ~15 % of the idle daemon's CPU. The
 //! tests hold the short road to aws-sigv4's answer byte for byte.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -48,14 +50,13 @@ struct DayKey {
     key: Vec<u8>,
 }
 
-/// Headers aws-sigv4 leaves out of the signature (proxies may change them); a request carrying
-/// one goes the general way.
-const UNSIGNED_HEADERS: [&str; 4] = [
-    "authorization",
-    "user-agent",
-    "x-amzn-trace-id",
-    "transfer-encoding",
-];
+/// Headers aws-sigv4 leaves out of the signature (proxies may change them), as its settings
+/// list them; a request carrying one goes the general way.
+static UNSIGNED_HEADERS: LazyLock<Vec<Cow<'static, str>>> = LazyLock::new(|| {
+    SigningSettings::default()
+        .excluded_headers
+        .unwrap_or_default()
+});
 
 /// Headers the signature adds.
 const SIGNATURE_HEADERS: [&str; 3] = ["x-amz-date", "x-amz-security-token", "x-amz-content-sha256"];
@@ -310,7 +311,7 @@ fn is_root_request(url: &str, headers: &[(&'static str, String)]) -> bool {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !UNSIGNED_HEADERS.contains(name)
+            && !UNSIGNED_HEADERS.iter().any(|h| h == name)
             && !SIGNATURE_HEADERS.contains(name)
             && !value.starts_with(' ')
             && !value.ends_with(' ')
